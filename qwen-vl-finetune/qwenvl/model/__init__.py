@@ -1,0 +1,1 @@
+"""Model loading, the family table, tiny checkpoints, position ids and freezing."""

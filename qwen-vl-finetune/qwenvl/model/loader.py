@@ -1,0 +1,86 @@
+"""The one place that loads a Qwen-VL model and processor; training, MMMU and the demo all call it.
+
+The class comes from ``config.json``'s ``model_type`` (see :mod:`qwenvl.model.families`), so any local folder
+or hub id of the four families loads with the right class.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any, Literal
+
+from qwenvl.model.families import Family, get_family, transformers_attr
+
+
+logger = logging.getLogger(__name__)
+
+AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+def read_family(model_name_or_path: str, **hub_kwargs: Any) -> Family:
+    """The family of a checkpoint, read from its config (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    return get_family(config.model_type)
+
+
+def resolve_attn_implementation(requested: AttnImplementation = "auto", device: str | None = None) -> str:
+    """``flash_attention_2`` when requested or (for ``auto``) when installed and on CUDA; else ``sdpa``."""
+    import torch
+
+    on_cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if (on_cuda and has_fa2) else "sdpa"
+    if requested == "flash_attention_2" and not (on_cuda and has_fa2):
+        raise ValueError(
+            "attn_implementation=flash_attention_2 needs a CUDA device and the flash-attn package "
+            "(pip install flash-attn --no-build-isolation); use sdpa otherwise"
+        )
+    return requested
+
+
+def resolve_dtype(dtype: DType | Any = "auto") -> Any:
+    """A torch dtype for ``dtype``; ``auto`` is bfloat16 on a bf16-capable GPU, else float32."""
+    import torch
+
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32") from None
+
+
+def load_model(
+    model_name_or_path: str,
+    dtype: DType | Any = "auto",
+    attn_implementation: AttnImplementation = "auto",
+    device_map: str | dict | None = None,
+    **hub_kwargs: Any,
+) -> Any:
+    """Load the ``...ForConditionalGeneration`` model of a checkpoint with the class its config names."""
+    family = read_family(model_name_or_path, **hub_kwargs)
+    model_cls = transformers_attr(family.model_class)
+    device = device_map if isinstance(device_map, str) else None
+    model = model_cls.from_pretrained(
+        model_name_or_path,
+        dtype=resolve_dtype(dtype),
+        attn_implementation=resolve_attn_implementation(attn_implementation, device),
+        device_map=device_map,
+        **hub_kwargs,
+    )
+    logger.info("loaded %s from %s", type(model).__name__, model_name_or_path)
+    return model
+
+
+def load_processor(model_name_or_path: str, **kwargs: Any) -> Any:
+    """The checkpoint's processor (tokenizer, image and video processor, chat template)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
