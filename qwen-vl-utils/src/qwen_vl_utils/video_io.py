@@ -1,0 +1,423 @@
+"""Video decoding with bounded memory: only the sampled frames are decoded, and each is resized as it arrives.
+
+Backends: ``torchcodec``, ``decord`` and ``pyav`` (PyAV is a required dependency, so one always exists).
+``torchvision`` is accepted by name but current torchvision releases no longer read video, so forcing it
+raises a clear error. Every backend is fed the same probe (frame count, fps, size, rotation from PyAV) and
+the same frame indices, so the returned frames and metadata do not depend on the backend.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from qwen_vl_utils.image_io import (
+    VisionInputError,
+    decode_image,
+    describe,
+    fetch_url_bytes,
+    file_url_to_path,
+    open_image,
+)
+from qwen_vl_utils.resize import (
+    FPS,
+    FRAME_FACTOR,
+    calculate_video_frame_range,
+    ceil_by_factor,
+    image_target_size,
+    smart_nframes,
+    video_target_size,
+)
+
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torchcodec", "decord", "pyav", "torchvision")
+MAX_NUM_WORKERS_FETCH_VIDEO = 8
+# Frames decoded per backend call: bounds the full-resolution frames held at once.
+DECODE_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a video file holds, as every backend will see it (rotation already applied to width/height)."""
+
+    total_frames: int
+    fps: float
+    width: int
+    height: int
+    rotation: int
+
+
+class _Deadline:
+    """A cooperative decode timeout, checked between frames."""
+
+    def __init__(self, seconds: float | None, what: str) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
+        self.what = what
+
+    def check(self) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise TimeoutError(
+                f"decoding {self.what} took longer than {self.seconds}s; raise ele['decode_timeout'] or "
+                "QWENVL_VIDEO_DECODE_TIMEOUT"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backend selection
+
+
+def _backend_available(name: str) -> bool:
+    if name == "pyav":
+        return importlib.util.find_spec("av") is not None
+    if name == "decord":
+        return importlib.util.find_spec("decord") is not None
+    if name == "torchcodec":
+        if importlib.util.find_spec("torchcodec") is None:
+            return False
+        try:  # the wheel links the system FFmpeg; a missing library only shows at import
+            importlib.import_module("torchcodec.decoders")
+        except Exception as e:  # noqa: BLE001 - any load failure means "not usable here"
+            logger.info("torchcodec is installed but cannot load (%s); it will not be used", e)
+            return False
+        return True
+    if name == "torchvision":
+        try:
+            import torchvision.io
+        except ImportError:
+            return False
+        return hasattr(torchvision.io, "read_video")
+    return False
+
+
+_availability: dict[str, bool] = {}
+
+
+def is_backend_available(name: str) -> bool:
+    """Whether a backend can be used in this environment (memoised per process)."""
+    if name not in _availability:
+        _availability[name] = _backend_available(name)
+    return _availability[name]
+
+
+_INSTALL_HINT = {
+    "torchcodec": "pip install 'qwen-vl-utils[torchcodec]' (and FFmpeg 4-8 libraries, e.g. apt-get install ffmpeg)",
+    "decord": "pip install 'qwen-vl-utils[decord]'",
+    "pyav": "pip install av",
+    "torchvision": "install a torchvision release that still has torchvision.io.read_video (< 0.22), "
+    "or use torchcodec / decord / pyav",
+}
+
+
+def get_video_reader_backend(requested: str | None = None) -> str:
+    """The backend to use: ``requested``, else ``FORCE_QWENVL_VIDEO_READER`` (read now), else the first of
+    torchcodec, decord, pyav that works here.
+
+    Raises:
+        ValueError: an unknown backend name.
+        ImportError: the named backend is not usable here (the message says how to install it).
+    """
+    forced = requested or os.environ.get("FORCE_QWENVL_VIDEO_READER") or None
+    if forced is not None:
+        if forced not in BACKENDS:
+            raise ValueError(f"unknown video reader backend {forced!r}; choose one of {', '.join(BACKENDS)}")
+        if not is_backend_available(forced):
+            raise ImportError(f"video reader backend {forced!r} is not usable here: {_INSTALL_HINT[forced]}")
+        return forced
+    for name in ("torchcodec", "decord", "pyav"):
+        if is_backend_available(name):
+            return name
+    raise ImportError("no video reader backend is usable: " + _INSTALL_HINT["pyav"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Probe and decode
+
+
+def probe_video(path: str) -> VideoProbe:
+    """Frame count, average fps, display size and rotation of the first video stream, via PyAV."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VisionInputError(f"{path!r} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            total = stream.frames
+            if total <= 0:  # some containers do not store a count: count packets (no decoding)
+                total = sum(1 for p in container.demux(stream) if p.size > 0)
+                container.seek(0)
+            first = next(container.decode(stream), None)
+            if first is None:
+                raise VisionInputError(f"{path!r} has no decodable video frames")
+            rotation = int(getattr(first, "rotation", 0) or 0) % 360
+            width, height = first.width, first.height
+    except av.FFmpegError as e:
+        raise VisionInputError(f"cannot read video {path!r} (corrupt, truncated or unsupported?): {e}") from e
+    if rotation in (90, 270):
+        width, height = height, width
+    if fps <= 0 and stream.duration and stream.time_base:
+        fps = total / float(stream.duration * stream.time_base)
+    if fps <= 0 or total <= 0:
+        raise VisionInputError(f"video {path!r} reports fps={fps} and {total} frames; it cannot be sampled")
+    return VideoProbe(total_frames=int(total), fps=fps, width=int(width), height=int(height), rotation=rotation)
+
+
+def _frame_indices(start: int, end: int, nframes: int) -> list[int]:
+    """Evenly spaced frame indices, computed exactly as upstream (float32 ``torch.linspace`` rounded half-to-even)."""
+    import torch
+
+    return torch.linspace(start, end, nframes).round().long().tolist()
+
+
+def _resize_frame(frame: Any, size: tuple[int, int]) -> Any:
+    """Bicubic + antialias resize of one uint8 CHW frame: the same op upstream applies to the whole stack."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if tuple(frame.shape[-2:]) == size:
+        return frame
+    return TF.resize(frame.unsqueeze(0), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)[0].to(
+        torch.uint8
+    )
+
+
+def _decode_torchcodec(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
+    from torchcodec.decoders import VideoDecoder
+
+    threads = int(os.environ.get("TORCHCODEC_NUM_THREADS", 8))
+    decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NCHW")
+    for i in range(0, len(indices), DECODE_CHUNK):
+        deadline.check()
+        batch = decoder.get_frames_at(indices=indices[i : i + DECODE_CHUNK]).data
+        yield from batch
+
+
+def _decode_decord(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
+    import decord
+    import torch
+
+    reader = decord.VideoReader(path, num_threads=0)
+    for i in range(0, len(indices), DECODE_CHUNK):
+        deadline.check()
+        batch = torch.from_numpy(reader.get_batch(indices[i : i + DECODE_CHUNK]).asnumpy())
+        yield from batch.permute(0, 3, 1, 2)
+
+
+def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
+    """Decode in presentation order, seeking to the keyframe before a wanted frame when that skips work."""
+    import bisect
+    from collections import Counter
+
+    import av
+    import torch
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        # Presentation-order timestamps of every frame and which frames are keyframes, from packets (no decoding).
+        pts, key_pts = [], set()
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.add(packet.pts)
+        pts.sort()
+        index_of = {p: i for i, p in enumerate(pts)}
+        keyframes = sorted(index_of[p] for p in key_pts) or [0]
+        stream.thread_type = "AUTO"
+        counts = Counter(indices)
+        decoded: Iterator[Any] | None = None
+        position = -1  # index of the last decoded frame
+        for target in sorted(counts):
+            if target >= len(pts):
+                raise VisionInputError(f"frame {target} is beyond the {len(pts)} frames found in {path!r}")
+            keyframe = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
+            if decoded is None or keyframe > position:
+                container.seek(pts[keyframe], stream=stream, backward=True, any_frame=False)
+                decoded = container.decode(stream)
+            for frame in decoded:
+                deadline.check()
+                if frame.pts not in index_of:
+                    continue
+                position = index_of[frame.pts]
+                if position >= target:
+                    break
+            else:
+                raise VisionInputError(f"video {path!r} ended before frame {target} (truncated?)")
+            if position != target:
+                raise VisionInputError(f"decoder skipped frame {target} of {path!r} (got frame {position})")
+            image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            if probe.rotation:
+                image = torch.rot90(image, k=probe.rotation // 90, dims=(1, 2))
+            for _ in range(counts[target]):
+                yield image
+
+
+_DECODERS: dict[str, Callable[[str, list[int], VideoProbe, _Deadline], Iterator[Any]]] = {
+    "torchcodec": _decode_torchcodec,
+    "decord": _decode_decord,
+    "pyav": _decode_pyav,
+}
+
+
+def _local_video_path(source: str) -> tuple[str, str | None]:
+    """A local path for ``source``; http(s) videos are downloaded (with the http limits) to a temp file."""
+    if source.startswith(("http://", "https://")):
+        data = fetch_url_bytes(source)
+        suffix = os.path.splitext(source.split("?", 1)[0])[1][:8]
+        fd, tmp = tempfile.mkstemp(suffix=suffix or ".mp4", prefix="qwenvl-video-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return tmp, tmp
+    path = file_url_to_path(source) if source.startswith("file://") else source
+    if not os.path.isfile(path):
+        raise VisionInputError(f"video file not found: {path!r}")
+    return path, None
+
+
+def _decode_timeout(ele: dict[str, Any]) -> float | None:
+    value = ele.get("decode_timeout", os.environ.get("QWENVL_VIDEO_DECODE_TIMEOUT"))
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def read_video(
+    ele: dict[str, Any], image_patch_size: int = 14
+) -> tuple[Any, dict[str, Any], float]:
+    """Decode the sampled frames of ``ele['video']`` (a path or URL), resized, as float32 TCHW.
+
+    Returns:
+        ``(video, metadata, sample_fps)``; metadata has ``fps``, ``frames_indices`` (absolute),
+        ``total_num_frames`` (of the whole file), ``duration``, ``width``, ``height`` and ``video_backend``.
+    """
+    import torch
+
+    source = ele["video"]
+    path, tmp = _local_video_path(source)
+    try:
+        probe = probe_video(path)
+        start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
+        nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
+        indices = _frame_indices(start, end, nframes)
+        height, width = video_target_size(probe.height, probe.width, nframes, ele, image_patch_size)
+        requested = ele.get("video_reader_backend")
+        backend = get_video_reader_backend(requested)
+        deadline = _Deadline(_decode_timeout(ele), f"video {source!r}")
+        started = time.monotonic()
+        try:
+            video = _decode_resized(path, indices, probe, backend, (height, width), deadline)
+        except (VisionInputError, TimeoutError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a decoder failure, not a user error (those were checked above)
+            if requested or os.environ.get("FORCE_QWENVL_VIDEO_READER") or backend == "pyav":
+                raise VisionInputError(f"{backend} failed to decode {source!r}: {e}") from e
+            logger.warning("%s failed to decode %r (%s); decoding with pyav instead", backend, source, e)
+            backend = "pyav"
+            video = _decode_resized(path, indices, probe, backend, (height, width), deadline)
+        logger.info(
+            "%s: video=%s total_frames=%d fps=%.3f nframes=%d size=%dx%d time=%.3fs",
+            backend, describe(source), probe.total_frames, probe.fps, nframes, width, height,
+            time.monotonic() - started,
+        )  # fmt: skip
+    finally:
+        if tmp is not None:
+            os.unlink(tmp)
+    metadata = {
+        "fps": probe.fps,
+        "frames_indices": indices,
+        "total_num_frames": probe.total_frames,
+        "duration": probe.total_frames / probe.fps,
+        "width": probe.width,
+        "height": probe.height,
+        "video_backend": backend,
+    }
+    sample_fps = nframes / max(count, 1e-6) * probe.fps
+    assert video.dtype == torch.float32 and video.shape[0] == nframes
+    return video, metadata, sample_fps
+
+
+def _decode_resized(
+    path: str, indices: list[int], probe: VideoProbe, backend: str, size: tuple[int, int], deadline: _Deadline
+) -> Any:
+    """Fill a preallocated float32 (T, 3, H, W) tensor frame by frame, so memory is the output plus a chunk."""
+    import torch
+
+    out = torch.empty((len(indices), 3, *size), dtype=torch.float32)
+    n = 0
+    for frame in _DECODERS[backend](path, list(indices), probe, deadline):
+        if n >= len(indices):
+            raise RuntimeError(f"{backend} returned more frames than the {len(indices)} requested")
+        out[n].copy_(_resize_frame(frame, size))
+        n += 1
+    if n != len(indices):
+        raise VisionInputError(f"{backend} returned {n} of {len(indices)} requested frames from {path!r}")
+    return out
+
+
+def read_frame_list(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, dict[str, Any], float]:
+    """A video given as a list of images: each frame is decoded and resized once, straight to the final size."""
+    import numpy as np
+    import torch
+
+    frames: Sequence[Any] = ele["video"]
+    if len(frames) == 0:
+        raise VisionInputError("video frame list is empty")
+    info = {k: v for k, v in ele.items() if k not in ("type", "video")}
+    sample_fps = info.get("sample_fps", FPS)
+    if isinstance(sample_fps, bool) or not isinstance(sample_fps, (int, float)) or sample_fps <= 0:
+        raise VisionInputError(f"sample_fps must be a positive number, got {sample_fps!r}")
+    raw_fps = info.get("raw_fps", sample_fps)
+    nframes = ceil_by_factor(len(frames), FRAME_FACTOR)
+
+    def final_size(header: Any, source: Any) -> tuple[int, int]:
+        w, h = header.size
+        try:
+            # Upstream (git HEAD) first fits each frame as an image, then fits the stack to the video budget.
+            h1, w1 = image_target_size(h, w, info, image_patch_size)
+            return video_target_size(h1, w1, nframes, info, image_patch_size)
+        except ValueError as e:
+            raise VisionInputError(f"video frame {describe(source)}: {e}") from e
+
+    headers = [open_image(f) for f in frames]
+    sizes = [final_size(hd, src) for hd, src in zip(headers, frames)]
+    if len(set(sizes)) > 1:
+        raise VisionInputError(
+            f"video frames resize to different sizes {sorted(set(sizes))}; all frames of a video must have the "
+            "same size (crop or resize them first)"
+        )
+    height, width = sizes[0]
+    out = torch.empty((nframes, 3, height, width), dtype=torch.float32)
+
+    def load(i: int) -> None:
+        image = decode_image(headers[i], frames[i], (width, height))
+        if image.size != (width, height):
+            from PIL import Image
+
+            image = image.resize((width, height), Image.Resampling.BICUBIC)
+        out[i].copy_(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_NUM_WORKERS_FETCH_VIDEO, len(frames))) as pool:
+        list(pool.map(load, range(len(frames))))
+    if nframes > len(frames):
+        out[len(frames) :] = out[len(frames) - 1]
+    metadata = {
+        "fps": raw_fps,
+        "frames_indices": list(range(nframes)),
+        "total_num_frames": round(nframes / sample_fps * raw_fps),
+        "video_backend": "frames",
+    }
+    return out, metadata, float(sample_fps)
