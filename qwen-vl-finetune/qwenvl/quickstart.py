@@ -87,8 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     answer = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
 
     print(f"checkpoint        {ckpt} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} params)")
-    print(f"image             {image_path} -> {images[0].size[0]}x{images[0].size[1]}, grid {inputs['image_grid_thw'].tolist()}")
-    print(f"video             {len(frames)} frames -> {tuple(videos[0].shape)}, grid {inputs['video_grid_thw'].tolist()}")
+    print(
+        f"image             {image_path} -> {images[0].size[0]}x{images[0].size[1]}, grid {inputs['image_grid_thw'].tolist()}"
+    )
+    print(
+        f"video             {len(frames)} frames -> {tuple(videos[0].shape)}, grid {inputs['video_grid_thw'].tolist()}"
+    )
     print(f"prompt tokens     {inputs['input_ids'].shape[1]}")
     print(f"answer (random weights, so not meaningful yet): {answer!r}")
     print(f"done in {time.monotonic() - started:.1f}s")

@@ -271,7 +271,11 @@ def build_processor(family: Family, tokenizer: Any) -> Any:
     if family.video_timestamps:
         # Qwen3-VL's video budget is over T*H*W (all frames together), like the real checkpoints.
         video_processor = video_cls(
-            size={"shortest_edge": 4 * f * f, "longest_edge": 16 * 64 * f * f}, fps=2, min_frames=4, max_frames=16, **common
+            size={"shortest_edge": 4 * f * f, "longest_edge": 16 * 64 * f * f},
+            fps=2,
+            min_frames=4,
+            max_frames=16,
+            **common,
         )
     else:
         video_processor = video_cls(size={"shortest_edge": 4 * f * f, "longest_edge": 64 * f * f}, **common)

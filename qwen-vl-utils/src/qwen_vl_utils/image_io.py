@@ -291,4 +291,3 @@ def fetch_image(ele: dict[str, Any], image_patch_size: int = 14) -> Image.Image:
     elif image is source:
         image = image.copy()  # never hand back the caller's own object
     return image
-

@@ -166,9 +166,7 @@ def smart_nframes(ele: dict[str, Any], total_frames: int, video_fps: int | float
     return nframes
 
 
-def calculate_video_frame_range(
-    ele: dict[str, Any], total_frames: int, video_fps: float
-) -> tuple[int, int, int]:
+def calculate_video_frame_range(ele: dict[str, Any], total_frames: int, video_fps: float) -> tuple[int, int, int]:
     """First and last frame (inclusive, absolute) and their count for ``video_start``/``video_end`` (seconds)."""
     if video_fps <= 0:
         raise ValueError("video_fps must be a positive number")

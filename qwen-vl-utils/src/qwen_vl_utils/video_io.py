@@ -295,9 +295,7 @@ def _decode_timeout(ele: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def read_video(
-    ele: dict[str, Any], image_patch_size: int = 14
-) -> tuple[Any, dict[str, Any], float]:
+def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, dict[str, Any], float]:
     """Decode the sampled frames of ``ele['video']`` (a path or URL), resized, as float32 TCHW.
 
     Returns:

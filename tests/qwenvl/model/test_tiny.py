@@ -94,7 +94,11 @@ def test_chat_template_renders_qwen_layout(tiny_checkpoint, family):
     messages = [
         {
             "role": "user",
-            "content": [{"type": "image", "image": "a.png"}, {"type": "video", "video": "b.mp4"}, {"type": "text", "text": "Hi"}],
+            "content": [
+                {"type": "image", "image": "a.png"},
+                {"type": "video", "video": "b.mp4"},
+                {"type": "text", "text": "Hi"},
+            ],
         }
     ]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -102,7 +106,9 @@ def test_chat_template_renders_qwen_layout(tiny_checkpoint, family):
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
         "<|vision_start|><|video_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
     )
-    system = "" if FAMILIES[family].video_timestamps else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    system = (
+        "" if FAMILIES[family].video_timestamps else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    )
     assert text == system + body
 
 
