@@ -140,12 +140,12 @@ def fetch_url_bytes(url: str) -> bytes:
                         "qwen_vl_utils.configure_http(max_bytes=...) or QWENVL_HTTP_MAX_BYTES"
                     )
             return bytes(buf)
-    except requests.Timeout as e:
+    except requests.RequestException as e:
+        if not (isinstance(e, requests.Timeout) or "timed out" in str(e)):
+            raise VisionInputError(f"could not fetch {url}: {e}") from e
         raise VisionInputError(
             f"timed out fetching {url} (connect {cfg.connect_timeout}s, read {cfg.read_timeout}s): {e}"
         ) from e
-    except requests.RequestException as e:
-        raise VisionInputError(f"could not fetch {url}: {e}") from e
 
 
 def file_url_to_path(url: str) -> str:
