@@ -1,0 +1,218 @@
+"""fetch_video on generated clips with every backend that installs here: same frames, indices and metadata
+across backends, upstream's algorithm as an oracle, frame lists, and bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qwen_vl_utils import VisionInputError, fetch_video, get_video_reader_backend, process_vision_info
+from qwen_vl_utils.video_io import is_backend_available
+
+
+BACKENDS = [b for b in ("torchcodec", "decord", "pyav") if is_backend_available(b)]
+
+
+def _ffmpeg(*args: str) -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (scripts/setup.sh installs it)")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    out = {
+        "plain": root / "plain.mp4",  # 320x240, 4 s at 30 fps, GOP 30, B-frames (libx264 default)
+        "rotated": root / "rotated.mp4",
+        "fps25": root / "fps25.mp4",
+        "truncated": root / "truncated.mp4",
+    }
+    src = "testsrc2=size=320x240:rate=30:duration=4"
+    _ffmpeg("-f", "lavfi", "-i", src, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", str(out["plain"]))
+    _ffmpeg("-i", str(out["plain"]), "-c", "copy", "-metadata:s:v", "rotate=90", str(out["rotated"]))
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=256x144:rate=25:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+        str(out["fps25"]),
+    )  # fmt: skip
+    data = out["plain"].read_bytes()
+    out["truncated"].write_bytes(data[: len(data) // 3])
+    return out
+
+
+def _upstream_oracle(path: Path, ele: dict, patch: int = 14) -> tuple[torch.Tensor, list[int]]:
+    """Upstream 0.0.14's torchcodec path re-stated: decode the sampled frames as one stack, resize it whole."""
+    from torchcodec.decoders import VideoDecoder
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from qwen_vl_utils.resize import calculate_video_frame_range, smart_nframes, video_target_size
+
+    decoder = VideoDecoder(str(path))
+    total, fps = decoder.metadata.num_frames, decoder.metadata.average_fps
+    start, end, count = calculate_video_frame_range(ele, total, fps)
+    n = smart_nframes(ele, total_frames=count, video_fps=fps)
+    idx = torch.linspace(start, end, n).round().long().tolist()
+    stack = decoder.get_frames_at(indices=idx).data
+    h, w = video_target_size(stack.shape[2], stack.shape[3], n, ele, patch)
+    return TF.resize(stack, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float(), idx
+
+
+@pytest.mark.skipif("torchcodec" not in BACKENDS, reason="torchcodec not usable here")
+@pytest.mark.parametrize(
+    "ele",
+    [{}, {"fps": 4.0}, {"nframes": 6}, {"video_start": 1.0, "video_end": 3.0}, {"max_pixels": 200 * 28 * 28}],
+)
+def test_matches_upstream_algorithm_bit_for_bit(videos, ele):
+    expected, idx = _upstream_oracle(videos["plain"], ele)
+    video, meta = fetch_video(
+        {"video": str(videos["plain"]), "video_reader_backend": "torchcodec", **ele}, 14, False, True
+    )
+    assert meta["frames_indices"] == idx
+    assert video.dtype == torch.float32
+    assert video.shape == expected.shape
+    assert torch.equal(video, expected)
+
+
+@pytest.mark.parametrize("name", ["plain", "rotated", "fps25"])
+@pytest.mark.parametrize("ele", [{}, {"nframes": 4}, {"video_start": 0.5, "video_end": 2.5, "fps": 3.0}])
+def test_backends_agree(videos, name, ele):
+    results = {}
+    for backend in BACKENDS:
+        (video, meta), sample_fps = fetch_video(
+            {"video": str(videos[name]), "video_reader_backend": backend, **ele},
+            image_patch_size=16,
+            return_video_sample_fps=True,
+            return_video_metadata=True,
+        )
+        assert meta.pop("video_backend") == backend
+        results[backend] = (video, meta, sample_fps)
+    ref_video, ref_meta, ref_fps = results[BACKENDS[0]]
+    for backend, (video, meta, sample_fps) in results.items():
+        assert meta == ref_meta, backend
+        assert sample_fps == pytest.approx(ref_fps)
+        assert video.shape == ref_video.shape, backend
+        # Decoders convert YUV->RGB with slightly different rounding; the content must be the same frames.
+        assert (video - ref_video).abs().mean() < 3.0, backend
+    assert all(isinstance(i, int) for i in ref_meta["frames_indices"])
+    if name == "rotated":
+        assert ref_meta["width"] == 240 and ref_meta["height"] == 320
+        assert ref_video.shape[2] > ref_video.shape[3]
+
+
+def test_metadata_is_absolute_and_complete(videos):
+    (video, meta), sample_fps = fetch_video(
+        {"video": str(videos["plain"]), "video_start": 1.0, "video_end": 3.0}, 14, True, True
+    )
+    assert meta["fps"] == 30.0 and meta["total_num_frames"] == 120 and meta["duration"] == 4.0
+    assert meta["frames_indices"][0] == 30 and meta["frames_indices"][-1] == 90
+    assert len(meta["frames_indices"]) == video.shape[0] == 4
+    assert sample_fps == pytest.approx(4 / 61 * 30)
+    from transformers.video_utils import VideoMetadata
+
+    VideoMetadata(**meta)  # every key is one the HF processors understand
+
+
+def test_default_backend_and_env_read_at_call_time(videos, monkeypatch):
+    monkeypatch.delenv("FORCE_QWENVL_VIDEO_READER", raising=False)
+    assert get_video_reader_backend() == BACKENDS[0]
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "pyav")
+    _, meta = fetch_video({"video": str(videos["plain"])}, return_video_metadata=True)
+    assert meta["video_backend"] == "pyav"
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "betamax")
+    with pytest.raises(ValueError, match="unknown video reader backend 'betamax'"):
+        fetch_video({"video": str(videos["plain"])})
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "torchvision")
+    with pytest.raises(ImportError, match="torchvision.*no longer|read_video"):
+        fetch_video({"video": str(videos["plain"])})
+
+
+def test_user_errors_are_raised_not_hidden(videos):
+    with pytest.raises(ValueError, match=r"interval \[2, 120\], but got 200"):
+        fetch_video({"video": str(videos["plain"]), "nframes": 200})
+    with pytest.raises(ValueError, match="fps must be positive"):
+        fetch_video({"video": str(videos["plain"]), "fps": -1})
+    with pytest.raises(ValueError, match="Invalid time range"):
+        fetch_video({"video": str(videos["plain"]), "video_start": 3.0, "video_end": 1.0})
+    with pytest.raises(VisionInputError, match="not found.*missing.mp4"):
+        fetch_video({"video": "/nonexistent/missing.mp4"})
+    with pytest.raises(VisionInputError, match="Unrecognized video input"):
+        fetch_video({"video": 3})
+    with pytest.raises(TimeoutError, match="longer than"):
+        fetch_video({"video": str(videos["plain"]), "decode_timeout": 1e-9})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncated_or_corrupt_video_is_an_error(videos, tmp_path, backend):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\0" * 5000)
+    with pytest.raises(VisionInputError, match="junk.mp4"):
+        fetch_video({"video": str(junk), "video_reader_backend": backend})
+    # A file cut to a third: either refused at the probe, or decoding stops short -> never fewer frames silently.
+    try:
+        video = fetch_video({"video": str(videos["truncated"]), "video_reader_backend": backend, "nframes": 8})
+    except VisionInputError as e:
+        assert "truncated" in str(e)
+    else:
+        pytest.fail(f"{backend} returned {tuple(video.shape)} from a truncated file")
+
+
+def _frames(n: int, size: tuple[int, int] = (200, 150)) -> list[Image.Image]:
+    return [Image.new("RGB", size, (10 * i, 255 - 10 * i, 128)) for i in range(n)]
+
+
+def test_frame_list_video():
+    (video, meta), sample_fps = fetch_video({"video": _frames(5), "sample_fps": 1.0}, 16, True, True)
+    # Upstream git HEAD: each frame fit as an image (200x150 -> 192x160), then to the video budget (min 128
+    # tokens per frame -> upscaled to 416x352); 5 frames padded to 6 by repeating the last one.
+    assert tuple(video.shape) == (6, 3, 352, 416)
+    assert torch.equal(video[5], video[4]) and not torch.equal(video[4], video[3])
+    assert meta["frames_indices"] == list(range(6)) and meta["fps"] == 1.0 and meta["total_num_frames"] == 6
+    assert sample_fps == 1.0
+    assert video[0, :, 10, 10].tolist() == [0.0, 255.0, 128.0]
+
+
+def test_frame_list_errors():
+    with pytest.raises(VisionInputError, match="sample_fps must be a positive number, got '1'"):
+        fetch_video({"video": _frames(2), "sample_fps": "1"})
+    mixed = _frames(1, (200, 150)) + _frames(1, (640, 480))
+    with pytest.raises(VisionInputError, match="different sizes"):
+        fetch_video({"video": mixed})
+    with pytest.raises(VisionInputError, match="empty"):
+        fetch_video({"video": []})
+
+
+def test_process_vision_info_keeps_order_and_shapes(videos, tmp_path):
+    images = [Image.new("RGB", (100 + 40 * i, 100), (i * 20, 0, 0)) for i in range(6)]
+    conversation = [
+        {"role": "system", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [
+                *[{"type": "image", "image": im} for im in images[:3]],
+                {"type": "video", "video": str(videos["plain"]), "nframes": 4},
+                {"type": "text", "text": "hi"},
+            ],
+        },
+        {"role": "user", "content": [{"type": "image", "image": im} for im in images[3:]]},
+    ]
+    out_images, out_videos, kwargs = process_vision_info(conversation, return_video_kwargs=True)
+    assert [im.size for im in out_images] == [
+        __import__("qwen_vl_utils").fetch_image({"image": im}).size for im in images
+    ]
+    assert [int(np.asarray(im)[5, 5, 0]) for im in out_images] == [i * 20 for i in range(6)]
+    assert len(out_videos) == 1 and out_videos[0].shape[0] == 4
+    assert kwargs == {"do_sample_frames": False, "fps": [pytest.approx(4 / 120 * 30)]}
+    # Batch of conversations: flat, in order; with metadata there is no "fps" key.
+    batch = [conversation, [{"role": "user", "content": [{"type": "image", "image": images[0]}]}]]
+    out_images, out_videos, kwargs = process_vision_info(batch, return_video_kwargs=True, return_video_metadata=True)
+    assert len(out_images) == 7 and isinstance(out_videos[0], tuple) and kwargs == {"do_sample_frames": False}
+    assert process_vision_info([{"role": "user", "content": "text only"}]) == (None, None)
+    with pytest.raises(ValueError, match="image, image_url or video should in content"):
+        process_vision_info([{"role": "user", "content": [{"type": "video", "path": "x.mp4"}]}])
