@@ -174,7 +174,7 @@ def probe_video(path: str) -> VideoProbe:
     return VideoProbe(total_frames=int(total), fps=fps, width=int(width), height=int(height), rotation=rotation)
 
 
-def _frame_indices(start: int, end: int, nframes: int) -> list[int]:
+def frame_indices(start: int, end: int, nframes: int) -> list[int]:
     """Evenly spaced frame indices, computed exactly as upstream (float32 ``torch.linspace`` rounded half-to-even)."""
     import torch
 
@@ -300,7 +300,7 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
 
     Returns:
         ``(video, metadata, sample_fps)``; metadata has ``fps``, ``frames_indices`` (absolute),
-        ``total_num_frames`` (of the whole file), ``duration``, ``width``, ``height`` and ``video_backend``.
+        ``total_num_frames`` and ``duration`` (of the sampled range), ``width``, ``height`` and ``video_backend``.
     """
     import torch
 
@@ -310,7 +310,7 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
         probe = probe_video(path)
         start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
         nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
-        indices = _frame_indices(start, end, nframes)
+        indices = frame_indices(start, end, nframes)
         height, width = video_target_size(probe.height, probe.width, nframes, ele, image_patch_size)
         requested = ele.get("video_reader_backend")
         backend = get_video_reader_backend(requested)
@@ -337,8 +337,10 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
     metadata = {
         "fps": probe.fps,
         "frames_indices": indices,
-        "total_num_frames": probe.total_frames,
-        "duration": probe.total_frames / probe.fps,
+        # The sampled range, as upstream's decord/torchcodec readers report it: HF processors compute the sampled
+        # fps as len(frames_indices) / total_num_frames * fps (Qwen2.5-VL's second_per_grid_ts).
+        "total_num_frames": count,
+        "duration": count / probe.fps,
         "width": probe.width,
         "height": probe.height,
         "video_backend": backend,

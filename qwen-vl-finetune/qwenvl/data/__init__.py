@@ -1,0 +1,1 @@
+"""Training data: registry, annotation checks, tokenisation with label masks, datasets, packing, collators."""

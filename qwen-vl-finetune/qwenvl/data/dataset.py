@@ -1,0 +1,253 @@
+"""Lazy supervised datasets (one sample or one pack per item), token-length estimates from media headers, and the
+policies for bad media and over-long samples.
+
+* Bad media (``bad_media``): ``error`` (default) raises naming the sample; ``skip`` drops the sample, writes
+  ``{"id", "path", "reason"}`` to ``quarantine.jsonl`` in the output dir and counts it. A sample is never retried
+  in a loop nor replaced by its neighbour.
+* Over-long samples (``overlong``, longer than ``model_max_length``): ``error`` raises; ``skip`` drops and
+  quarantines them; ``truncate_text`` cuts text after the last vision token and skips samples where that is
+  impossible. Vision tokens are never cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from qwenvl.data.annotations import Record
+from qwenvl.data.encode import EncodedSample, MediaLoadError, SampleEncoder, truncate_text_only
+from qwenvl.data.packing import plan_packs
+
+
+logger = logging.getLogger(__name__)
+
+BadMediaPolicy = Literal["error", "skip"]
+OverlongPolicy = Literal["error", "skip", "truncate_text"]
+
+
+class Quarantine:
+    """Append-only JSONL of skipped samples, safe across threads and dataloader worker processes."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, sample_id: str, path: str, reason: str, kind: str) -> None:
+        self.counts[kind] += 1
+        logger.warning("skipping %s (%s): %s", sample_id, kind, reason)
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"id": sample_id, "path": path, "kind": kind, "reason": reason}) + "\n"
+        with self._lock:
+            # One write of one line with O_APPEND: lines from several processes do not interleave.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def summary(self) -> dict[str, int]:
+        """Counts by kind, read from the file (so it includes what dataloader workers wrote)."""
+        if self.path is None or not self.path.exists():
+            return dict(self.counts)
+        counts: Counter[str] = Counter()
+        with self.path.open() as f:
+            for line in f:
+                counts[json.loads(line)["kind"]] += 1
+        return dict(counts)
+
+
+# ----------------------------------------------------------------------------------------------- length estimates
+
+
+@dataclass
+class LengthEstimate:
+    """Token budget of one record, from the chat template and media headers (no pixel decoding)."""
+
+    text_tokens: int
+    image_tokens: int
+    video_tokens: int
+    media_error: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.text_tokens + self.image_tokens + self.video_tokens
+
+
+def estimate_length(record: Record, encoder: SampleEncoder) -> LengthEstimate:
+    """Tokens of ``record`` under ``encoder``'s budgets, read from image headers and a video probe.
+
+    Matches the encoded length exactly (checked by tests) for local media.
+    """
+    from qwen_vl_utils.image_io import image_source, open_image
+    from qwen_vl_utils.resize import calculate_video_frame_range, image_target_size, smart_nframes, video_target_size
+    from qwen_vl_utils.video_io import frame_indices, probe_video
+
+    family = encoder.family
+    factor = family.image_factor
+    text = encoder.processor.apply_chat_template(record.messages, tokenize=False, add_generation_prompt=False)
+    ids = encoder.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    n_media = 0
+    image_tokens = video_tokens = 0
+    error = None
+    for item in record.media():
+        n_media += 1
+        try:
+            if item["type"] == "image":
+                ele = encoder.budget.image_item(item)
+                width, height = open_image(image_source(ele)).size
+                h, w = image_target_size(height, width, ele, family.patch_size)
+                image_tokens += (h // factor) * (w // factor)
+            else:
+                ele = encoder.budget.video_item(item)
+                source = ele["video"]
+                if not isinstance(source, str) or source.startswith(("http://", "https://")):
+                    raise ValueError("only local video files can be measured from headers")
+                probe = probe_video(source)
+                start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
+                nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
+                h, w = video_target_size(probe.height, probe.width, nframes, ele, family.patch_size)
+                merge_t = family.temporal_patch_size
+                groups = nframes // merge_t
+                video_tokens += groups * (h // factor) * (w // factor)
+                if family.video_timestamps:
+                    # Per temporal patch: "<t seconds><|vision_start|>...<|vision_end|>", t the mean time of its frames.
+                    indices = frame_indices(start, end, nframes)
+                    tok = encoder.processor.tokenizer
+                    for g in range(groups):
+                        t = (indices[g * merge_t] + indices[g * merge_t + merge_t - 1]) / 2 / probe.fps
+                        video_tokens += len(tok(f"<{t:.1f} seconds>", add_special_tokens=False)["input_ids"]) + 2
+        except Exception as e:  # noqa: BLE001 - reported per record by the caller
+            error = f"{item.get(item['type'])}: {e}"
+    return LengthEstimate(len(ids) - n_media, image_tokens, video_tokens, error)
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """Encodes one record per item, lazily (media are decoded in ``__getitem__``, i.e. in dataloader workers)."""
+
+    def __init__(
+        self,
+        records: list[Record],
+        encoder: SampleEncoder,
+        model_max_length: int | None = None,
+        bad_media: BadMediaPolicy = "error",
+        overlong: OverlongPolicy = "error",
+        quarantine: Quarantine | None = None,
+    ) -> None:
+        if bad_media not in ("error", "skip"):
+            raise ValueError(f"--bad_media must be error or skip, got {bad_media!r}")
+        if overlong not in ("error", "skip", "truncate_text"):
+            raise ValueError(f"--overlong must be error, skip or truncate_text, got {overlong!r}")
+        self.records = records
+        self.encoder = encoder
+        self.model_max_length = model_max_length
+        self.bad_media = bad_media
+        self.overlong = overlong
+        self.quarantine = quarantine or Quarantine(None)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def encode(self, index: int) -> EncodedSample | None:
+        record = self.records[index]
+        try:
+            sample = self.encoder(record.messages, record.id)
+        except MediaLoadError as e:
+            if self.bad_media == "error":
+                raise MediaLoadError(
+                    e.sample_id,
+                    e.path,
+                    f"{e.reason}; fix or remove the record, or pass --bad_media skip to quarantine such samples",
+                ) from e
+            self.quarantine.add(record.id, e.path, e.reason, "bad_media")
+            return None
+        return self.apply_length_policy(sample)
+
+    def apply_length_policy(self, sample: EncodedSample) -> EncodedSample | None:
+        limit = self.model_max_length
+        length = len(sample["input_ids"])
+        if limit is None or length <= limit:
+            return sample
+        sample_id = sample["sample_id"]
+        if self.overlong == "error":
+            raise ValueError(
+                f"{sample_id}: {length} tokens exceeds --model_max_length {limit}; lower the pixel budgets, raise "
+                "the limit, or pass --overlong skip|truncate_text"
+            )
+        if self.overlong == "truncate_text":
+            cut = truncate_text_only(sample, limit)
+            if cut is not None:
+                return cut
+            reason = f"{length} tokens > {limit} and truncation would cut vision tokens or all answer tokens"
+        else:
+            reason = f"{length} tokens > {limit}"
+        self.quarantine.add(sample_id, "", reason, "overlong")
+        return None
+
+    def __getitem__(self, index: int) -> EncodedSample | None:
+        return self.encode(index)
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """One item per pack planned over estimated lengths; each item is the list of that pack's samples."""
+
+    def __init__(self, base: SupervisedDataset, lengths: list[int], max_packed_tokens: int, window: int = 4096):
+        self.base = base
+        self.lengths = lengths
+        self.packs = plan_packs(lengths, max_packed_tokens, window)
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, index: int) -> list[EncodedSample]:
+        return [s for s in (self.base.encode(i) for i in self.packs[index]) if s is not None]
+
+
+def prefilter_overlong(
+    records: list[Record],
+    estimates: list[LengthEstimate],
+    limit: int | None,
+    policy: OverlongPolicy,
+    quarantine: Quarantine,
+) -> tuple[list[Record], list[LengthEstimate]]:
+    """Apply the over-length policy before training from the estimates, so errors come before step 0."""
+    if limit is None:
+        return records, estimates
+    keep_r, keep_e, too_long = [], [], []
+    for record, est in zip(records, estimates):
+        if est.total > limit and policy != "truncate_text":
+            too_long.append((record, est))
+        else:
+            keep_r.append(record)
+            keep_e.append(est)
+    if too_long and policy == "error":
+        listed = "; ".join(f"{r.id} ({e.total} tokens)" for r, e in too_long[:10])
+        raise ValueError(
+            f"{len(too_long)} sample(s) exceed --model_max_length {limit}: {listed}. Lower the pixel budgets, raise "
+            "the limit, or pass --overlong skip|truncate_text"
+        )
+    for record, est in too_long:
+        quarantine.add(record.id, "", f"estimated {est.total} tokens > {limit}", "overlong")
+    return keep_r, keep_e
+
+
+def modality_counts(sample: dict[str, Any]) -> dict[str, int]:
+    """Images / videos / tokens in an encoded sample (for logging)."""
+    return {
+        "images": int(sample.get("num_images", 0)),
+        "videos": 0 if "video_grid_thw" not in sample else len(sample["video_grid_thw"]),
+        "tokens": len(sample["input_ids"]),
+    }

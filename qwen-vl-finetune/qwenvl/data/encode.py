@@ -1,0 +1,240 @@
+"""One conversation to model inputs: media through qwen_vl_utils (resized once), tokens through the processor's
+chat template, labels on assistant turns only, and 4-row M-RoPE position ids.
+
+Pixel budgets (``MediaBudget``) are applied here, once, by qwen_vl_utils; the processor gets ``do_resize=False``
+so it does not resize again. ``video_max_pixels`` / ``video_min_pixels`` are **per frame** for every family
+(upstream used them per frame for Qwen2.5-VL but as a T·H·W total for Qwen3-VL); qwen_vl_utils additionally caps
+a frame at 768 tokens and the whole video at ``MODEL_SEQ_LEN``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import torch
+
+from qwenvl.model.families import Family
+from qwenvl.model.rope import mrope_position_ids
+
+
+IGNORE_INDEX = -100
+
+
+class MediaLoadError(ValueError):
+    """An image or video of a sample could not be loaded (missing, corrupt, unsupported, too short, timeout)."""
+
+    def __init__(self, sample_id: str, path: str, reason: str) -> None:
+        super().__init__(f"{sample_id}: cannot load {path}: {reason}")
+        self.sample_id = sample_id
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MediaBudget:
+    """Resolution and frame budgets applied to every image and video (an item's own keys take precedence)."""
+
+    max_pixels: int = 28 * 28 * 576
+    min_pixels: int = 28 * 28 * 16
+    video_max_pixels: int = 28 * 28 * 1024
+    video_min_pixels: int = 28 * 28 * 256
+    video_fps: float = 2.0
+    video_max_frames: int = 8
+    video_min_frames: int = 4
+
+    def __post_init__(self) -> None:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"--min_pixels ({self.min_pixels}) is larger than --max_pixels ({self.max_pixels})")
+        if self.video_min_pixels > self.video_max_pixels:
+            raise ValueError(
+                f"--video_min_pixels ({self.video_min_pixels}) is larger than --video_max_pixels "
+                f"({self.video_max_pixels})"
+            )
+        if self.video_min_frames > self.video_max_frames:
+            raise ValueError(
+                f"--video_min_frames ({self.video_min_frames}) is larger than --video_max_frames "
+                f"({self.video_max_frames})"
+            )
+        if self.video_fps <= 0:
+            raise ValueError(f"--video_fps must be positive, got {self.video_fps}")
+
+    def image_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, **item}
+
+    def video_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        ele = {
+            "min_pixels": self.video_min_pixels,
+            "max_pixels": self.video_max_pixels,
+            "min_frames": self.video_min_frames,
+            "max_frames": self.video_max_frames,
+            **item,
+        }
+        if "nframes" not in ele:
+            ele.setdefault("fps", self.video_fps)
+        return ele
+
+
+class EncodedSample(TypedDict, total=False):
+    """Model inputs of one sample (1-D token tensors; position_ids is ``(4, L)``)."""
+
+    sample_id: str
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    mm_token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    pixel_values_videos: torch.Tensor
+    video_grid_thw: torch.Tensor
+    second_per_grid_ts: torch.Tensor
+    num_images: int
+
+
+class SampleEncoder:
+    """Encodes conversations for one checkpoint's processor and family."""
+
+    def __init__(
+        self, processor: Any, family: Family, budget: MediaBudget | None = None, tokens_per_second: float = 2.0
+    ):
+        self.processor = processor
+        self.family = family
+        self.budget = budget or MediaBudget()
+        self.tokens_per_second = tokens_per_second
+        tok = processor.tokenizer
+        self.im_start = _token_id(tok, "<|im_start|>")
+        self.im_end = _token_id(tok, "<|im_end|>")
+        self.assistant_header = [self.im_start] + tok.encode("assistant\n", add_special_tokens=False)
+        self.reserved = [t for t in tok.all_special_tokens if t.startswith("<|")]
+
+    def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list, list]:
+        """Fetch and resize every image and video of ``messages`` (in order) with the budgets.
+
+        Raises:
+            MediaLoadError: naming the sample and the file, whatever went wrong while loading it.
+        """
+        from qwen_vl_utils import fetch_image, fetch_video
+
+        images, videos, metadata, fps = [], [], [], []
+        patch = self.family.patch_size
+        for message in messages:
+            if not isinstance(message["content"], list):
+                continue
+            for item in message["content"]:
+                kind = item.get("type")
+                if kind not in ("image", "video"):
+                    continue
+                try:
+                    if kind == "image":
+                        images.append(fetch_image(self.budget.image_item(item), image_patch_size=patch))
+                        continue
+                    (video, meta), sample_fps = fetch_video(
+                        self.budget.video_item(item), patch, return_video_sample_fps=True, return_video_metadata=True
+                    )
+                except Exception as e:  # noqa: BLE001 - every media failure is reported the same way
+                    raise MediaLoadError(sample_id, str(item.get(kind)), f"{type(e).__name__}: {e}") from e
+                videos.append(video)
+                metadata.append(meta)
+                fps.append(sample_fps)
+        return images, videos, metadata, fps
+
+    def check_text(self, messages: list[dict[str, Any]], sample_id: str) -> None:
+        for message in messages:
+            items = message["content"] if isinstance(message["content"], list) else [{"text": message["content"]}]
+            for item in items:
+                text = item.get("text") or ""
+                for token in self.reserved:
+                    if token in text:
+                        raise ValueError(
+                            f"{sample_id}: text contains the reserved token {token}, which would be read as a control "
+                            "token; remove it from the annotation"
+                        )
+
+    def __call__(self, messages: list[dict[str, Any]], sample_id: str = "") -> EncodedSample:
+        self.check_text(messages, sample_id)
+        images, videos, metadata, _ = self.load_media(messages, sample_id)
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+            kwargs["do_sample_frames"] = False
+            # transformers 5.x derives Qwen3-VL timestamps and Qwen2.5-VL's second_per_grid_ts from metadata.
+            kwargs["video_metadata"] = metadata
+        enc = self.processor(text=[text], **kwargs)
+        input_ids = enc["input_ids"][0]
+        sample: EncodedSample = {
+            "sample_id": sample_id,
+            "input_ids": input_ids,
+            "labels": self.labels(input_ids, messages, sample_id),
+            "mm_token_type_ids": enc["mm_token_type_ids"][0],
+            "num_images": len(images),
+        }
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+            if key in enc and enc[key] is not None:
+                sample[key] = enc[key]
+        sample["position_ids"] = mrope_position_ids(
+            self.family,
+            sample["mm_token_type_ids"],
+            sample.get("image_grid_thw"),
+            sample.get("video_grid_thw"),
+            sample.get("second_per_grid_ts"),
+            self.tokens_per_second,
+        )
+        return sample
+
+    def labels(self, input_ids: torch.Tensor, messages: list[dict[str, Any]], sample_id: str = "") -> torch.Tensor:
+        """-100 everywhere except the content of assistant turns and their closing ``<|im_end|>``.
+
+        Turns are found by role: the k-th message is the k-th ``<|im_start|>`` of the rendered text (one more when
+        the template adds a default system prompt), so assistant text that happens to contain "assistant" is not
+        mistaken for a turn.
+        """
+        ids = input_ids.tolist()
+        starts = [i for i, t in enumerate(ids) if t == self.im_start]
+        extra = len(starts) - len(messages)
+        if extra not in (0, 1):
+            raise ValueError(
+                f"{sample_id}: the chat template rendered {len(starts)} turns for {len(messages)} messages; "
+                "the processor's chat template is not a Qwen-style template"
+            )
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        header = self.assistant_header
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            s = starts[k + extra]
+            if ids[s : s + len(header)] != header:
+                raise ValueError(f"{sample_id}: turn {k} is not rendered as '<|im_start|>assistant\\n'")
+            begin = s + len(header)
+            try:
+                end = ids.index(self.im_end, begin)
+            except ValueError:
+                raise ValueError(f"{sample_id}: assistant turn {k} has no closing <|im_end|>") from None
+            labels[begin : end + 1] = input_ids[begin : end + 1]
+        return labels
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {token} token; it is not a Qwen tokenizer")
+    return token_id
+
+
+def truncate_text_only(sample: EncodedSample, max_length: int) -> EncodedSample | None:
+    """Cut ``sample`` to ``max_length`` tokens if the cut falls after its last vision token; else ``None``."""
+    types = sample["mm_token_type_ids"]
+    vision = (types != 0).nonzero()
+    last_vision = int(vision[-1]) if len(vision) else -1
+    # Keep the <|vision_end|> after the last vision run too.
+    if last_vision + 2 > max_length:
+        return None
+    out = dict(sample)
+    for key in ("input_ids", "labels", "mm_token_type_ids"):
+        out[key] = sample[key][:max_length]
+    out["position_ids"] = sample["position_ids"][:, :max_length]
+    if int((out["labels"] != IGNORE_INDEX).sum()) == 0:
+        return None
+    return out  # type: ignore[return-value]

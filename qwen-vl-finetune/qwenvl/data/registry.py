@@ -1,0 +1,141 @@
+"""The dataset registry: names to annotation files and media roots, and ``--dataset_use`` parsing.
+
+A registry is a YAML file::
+
+    datasets:
+      my_images:
+        annotation_path: data/my_images.jsonl   # relative paths are relative to this YAML file
+        media_root: data/media                  # upstream's name "data_path" is accepted too
+
+``--dataset_use my_images,demo_video%50`` picks datasets by name; ``%N`` samples N percent (seeded, the same on
+every rank; N above 100 repeats the data). An entry of ``--dataset_use`` may also be a path to a ``.json`` /
+``.jsonl`` file, whose folder is then its media root. The bundled demo datasets (``demo_images``,
+``demo_video``, ``demo_messages``) are always registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
+
+
+logger = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+BUILTIN_REGISTRY = DEMO_DIR / "registry.yaml"
+_RATE_RE = re.compile(r"^(?P<name>.+?)%(?P<pct>\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered dataset."""
+
+    name: str
+    annotation_path: str
+    media_root: str
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, DatasetSpec]:
+    """The built-in registry, updated with the entries of ``path`` (a YAML file) if given."""
+    import yaml
+
+    specs: dict[str, DatasetSpec] = {}
+    for file in [BUILTIN_REGISTRY] + ([Path(path)] if path else []):
+        if not file.is_file():
+            raise FileNotFoundError(f"dataset registry {file} not found; pass --dataset_registry PATH.yaml")
+        data = yaml.safe_load(file.read_text()) or {}
+        entries = data.get("datasets", data)
+        if not isinstance(entries, dict):
+            raise ValueError(f"{file}: expected a mapping 'datasets: {{name: {{annotation_path, media_root}}}}'")
+        for name, entry in entries.items():
+            if not isinstance(entry, dict) or "annotation_path" not in entry:
+                raise ValueError(f"{file}: dataset {name!r} needs an annotation_path")
+            base = file.parent
+            ann = Path(entry["annotation_path"])
+            root = Path(entry.get("media_root", entry.get("data_path", "")) or ".")
+            specs[name] = DatasetSpec(
+                name=name,
+                annotation_path=str(ann if ann.is_absolute() else base / ann),
+                media_root=str(root if root.is_absolute() else base / root),
+            )
+    return specs
+
+
+def parse_dataset_use(dataset_use: str) -> list[tuple[str, float]]:
+    """``"a,b%50"`` to ``[("a", 1.0), ("b", 0.5)]``."""
+    out = []
+    for part in (p.strip() for p in dataset_use.split(",")):
+        if not part:
+            continue
+        match = _RATE_RE.match(part)
+        if match:
+            rate = float(match["pct"]) / 100
+            if rate <= 0:
+                raise ValueError(f"--dataset_use {part!r}: the sampling percentage must be positive")
+            out.append((match["name"], rate))
+        else:
+            out.append((part, 1.0))
+    if not out:
+        raise ValueError("--dataset_use is empty; name at least one dataset (e.g. demo_images)")
+    return out
+
+
+def resolve_spec(name: str, registry: dict[str, DatasetSpec]) -> DatasetSpec:
+    if name in registry:
+        return registry[name]
+    path = Path(name)
+    if path.suffix in (".json", ".jsonl") and path.is_file():
+        return DatasetSpec(name=name, annotation_path=str(path), media_root=str(path.parent))
+    raise ValueError(
+        f"dataset {name!r} is not registered (known: {', '.join(sorted(registry))}); add it to a registry YAML "
+        "passed with --dataset_registry, or give a path to a .json/.jsonl file"
+    )
+
+
+def sample_indices(n: int, rate: float, seed: int, name: str) -> list[int]:
+    """Indices for sampling ``rate`` of ``n`` items: seeded by (seed, name) so every rank gets the same."""
+    whole, frac = int(rate), rate - int(rate)
+    indices = list(range(n)) * whole
+    take = int(round(n * frac))
+    if take:
+        rng = random.Random(f"{seed}:{name}")
+        indices += sorted(rng.sample(range(n), take))
+    return indices
+
+
+def load_records(
+    dataset_use: str, registry_path: str | Path | None = None, seed: int = 42, check_exists: bool = True,
+) -> list[Record]:  # fmt: skip
+    """Every record of the datasets named in ``dataset_use``, checked, with sampling applied."""
+    registry = load_registry(registry_path)
+    records: list[Record] = []
+    errors: list[str] = []
+    for name, rate in parse_dataset_use(dataset_use):
+        spec = resolve_spec(name, registry)
+        loaded = []
+        for where, raw in read_annotation_file(spec.annotation_path):
+            try:
+                loaded.append(normalise_record(raw, where, spec.media_root, spec.name, check_exists))
+            except AnnotationError as e:
+                errors.append(str(e))
+        chosen = sample_indices(len(loaded), rate, seed, name)
+        logger.info("dataset %s: %d records, %d used (rate %.2f)", name, len(loaded), len(chosen), rate)
+        records.extend(loaded[i] for i in chosen)
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise AnnotationError(
+            f"{len(errors)} invalid record(s):\n  {shown}{more}\n"
+            "Fix them, or run python -m qwenvl.data.lint for a full report."
+        )
+    return records
+
+
+def registry_summary(registry: dict[str, DatasetSpec]) -> list[dict[str, Any]]:
+    return [vars(s) for s in registry.values()]
