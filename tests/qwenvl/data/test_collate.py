@@ -1,0 +1,130 @@
+"""Collators with exact tensors, and packed batches that give each sample the loss it has alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForImageTextToText
+
+from qwenvl.data.collate import PackedCollator, PaddedCollator, sample_lengths
+from qwenvl.data.encode import IGNORE_INDEX, MediaBudget, SampleEncoder
+from qwenvl.data.registry import load_records
+from qwenvl.model.families import FAMILIES
+from qwenvl.model.loader import load_processor
+
+
+def _sample(ids, labels, sample_id="s"):
+    ids = torch.tensor(ids)
+    L = len(ids)
+    return {
+        "sample_id": sample_id,
+        "input_ids": ids,
+        "labels": torch.tensor(labels),
+        "mm_token_type_ids": torch.zeros(L, dtype=torch.int64),
+        "position_ids": torch.arange(L).expand(4, L).clone(),
+    }
+
+
+def test_padded_collator_exact():
+    a = _sample([5, 6, 7], [5, 6, 7])
+    b = _sample([8, 9], [-100, 9])
+    batch = PaddedCollator(pad_token_id=0)([a, None, b])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["position_ids"].shape == (4, 2, 3)
+    assert batch["position_ids"][:, 1].tolist() == [[0, 1, 2]] * 4
+    assert batch["mm_token_type_ids"].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert batch["use_cache"] is False
+    assert PaddedCollator(0, pad_to_multiple_of=4)([a])["input_ids"].shape == (1, 4)
+
+
+def test_packed_collator_exact():
+    a = _sample([5, 6, 7], [5, 6, 7])
+    b = _sample([8, 9], [8, 9])
+    batch = PackedCollator()([[a, b], None, [a]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 5, 6, 7]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, 6, 7]]
+    assert batch["attention_mask"] is None
+    assert batch["position_ids"][0, 0].tolist() == [0, 1, 2, 0, 1, 0, 1, 2]
+    assert batch["position_ids"].shape == (4, 1, 8)
+    assert sample_lengths(batch) == [3, 2, 3]
+    with pytest.raises(RuntimeError, match="every sample of this batch was skipped"):
+        PackedCollator()([None, []])
+
+
+def _per_sample_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> list[float]:
+    """Mean next-token CE of each sample in a (1, sum L) row, shifting inside each sample."""
+    out, start = [], 0
+    for n in lengths:
+        lg, lb = logits[0, start : start + n - 1], labels[0, start + 1 : start + n]
+        out.append(F.cross_entropy(lg.float(), lb, ignore_index=IGNORE_INDEX).item())
+        start += n
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_checkpoints):
+    """The demo samples (images, video, image+video, text-only, multi-turn) encoded for every family."""
+    records = load_records("demo_images,demo_video,demo_messages")
+    picked = [
+        r
+        for r in records
+        if any(k in r.id for k in ("img-pair", "vid-red", "msg-image-video", "msg-text-only", "img-0"))
+    ]
+    out = {}
+    for family, path in tiny_checkpoints.items():
+        budget = MediaBudget(max_pixels=64 * 32 * 32, video_max_pixels=16 * 32 * 32, video_min_pixels=8 * 32 * 32)
+        encoder = SampleEncoder(load_processor(str(path)), FAMILIES[family], budget)
+        out[family] = [encoder(r.messages, r.id) for r in picked]
+    return out
+
+
+def test_packed_equals_unpacked(tiny_checkpoint, family, encoded):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    samples = encoded[family]
+    assert (
+        len(samples) == 5
+        and any("video_grid_thw" in s for s in samples)
+        and any("image_grid_thw" in s for s in samples)
+    )
+    alone = []
+    with torch.no_grad():
+        for s in samples:
+            batch = PackedCollator()([s])
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            alone.extend(_per_sample_losses(logits, batch["labels"], [len(s["input_ids"])]))
+        batch = PackedCollator()([samples])
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        packed = _per_sample_losses(logits, batch["labels"], sample_lengths(batch))
+        # Padded batch: the same per-sample losses too.
+        padded = PaddedCollator(pad_token_id=0)(samples)
+        padded_logits = model(**{k: v for k, v in padded.items() if k != "labels"}).logits
+    for i, (a, p) in enumerate(zip(alone, packed)):
+        assert abs(a - p) <= 1e-5, (family, i, a, p)
+    for i, s in enumerate(samples):
+        n = len(s["input_ids"])
+        row = F.cross_entropy(padded_logits[i, : n - 1], padded["labels"][i, 1:n], ignore_index=IGNORE_INDEX).item()
+        assert abs(row - alone[i]) <= 1e-5, (family, i)
+
+
+def test_control_positions_not_restarting_leak_across_samples(tiny_checkpoint, family, encoded):
+    """The same packed row with row 0 of position_ids running on (no restart): later samples see earlier ones
+    and their loss changes, so test_packed_equals_unpacked would catch broken isolation."""
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    samples = encoded[family]
+    batch = PackedCollator()([samples])
+    lengths = sample_lengths(batch)
+    broken = dict(batch)
+    broken["position_ids"] = batch["position_ids"].clone()
+    broken["position_ids"][0, 0] = torch.arange(broken["position_ids"].shape[-1])
+    with torch.no_grad():
+        good = _per_sample_losses(
+            model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"], lengths
+        )
+        bad = _per_sample_losses(
+            model(**{k: v for k, v in broken.items() if k != "labels"}).logits, batch["labels"], lengths
+        )
+    assert abs(good[0] - bad[0]) <= 1e-5  # the first sample has nothing before it
+    assert max(abs(g - b) for g, b in zip(good[1:], bad[1:])) > 1e-3

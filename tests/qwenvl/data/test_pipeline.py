@@ -1,0 +1,313 @@
+"""Annotations, registry, label masks, packing planner, dataset policies and the lint CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwenvl.data.annotations import AnnotationError, normalise_record
+from qwenvl.data.dataset import (
+    PackedDataset,
+    Quarantine,
+    SupervisedDataset,
+    estimate_length,
+    prefilter_overlong,
+)
+from qwenvl.data.encode import IGNORE_INDEX, MediaBudget, MediaLoadError, SampleEncoder
+from qwenvl.data.packing import packing_efficiency, plan_packs
+from qwenvl.data.registry import DEMO_DIR, load_records, parse_dataset_use, sample_indices
+from qwenvl.model.families import FAMILIES
+from qwenvl.model.loader import load_processor
+
+
+IMAGE = sorted((DEMO_DIR / "images").iterdir())[0]
+
+
+# ----------------------------------------------------------------------------------------------- annotations
+
+
+def test_upstream_and_messages_formats_give_the_same_messages(tmp_path):
+    upstream = {
+        "image": [IMAGE.name, IMAGE.name],
+        "conversations": [
+            {"from": "human", "value": "Look <image> and <image>\nsame?"},
+            {"from": "gpt", "value": "Yes."},
+        ],
+    }
+    messages = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Look"},
+                    {"type": "image", "image": IMAGE.name},
+                    {"type": "text", "text": "and"},
+                    {"type": "image_url", "image_url": {"url": str(IMAGE)}},
+                    {"type": "text", "text": "same?"},
+                ],
+            },
+            {"role": "assistant", "content": "Yes."},
+        ]
+    }
+    a = normalise_record(upstream, "a.json[0]", str(IMAGE.parent))
+    b = normalise_record(messages, "b.jsonl:1", str(IMAGE.parent))
+    assert a.messages == b.messages
+    assert a.messages[0]["content"][1] == {"type": "image", "image": str(IMAGE)}
+    assert [m["type"] for m in a.media()] == ["image", "image"]
+
+
+@pytest.mark.parametrize(
+    "record, match",
+    [
+        (
+            {"image": IMAGE.name, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a"}]},
+            "1 image\\(s\\) listed but 0 <image> tag",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "a"}]},
+            "more <image> tags than the 0",
+        ),
+        (
+            {
+                "image": "missing.png",
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}],
+            },
+            "image file not found",
+        ),
+        (
+            {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+            "turn 0 is assistant, expected user",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+            "turn 1 is user, expected assistant",
+        ),
+        ({"conversations": [{"from": "human", "value": "a"}]}, "must end with an answer"),
+        (
+            {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "<image>"}]},
+            "assistant turn contains",
+        ),
+        ({"conversations": [{"from": "robot", "value": "a"}]}, "unknown role 'robot'"),
+        ({"text": "hi"}, "neither 'conversations' nor 'messages'"),
+    ],
+)
+def test_bad_records_name_the_record_and_fix(record, match):
+    with pytest.raises(AnnotationError, match="data.jsonl:7: .*" + match):
+        normalise_record(record, "data.jsonl:7", str(IMAGE.parent))
+
+
+def test_registry_and_seeded_sampling(tmp_path):
+    assert parse_dataset_use("a, b%50,c%250") == [("a", 1.0), ("b", 0.5), ("c", 2.5)]
+    with pytest.raises(ValueError, match="empty"):
+        parse_dataset_use(" , ")
+    # The same on every call (rank) for a seed, different for another seed; >100% repeats.
+    assert sample_indices(100, 0.3, 42, "x") == sample_indices(100, 0.3, 42, "x")
+    assert sample_indices(100, 0.3, 42, "x") != sample_indices(100, 0.3, 7, "x")
+    assert len(sample_indices(10, 2.5, 0, "x")) == 25
+    records = load_records("demo_images,demo_video,demo_messages%200")
+    assert len(records) == 6 + 2 + 6
+    # A path works as a dataset too, with its folder as media root; an unknown name says how to register one.
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}) + "\n"
+    )
+    assert len(load_records(str(path))) == 1
+    with pytest.raises(ValueError, match="not registered.*--dataset_registry"):
+        load_records("nope")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversations": [{"from": "gpt", "value": "x"}]}\n')
+    with pytest.raises(AnnotationError, match="(?s)1 invalid record.*bad.jsonl:1"):
+        load_records(str(bad))
+
+
+# ----------------------------------------------------------------------------------------------- label masks
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_checkpoints):
+    return {f: SampleEncoder(load_processor(str(p)), FAMILIES[f], MediaBudget()) for f, p in tiny_checkpoints.items()}
+
+
+def test_labels_supervise_only_assistant_turns(encoders, family):
+    encoder = encoders[family]
+    tok = encoder.processor.tokenizer
+    answers = ["The circle is red.", "Yes, the assistant said so."]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": str(IMAGE)}, {"type": "text", "text": "assistant colour?"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": answers[0]}]},
+        {"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answers[1]}]},
+    ]
+    sample = encoder(messages, "t")
+    ids, labels = sample["input_ids"], sample["labels"]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    expected = []
+    for answer in answers:
+        expected += tok.encode(answer, add_special_tokens=False) + [im_end]
+    assert labels[labels != IGNORE_INDEX].tolist() == expected
+    # Supervised positions carry their own token ids; everything else (system, user, image pads, headers) is -100.
+    mask = labels != IGNORE_INDEX
+    assert torch.equal(labels[mask], ids[mask])
+    assert not mask[sample["mm_token_type_ids"] != 0].any()
+    assert int(mask.sum()) == len(expected)
+
+
+def test_reserved_tokens_in_text_are_rejected(encoders):
+    encoder = encoders["qwen3_vl"]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "hi <|im_end|> there"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+    ]
+    with pytest.raises(ValueError, match="rec-9: text contains the reserved token <\\|im_end\\|>"):
+        encoder(messages, "rec-9")
+
+
+def test_budgets_applied_once(encoders):
+    encoder = SampleEncoder(
+        encoders["qwen3_vl"].processor,
+        FAMILIES["qwen3_vl"],
+        MediaBudget(max_pixels=8 * 32 * 32, min_pixels=4 * 32 * 32),
+    )
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": str(IMAGE)}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+    ]
+    sample = encoder(messages, "b")
+    # 160x120 under max 8 tokens (8192 px) -> 96x64 by smart_resize; the processor did not resize again.
+    assert sample["image_grid_thw"].tolist() == [[1, 4, 6]]
+    assert sample["pixel_values"].shape[0] == 24
+
+
+def test_length_estimates_are_exact(encoders, family):
+    encoder = encoders[family]
+    for record in load_records("demo_images,demo_video,demo_messages"):
+        assert estimate_length(record, encoder).total == len(encoder(record.messages, record.id)["input_ids"]), (
+            record.id
+        )
+
+
+# ----------------------------------------------------------------------------------------------- packing planner
+
+
+def test_planner_best_fit_decreasing():
+    assert plan_packs([6, 5, 4, 3, 2], 10) == [[0, 2], [1, 3, 4]]
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(10, 60), rng.randint(300, 900)]) for _ in range(500)]
+    packs = plan_packs(lengths, 1024, window=128)
+    flat = sorted(i for p in packs for i in p)
+    assert flat == list(range(500))
+    assert all(sum(lengths[i] for i in p) <= 1024 for p in packs)
+    assert packing_efficiency(lengths, packs, 1024) > 0.9
+    with pytest.raises(ValueError, match="longer than --max_packed_tokens=100"):
+        plan_packs([50, 101], 100)
+
+
+# ----------------------------------------------------------------------------------------------- dataset policies
+
+
+def _records_with_broken_image(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    good = {
+        "conversations": [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "red"}],
+        "image": str(IMAGE),
+    }
+    bad = {
+        "conversations": [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "red"}],
+        "image": str(broken),
+    }
+    return [
+        normalise_record(good, "d.jsonl:1"),
+        normalise_record(bad, "d.jsonl:2"),
+        normalise_record(good, "d.jsonl:3"),
+    ]
+
+
+def test_bad_media_error_and_skip_with_quarantine(tmp_path, encoders):
+    records = _records_with_broken_image(tmp_path)
+    encoder = encoders["qwen2_vl"]
+    strict = SupervisedDataset(records, encoder)
+    assert strict[0]["sample_id"] == "d.jsonl:1"
+    with pytest.raises(MediaLoadError, match="d.jsonl:2: cannot load .*broken.png.*--bad_media skip"):
+        strict[1]
+    quarantine = Quarantine(tmp_path / "out" / "quarantine.jsonl")
+    lenient = SupervisedDataset(records, encoder, bad_media="skip", quarantine=quarantine)
+    items = [lenient[i] for i in range(3)]
+    # Never swapped for a neighbour: the bad one is None, the others are themselves.
+    assert items[1] is None and [items[0]["sample_id"], items[2]["sample_id"]] == ["d.jsonl:1", "d.jsonl:3"]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"id": "d.jsonl:2", "path": str(tmp_path / "broken.png"), "kind": "bad_media", "reason": lines[0]["reason"]}
+    ]
+    assert "cannot identify" in lines[0]["reason"]
+    assert quarantine.summary() == {"bad_media": 1}
+
+
+def test_overlong_policies(tmp_path, encoders):
+    encoder = encoders["qwen3_vl"]
+    records = load_records("demo_images")  # 45-token single-image samples and a 102-token two-image one
+    estimates = [estimate_length(r, encoder) for r in records]
+    with pytest.raises(ValueError, match="1 sample\\(s\\) exceed --model_max_length 60.*img-pair"):
+        prefilter_overlong(records, estimates, 60, "error", Quarantine(None))
+    q = Quarantine(tmp_path / "q.jsonl")
+    kept, _ = prefilter_overlong(records, estimates, 60, "skip", q)
+    assert len(kept) == 5 and q.summary() == {"overlong": 1}
+
+    pair = [r for r in records if "img-pair" in r.id]
+    with pytest.raises(ValueError, match="102 tokens exceeds --model_max_length 60"):
+        SupervisedDataset(pair, encoder, model_max_length=60)[0]
+    # truncate_text: cut after the last vision token, keeping answer tokens; impossible -> skipped.
+    cut = SupervisedDataset(pair, encoder, model_max_length=90, overlong="truncate_text")[0]
+    assert len(cut["input_ids"]) == 90 and cut["position_ids"].shape == (4, 90)
+    assert (cut["labels"] != IGNORE_INDEX).any()
+    q2 = Quarantine(tmp_path / "q2.jsonl")
+    assert SupervisedDataset(pair, encoder, model_max_length=40, overlong="truncate_text", quarantine=q2)[0] is None
+    assert q2.summary() == {"overlong": 1}
+
+
+def test_packed_dataset_items_are_packs(encoders):
+    encoder = encoders["qwen2_5_vl"]
+    records = load_records("demo_images,demo_messages")
+    lengths = [estimate_length(r, encoder).total for r in records]
+    packed = PackedDataset(SupervisedDataset(records, encoder), lengths, max_packed_tokens=700)
+    assert sum(len(p) for p in packed.packs) == len(records)
+    for i in range(len(packed)):
+        pack = packed[i]
+        assert sum(len(s["input_ids"]) for s in pack) <= 700
+
+
+# ----------------------------------------------------------------------------------------------- lint CLI
+
+
+def test_lint_cli_on_bundled_dataset(tiny_checkpoints, tmp_path):
+    cmd = [sys.executable, "-m", "qwenvl.data.lint", "--dataset_use", "demo_images,demo_video,demo_messages",
+           "--model_name_or_path", str(tiny_checkpoints["qwen3_vl"]), "--model_max_length", "300", "--max_packed_tokens", "1024"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "11 samples" in out and "length histogram" in out
+    assert "3 sample(s) over --model_max_length 300: would stop training" in out
+    assert "efficiency" in out and "no problems found" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps(
+            {
+                "image": "gone.png",
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}],
+            }
+        )
+        + "\n"
+    )
+    result = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "image file not found" in result.stdout
+    assert Path(bad).exists()
