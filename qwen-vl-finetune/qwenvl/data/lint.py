@@ -9,7 +9,7 @@ Run::
 
     python -m qwenvl.data.lint --dataset_use demo_images,demo_video,demo_messages \\
         --model_name_or_path Qwen/Qwen3-VL-8B-Instruct [--model_max_length 4096] [--max_packed_tokens 8192] \\
-        [--max_pixels 451584] [--dataset_registry my_registry.yaml] [--per_sample]
+        [--max_pixels 451584] [--dataset_registry my_registry.yaml] [--per_sample] [--verify_media]
 
 Exits with status 1 when any record has a problem.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from qwenvl.data.annotations import AnnotationError, normalise_record, read_annotation_file
 from qwenvl.data.dataset import LengthEstimate, estimate_length
-from qwenvl.data.encode import MediaBudget, SampleEncoder
+from qwenvl.data.encode import MediaBudget, MediaLoadError, SampleEncoder
 from qwenvl.data.packing import packing_efficiency, plan_packs
 from qwenvl.data.registry import load_registry, parse_dataset_use, resolve_spec, sample_indices
 
@@ -75,6 +75,11 @@ def lint(args: argparse.Namespace) -> int:
             est = estimate_length(record, encoder)
             if est.media_error:
                 problems.append(f"{record.id}: media problem: {est.media_error}")
+            elif args.verify_media:
+                try:  # decode every pixel: finds truncated or corrupt bodies that headers do not show
+                    encoder.load_media(record.messages, record.id)
+                except MediaLoadError as e:
+                    problems.append(str(e))
             rows.append((record.id, est))
 
     lengths = [est.total for _, est in rows]
@@ -138,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch_size", type=int, default=4, help="batch size for the padded-efficiency comparison")
     parser.add_argument("--seed", type=int, default=42, help="seed of %%N sampling")
+    parser.add_argument(
+        "--verify_media", action="store_true", help="also decode all media (slower; finds corrupt files)"
+    )
     parser.add_argument("--per_sample", action="store_true", help="print every sample's budget (default: up to 50)")
     defaults: dict[str, Any] = {f.name: f.default for f in fields(MediaBudget)}
     for name, default in defaults.items():

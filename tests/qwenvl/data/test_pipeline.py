@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -310,4 +309,15 @@ def test_lint_cli_on_bundled_dataset(tiny_checkpoints, tmp_path):
     )
     result = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "image file not found" in result.stdout
-    assert Path(bad).exists()
+    truncated = tmp_path / "trunc.jpg"
+    truncated.write_bytes((DEMO_DIR / "images" / "1_blue_square.jpg").read_bytes()[:900])
+    record = {
+        "image": str(truncated),
+        "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}],
+    }
+    bad.write_text(json.dumps(record) + "\n")
+    assert subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, timeout=300).returncode == 0
+    result = subprocess.run(
+        cmd[:4] + [str(bad)] + cmd[5:] + ["--verify_media"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "trunc.jpg" in result.stdout
