@@ -326,7 +326,7 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
             logger.warning("%s failed to decode %r (%s); decoding with pyav instead", backend, source, e)
             backend = "pyav"
             video = _decode_resized(path, indices, probe, backend, (height, width), deadline)
-        logger.info(
+        logger.debug(
             "%s: video=%s total_frames=%d fps=%.3f nframes=%d size=%dx%d time=%.3fs",
             backend, describe(source), probe.total_frames, probe.fps, nframes, width, height,
             time.monotonic() - started,

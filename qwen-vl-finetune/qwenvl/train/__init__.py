@@ -1,0 +1,1 @@
+"""Training: arguments, Trainer subclass, LoRA, entry point train_qwen.py, merge_lora."""

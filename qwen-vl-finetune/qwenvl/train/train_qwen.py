@@ -1,0 +1,210 @@
+"""Fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) with the HF Trainer.
+
+Run (one GPU, several GPUs, or CPU with --use_cpu True)::
+
+    torchrun --nproc_per_node=8 qwenvl/train/train_qwen.py \\
+        --model_name_or_path Qwen/Qwen3-VL-8B-Instruct --dataset_use my_data --dataset_registry data.yaml \\
+        --output_dir out --bf16 True --per_device_train_batch_size 4 --learning_rate 1e-5 \\
+        [--deepspeed scripts/zero3.json] [--lora_enable True] [--data_packing True] [--config recipe.yaml]
+
+also as ``python -m qwenvl.train.train_qwen ...``. The run resumes automatically from the newest
+``output_dir/checkpoint-*`` (or from ``--resume_from_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the package importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
+from qwenvl.data.collate import PackedCollator, PaddedCollator  # noqa: E402
+from qwenvl.data.dataset import (  # noqa: E402
+    PackedDataset,
+    Quarantine,
+    SupervisedDataset,
+    estimate_length,
+    prefilter_overlong,
+)
+from qwenvl.data.encode import MediaBudget, SampleEncoder  # noqa: E402
+from qwenvl.data.registry import load_records  # noqa: E402
+from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary  # noqa: E402
+from qwenvl.model.loader import load_model, load_processor, read_family  # noqa: E402
+from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing  # noqa: E402
+from qwenvl.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
+from qwenvl.train.trainer import QwenVLTrainer  # noqa: E402
+
+
+logger = logging.getLogger("qwenvl.train")
+
+
+class SavePreprocessingCallback(TrainerCallback):
+    """Writes qwenvl_preprocessing.json into every checkpoint, so each one is usable on its own."""
+
+    def __init__(self, settings: PreprocessingSettings) -> None:
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: D102
+        if state.is_world_process_zero:
+            save_preprocessing(self.settings, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+def _init_deepspeed_comm(training_args: TrainingArguments) -> None:
+    """ZeRO-3 enters ``deepspeed.zero.Init`` inside ``from_pretrained``; it needs deepspeed.comm set up. On GPU
+    accelerate does this; on CPU (gloo) it does not, so wrap the existing process group (a no-op otherwise)."""
+    if not training_args.deepspeed or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
+def _budget(data_args: DataArguments) -> MediaBudget:
+    return MediaBudget(**{f.name: getattr(data_args, f.name) for f in fields(MediaBudget)})
+
+
+def build_datasets(
+    data_args: DataArguments, training_args: TrainingArguments, encoder: SampleEncoder, quarantine: Quarantine
+) -> tuple[Any, Any]:
+    def make(dataset_use: str, packed: bool) -> Any:
+        records = load_records(dataset_use, data_args.dataset_registry, seed=data_args.data_seed_sampling)
+        estimates = [estimate_length(r, encoder) for r in records]
+        records, estimates = prefilter_overlong(
+            records, estimates, training_args.model_max_length, data_args.overlong, quarantine
+        )
+        if not records:
+            raise ValueError(f"no usable records in --dataset_use {dataset_use!r}")
+        base = SupervisedDataset(
+            records, encoder, training_args.model_max_length, data_args.bad_media, data_args.overlong, quarantine
+        )
+        if packed:
+            lengths = [min(e.total, training_args.model_max_length) for e in estimates]
+            return PackedDataset(base, lengths, data_args.max_packed_tokens)
+        return base
+
+    train = make(data_args.dataset_use, data_args.data_packing)
+    evaluation = make(data_args.eval_dataset_use, data_args.data_packing) if data_args.eval_dataset_use else None
+    return train, evaluation
+
+
+def train(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse flags and run training; returns the final metrics."""
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    transformers.set_seed(training_args.seed)  # before LoRA init, which Trainer would leave unseeded
+    _init_deepspeed_comm(training_args)
+    os.makedirs(training_args.output_dir, exist_ok=True)
+
+    family = read_family(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model = load_model(
+        model_args.model_name_or_path,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        cache_dir=training_args.cache_dir,
+    )
+    # Packed rows are only isolated without a KV cache, and Trainer's use_cache=False does not reach text_config.
+    model.config.use_cache = False
+    if hasattr(model.config, "text_config"):
+        model.config.text_config.use_cache = False
+    processor = load_processor(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+
+    set_trainable(
+        model, vision_tower=model_args.tune_mm_vision, merger=model_args.tune_mm_mlp, llm=model_args.tune_mm_llm
+    )
+    if training_args.lora_enable:
+        from qwenvl.train.lora import apply_lora
+
+        model = apply_lora(model, training_args, model_args.tune_mm_vision, model_args.tune_mm_mlp)
+    if training_args.gradient_checkpointing:
+        if training_args.gradient_checkpointing_kwargs is None:
+            training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        model.enable_input_require_grads()
+
+    lrs = {
+        "vision_tower": training_args.vision_tower_lr
+        if training_args.vision_tower_lr is not None
+        else training_args.learning_rate,
+        "merger": training_args.mm_projector_lr if training_args.mm_projector_lr is not None else training_args.learning_rate,
+        "llm": training_args.learning_rate,
+    }
+    summary = trainable_summary(model, lrs)
+    wanted = {
+        "vision_tower": model_args.tune_mm_vision or training_args.lora_vision,
+        "merger": model_args.tune_mm_mlp or training_args.lora_merger,
+        "llm": model_args.tune_mm_llm or training_args.lora_enable,
+    }
+    empty = [r["component"] for r in summary if wanted[r["component"]] and r["trainable"] == 0]
+    if empty:
+        raise ValueError(f"asked to train {empty} but they have no trainable parameters in this model")
+    if training_args.should_log:
+        logger.info("trainable parameters:\n%s", format_summary(summary))
+
+    tokens_per_second = getattr(getattr(model.config, "vision_config", None), "tokens_per_second", 2)
+    encoder = SampleEncoder(processor, family, _budget(data_args), tokens_per_second)
+    quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
+    train_dataset, eval_dataset = build_datasets(data_args, training_args, encoder, quarantine)
+    packed = data_args.data_packing or data_args.data_flatten
+    collator = PackedCollator() if packed else PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id)
+
+    settings = PreprocessingSettings(
+        model_type=family.model_type,
+        patch_size=family.patch_size,
+        model_max_length=training_args.model_max_length,
+        **asdict(_budget(data_args)),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    trainer = QwenVLTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[SavePreprocessingCallback(settings)],
+        component_lrs=lrs,
+        vision_sync=world > 1 or bool(training_args.deepspeed),
+        packed_capacity=data_args.max_packed_tokens if data_args.data_packing else None,
+    )
+
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume:
+            logger.warning("found %s: resuming from it (pass a new --output_dir to start over)", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    skipped = quarantine.summary()
+    metrics["skipped_samples"] = skipped
+    if trainer.is_world_process_zero():
+        save_preprocessing(settings, training_args.output_dir)
+        (Path(training_args.output_dir) / "train_summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if skipped:
+            logger.warning("skipped samples: %s (see %s)", skipped, quarantine.path)
+    return metrics
+
+
+def main() -> None:
+    train()
+
+
+if __name__ == "__main__":
+    main()
