@@ -188,6 +188,9 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
             logger.warning("found %s: resuming from it (pass a new --output_dir to start over)", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if config is not None:
+            config.use_cache = True  # the saved model is for inference
     trainer.save_model(training_args.output_dir)
     metrics = dict(result.metrics)
     if eval_dataset is not None:
