@@ -36,7 +36,9 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset_use: str = field(default="", metadata={"help": "comma-separated registry names or annotation files; name%N samples N%"})
+    dataset_use: str = field(
+        default="", metadata={"help": "comma-separated registry names or annotation files; name%N samples N%"}
+    )
     eval_dataset_use: str = field(default="", metadata={"help": "datasets for evaluation during training (eval loss)"})
     dataset_registry: str | None = field(default=None, metadata={"help": "YAML file registering more datasets"})
     data_flatten: bool = field(default=False, metadata={"help": "concatenate each batch into one padding-free row"})
@@ -65,9 +67,15 @@ class TrainingArguments(transformers.TrainingArguments):
     cache_dir: str | None = field(default=None, metadata={"help": "hub cache folder"})
     optim: str = field(default="adamw_torch", metadata={"help": "optimizer name (transformers)"})
     model_max_length: int = field(default=8192, metadata={"help": "longest sample in tokens (see --overlong)"})
-    mm_projector_lr: float | None = field(default=None, metadata={"help": "learning rate of the merger (default: --learning_rate)"})
-    vision_tower_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision tower (default: --learning_rate)"})
-    lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM instead of the full LLM"})
+    mm_projector_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the merger (default: --learning_rate)"}
+    )
+    vision_tower_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the vision tower (default: --learning_rate)"}
+    )
+    lora_enable: bool = field(
+        default=False, metadata={"help": "train LoRA adapters on the LLM instead of the full LLM"}
+    )
     lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0.0 is honoured)"})
@@ -92,17 +100,25 @@ def resolve_components(model_args: ModelArguments, training_args: TrainingArgume
     if model_args.tune_mm_llm is None:
         model_args.tune_mm_llm = not lora
     if training_args.vision_tower_lr is not None and not (model_args.tune_mm_vision or training_args.lora_vision):
-        raise ValueError("--vision_tower_lr is set but the vision tower is frozen; add --tune_mm_vision True or --lora_vision True")
+        raise ValueError(
+            "--vision_tower_lr is set but the vision tower is frozen; add --tune_mm_vision True or --lora_vision True"
+        )
     if training_args.mm_projector_lr is not None and not (model_args.tune_mm_mlp or training_args.lora_merger):
-        raise ValueError("--mm_projector_lr is set but the merger is frozen; add --tune_mm_mlp True or --lora_merger True")
+        raise ValueError(
+            "--mm_projector_lr is set but the merger is frozen; add --tune_mm_mlp True or --lora_merger True"
+        )
     if (training_args.lora_vision or training_args.lora_merger) and not lora:
         raise ValueError("--lora_vision / --lora_merger need --lora_enable True")
     if lora and model_args.tune_mm_vision and training_args.lora_vision:
-        raise ValueError("--tune_mm_vision True (full) and --lora_vision True (LoRA) both target the vision tower; pick one")
+        raise ValueError(
+            "--tune_mm_vision True (full) and --lora_vision True (LoRA) both target the vision tower; pick one"
+        )
     if lora and model_args.tune_mm_mlp and training_args.lora_merger:
         raise ValueError("--tune_mm_mlp True (full) and --lora_merger True (LoRA) both target the merger; pick one")
     if not (lora or model_args.tune_mm_vision or model_args.tune_mm_mlp or model_args.tune_mm_llm):
-        raise ValueError("nothing would be trained: set --tune_mm_llm / --tune_mm_mlp / --tune_mm_vision True or --lora_enable True")
+        raise ValueError(
+            "nothing would be trained: set --tune_mm_llm / --tune_mm_mlp / --tune_mm_vision True or --lora_enable True"
+        )
     if lora and training_args.lora_r <= 0:
         raise ValueError(f"--lora_r must be positive, got {training_args.lora_r}")
     if not 0.0 <= training_args.lora_dropout < 1.0:

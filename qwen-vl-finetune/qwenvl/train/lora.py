@@ -46,7 +46,9 @@ def modules_to_save(model: torch.nn.Module, vision_tower: bool, merger: bool) ->
         if hasattr(visual, "deepstack_merger_list"):
             out.append(f"{visual_name}.deepstack_merger_list")
     if vision_tower:
-        out += [f"{visual_name}.{n}" for n, _ in visual.named_children() if n not in ("merger", "deepstack_merger_list")]
+        out += [
+            f"{visual_name}.{n}" for n, _ in visual.named_children() if n not in ("merger", "deepstack_merger_list")
+        ]
     return out
 
 

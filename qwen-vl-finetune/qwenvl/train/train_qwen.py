@@ -139,7 +139,9 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         "vision_tower": training_args.vision_tower_lr
         if training_args.vision_tower_lr is not None
         else training_args.learning_rate,
-        "merger": training_args.mm_projector_lr if training_args.mm_projector_lr is not None else training_args.learning_rate,
+        "merger": training_args.mm_projector_lr
+        if training_args.mm_projector_lr is not None
+        else training_args.learning_rate,
         "llm": training_args.learning_rate,
     }
     summary = trainable_summary(model, lrs)

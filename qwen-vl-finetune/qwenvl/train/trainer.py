@@ -96,7 +96,9 @@ class QwenVLTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
-        groups = [{k: v for k, v in g.items() if k not in ("names", "component")} for g in self.param_groups(opt_model)]
+        groups = [
+            {k: v for k, v in g.items() if k not in ("names", "component")} for g in self.param_groups(opt_model)
+        ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs.pop("lr", None)  # each group has its own
         self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
@@ -138,7 +140,9 @@ class QwenVLTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         dummy = self._dummy_vision_loss(model, inputs) if self.vision_sync and model.training else None
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         if dummy is None:
             return result
         if return_outputs:

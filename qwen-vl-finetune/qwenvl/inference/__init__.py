@@ -1,0 +1,1 @@
+"""Inference backends shared by MMMU evaluation and the demo."""
