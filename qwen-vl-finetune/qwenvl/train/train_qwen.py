@@ -16,34 +16,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the package importable without installing it
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+import transformers
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-
-from qwenvl.data.collate import PackedCollator, PaddedCollator  # noqa: E402
-from qwenvl.data.dataset import (  # noqa: E402
+from qwenvl.data.collate import PackedCollator, PaddedCollator
+from qwenvl.data.dataset import (
     PackedDataset,
     Quarantine,
     SupervisedDataset,
     estimate_length,
     prefilter_overlong,
 )
-from qwenvl.data.encode import MediaBudget, SampleEncoder  # noqa: E402
-from qwenvl.data.registry import load_records  # noqa: E402
-from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary  # noqa: E402
-from qwenvl.model.loader import load_model, load_processor, read_family  # noqa: E402
-from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing  # noqa: E402
-from qwenvl.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
-from qwenvl.train.trainer import QwenVLTrainer  # noqa: E402
+from qwenvl.data.encode import MediaBudget, SampleEncoder
+from qwenvl.data.registry import load_records
+from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary
+from qwenvl.model.loader import load_model, load_processor, read_family
+from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
+from qwenvl.train.arguments import DataArguments, TrainingArguments, parse_args
+from qwenvl.train.trainer import QwenVLTrainer
 
 
 logger = logging.getLogger("qwenvl.train")
