@@ -134,7 +134,8 @@ def check_data_args(data_args: DataArguments, training_args: TrainingArguments) 
             f"({training_args.model_max_length}); a sample that fits the limit would not fit a pack"
         )
     if training_args.eval_strategy != "no" and not data_args.eval_dataset_use:
-        raise ValueError(f"--eval_strategy {training_args.eval_strategy} needs --eval_dataset_use")
+        strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+        raise ValueError(f"--eval_strategy {strategy} needs --eval_dataset_use")
     if training_args.remove_unused_columns:
         raise ValueError("--remove_unused_columns True would drop the image tensors from batches; leave it False")
 

@@ -1,0 +1,203 @@
+"""train_qwen.py: flags, freezing, optimizer groups, LoRA, checkpoints, resume after SIGKILL, merge, main job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
+
+from qwenvl.model.freeze import component_of, set_trainable, trainable_summary
+from qwenvl.model.preprocessing import load_preprocessing
+from qwenvl.train.arguments import parse_args
+from qwenvl.train.lora import lora_target_modules, modules_to_save
+from qwenvl.train.trainer import QwenVLTrainer
+
+
+def _flags(model: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", model, "--dataset_use", "demo_images,demo_messages", "--output_dir", str(out),
+        "--use_cpu", "True", "--report_to", "none", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
+        "--model_max_length", "1024", "--logging_steps", "1", "--seed", "3", "--dataloader_num_workers", "0", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--lora_enable", "True", "--tune_mm_llm", "True"], "--tune_mm_llm True and --lora_enable True"),
+        (["--vision_tower_lr", "1e-5"], "--vision_tower_lr is set but the vision tower is frozen"),
+        (["--tune_mm_mlp", "False", "--mm_projector_lr", "1e-5"], "--mm_projector_lr is set but the merger is frozen"),
+        (["--lora_vision", "True"], "--lora_vision / --lora_merger need --lora_enable True"),
+        (["--tune_mm_llm", "False", "--tune_mm_mlp", "False"], "nothing would be trained"),
+        (["--data_packing", "True", "--max_packed_tokens", "512"], "--max_packed_tokens \\(512\\) is smaller"),
+        (["--eval_strategy", "steps"], "--eval_strategy steps needs --eval_dataset_use"),
+        (["--lora_enable", "True", "--lora_dropout", "1.5"], "--lora_dropout must be in"),
+    ],
+)
+def test_cross_flag_errors_come_before_loading(tmp_path, extra, match):
+    # The model path does not exist: the flag error must come first, before any weights are looked at.
+    with pytest.raises(ValueError, match=match):
+        parse_args(_flags("/nonexistent/model", tmp_path, *extra))
+
+
+def test_config_file_and_cli_override(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text(
+        "learning_rate: 0.05\nlora_enable: true\nlora_r: 4\nlora_dropout: 0.0\ndataset_use: demo_images\n"
+    )
+    model_args, data_args, args = parse_args(_flags("m", tmp_path, "--config", str(config), "--lora_r", "8"))
+    assert args.lora_enable and args.lora_r == 8 and args.lora_dropout == 0.0
+    assert args.learning_rate == 1e-3  # the command line wins over the file
+    assert model_args.tune_mm_llm is False and model_args.tune_mm_mlp is False  # LoRA recipe defaults
+    model_args, _, _ = parse_args(_flags("m", tmp_path))
+    assert (model_args.tune_mm_llm, model_args.tune_mm_mlp, model_args.tune_mm_vision) == (True, True, False)
+
+
+def test_components_and_freezing(tiny_checkpoints):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen3_vl"])
+    names = [n for n, _ in model.named_parameters()]
+    assert component_of("model.visual.deepstack_merger_list.0.linear_fc1.weight") == "merger"
+    assert component_of("base_model.model.model.visual.merger.norm.weight") == "merger"
+    assert component_of("model.visual.blocks.0.attn.qkv.weight") == "vision_tower"
+    assert component_of("lm_head.weight") == "llm"
+    assert any("deepstack_merger_list" in n for n in names)
+    set_trainable(model, vision_tower=False, merger=True, llm=False)
+    rows = {r["component"]: r for r in trainable_summary(model, {"merger": 0.1})}
+    assert rows["vision_tower"]["trainable"] == 0 and rows["llm"]["trainable"] == 0
+    assert rows["merger"]["trainable"] == rows["merger"]["params"] > 0 and rows["merger"]["lr"] == 0.1
+    assert not model.lm_head.weight.requires_grad  # upstream's bug: lm_head stayed trainable
+    assert all(p.requires_grad for n, p in model.named_parameters() if "deepstack_merger_list" in n)
+
+
+def test_optimizer_groups_cover_each_parameter_once(tiny_checkpoints, tmp_path):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_5_vl"])
+    set_trainable(model, vision_tower=True, merger=True, llm=True)
+    model.model.language_model.layers[0].mlp.requires_grad_(False)
+    args = TrainingArguments(str(tmp_path), use_cpu=True, learning_rate=1e-3, weight_decay=0.1, report_to="none")
+    trainer = QwenVLTrainer(model=model, args=args, component_lrs={"vision_tower": 1e-5, "merger": 1e-4, "llm": 1e-3})
+    optimizer = trainer.create_optimizer()
+    seen = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(seen) == sorted(trainable) and len(seen) == len(set(seen))
+    lrs = {g["component"]: g["lr"] for g in trainer.param_groups(model)}
+    assert lrs == {"vision_tower": 1e-5, "merger": 1e-4, "llm": 1e-3}
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # the LLM group first: it is what "learning_rate" logs
+    decays = {(g["component"], g["weight_decay"]) for g in trainer.param_groups(model)}
+    assert ("llm", 0.0) in decays and ("llm", 0.1) in decays
+
+
+def test_lora_targets(tiny_checkpoints):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen3_vl"])
+    llm_only = lora_target_modules(model, llm_mlp=True)
+    assert all(component_of(n) == "llm" for n in llm_only)
+    assert {n.rsplit(".", 1)[-1] for n in llm_only} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    everything = lora_target_modules(model, llm_mlp=False, vision=True, merger=True)
+    assert {component_of(n) for n in everything} == {"llm", "vision_tower", "merger"}
+    assert modules_to_save(model, vision_tower=False, merger=True) == [
+        "model.visual.merger",
+        "model.visual.deepstack_merger_list",
+    ]
+
+
+def test_train_lora_packed_checkpoints_and_merge(tiny_checkpoints, tmp_path):
+    from qwenvl.train.merge_lora import merge_lora
+    from qwenvl.train.train_qwen import train
+
+    out = tmp_path / "lora"
+    flags = _flags(str(tiny_checkpoints["qwen2_5_vl"]), out, "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
+                   "--tune_mm_mlp", "True", "--data_packing", "True", "--max_packed_tokens", "1024", "--max_steps", "3",
+                   "--save_steps", "2", "--eval_dataset_use", "demo_images", "--eval_strategy", "steps", "--eval_steps", "3")  # fmt: skip
+    metrics = train(flags)
+    assert "eval_loss" in metrics and metrics["skipped_samples"] == {}
+    assert (out / "adapter_model.safetensors").is_file() and (
+        out / "checkpoint-2" / "adapter_model.safetensors"
+    ).is_file()
+    for folder in (out, out / "checkpoint-2"):
+        settings = load_preprocessing(folder)
+        assert settings is not None and settings.patch_size == 14 and settings.model_type == "qwen2_5_vl"
+        assert (folder / "processor_config.json").is_file() and (folder / "tokenizer.json").is_file()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("tokens_per_s" in h and "packing_efficiency" in h and "images_per_step" in h for h in history)
+
+    merged = merge_lora(out, tmp_path / "merged")
+    model = AutoModelForImageTextToText.from_pretrained(merged)
+    processor = AutoProcessor.from_pretrained(merged)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert load_preprocessing(merged) is not None
+    # The merged model equals base + adapter (and differs from the base: training changed something).
+    from peft import PeftModel
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_5_vl"])
+    ids = processor.tokenizer("What colour is it?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, str(out))(input_ids=ids).logits
+        merged_logits = model(input_ids=ids).logits
+    assert torch.allclose(adapted, merged_logits, atol=1e-5)
+    assert not torch.allclose(base_logits, merged_logits, atol=1e-4)
+
+
+def _losses(out: Path) -> list[float]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [h["loss"] for h in history if "loss" in h]
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_reaches_the_same_loss(tiny_checkpoints, tmp_path):
+    model = str(tiny_checkpoints["qwen3_vl"])
+    cmd = [sys.executable, "-m", "qwenvl.train.train_qwen"]
+    extra = ["--max_steps", "40", "--save_steps", "5", "--tune_mm_vision", "True"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    reference = tmp_path / "reference"
+    subprocess.run(cmd + _flags(model, reference, *extra), check=True, env=env, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cmd + _flags(model, killed, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint-10" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoint-40").exists(), "the run finished before the kill; the test proves nothing"
+    # Same command again: it finds the checkpoints and resumes on its own.
+    result = subprocess.run(cmd + _flags(model, killed, *extra), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr
+    ref, resumed = _losses(reference), _losses(killed)
+    assert len(ref) == 40
+    assert resumed[-1] == pytest.approx(ref[-1], abs=1e-6)
+    assert resumed[-5:] == pytest.approx(ref[-5:], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_main_job_learns(tmp_path):
+    """The README's first command, on a smaller dataset: held-out accuracy must reach 90%."""
+    result = subprocess.run(
+        [sys.executable, "-m", "qwenvl.quickstart", "--out", str(tmp_path), "--train-size", "320", "--eval-size", "48"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("before", "after"))}
+    before = float(lines["before"].split()[-1].rstrip("%"))
+    after = float(lines["after"].split()[-1].rstrip("%"))
+    assert before <= 40.0 and after >= 90.0, result.stdout
