@@ -7,6 +7,12 @@ model runs without a KV cache, so the collators put ``use_cache=False`` in the b
 
 Both collators drop ``None`` samples (samples the bad-media or over-length policy skipped) and raise if a whole
 batch was skipped.
+
+In distributed training every rank must run the same modules in the same order each step, or ZeRO-3's parameter
+all-gathers (and DDP's gradient reductions) of one rank wait for collectives the other never issues: a rank with a
+text-only batch would skip the vision tower while its peer runs it. With ``dummy`` set, a batch without images
+(or videos) gets a 1-token dummy image (or video) that no real token can see and no label supervises, so the
+model runs its own image and video paths on every rank, every step.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any, Sequence, TypedDict
 import torch
 
 from qwenvl.data.encode import IGNORE_INDEX, EncodedSample
+from qwenvl.model.families import Family
+from qwenvl.model.rope import mrope_position_ids
 
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -54,6 +62,63 @@ def flatten_samples(items: Sequence[EncodedSample | Sequence[EncodedSample] | No
     return samples
 
 
+@dataclass
+class DummyMedia:
+    """Builds 1-token dummy image / video samples: ``<|vision_start|><pad><|vision_end|>``, labels -100, zero pixels
+    of one merged patch group (grid ``1 x merge x merge``)."""
+
+    family: Family
+    vision_start_id: int
+    vision_end_id: int
+    image_token_id: int
+    video_token_id: int
+    in_features: int
+
+    @classmethod
+    def from_processor(cls, processor: Any, family: Family) -> DummyMedia:
+        tok = processor.tokenizer
+        ip = processor.image_processor
+        return cls(
+            family=family,
+            vision_start_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+            vision_end_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+            image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+            video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+            in_features=3 * ip.temporal_patch_size * ip.patch_size**2,
+        )
+
+    def sample(self, kind: str) -> EncodedSample:
+        merge = self.family.spatial_merge_size
+        pad, type_id = (self.image_token_id, 1) if kind == "image" else (self.video_token_id, 2)
+        types = torch.tensor([0, type_id, 0])
+        grid = torch.tensor([[1, merge, merge]])
+        sample: EncodedSample = {
+            "sample_id": f"<dummy {kind}>",
+            "input_ids": torch.tensor([self.vision_start_id, pad, self.vision_end_id]),
+            "labels": torch.full((3,), IGNORE_INDEX),
+            "mm_token_type_ids": types,
+        }
+        pixels = torch.zeros(merge * merge, self.in_features)
+        if kind == "image":
+            sample["pixel_values"], sample["image_grid_thw"] = pixels, grid
+            sample["position_ids"] = mrope_position_ids(self.family, types, image_grid_thw=grid)
+        else:
+            sample["pixel_values_videos"], sample["video_grid_thw"] = pixels, grid
+            sample["position_ids"] = mrope_position_ids(self.family, types, video_grid_thw=grid)
+            if self.family.model_type == "qwen2_5_vl":
+                sample["second_per_grid_ts"] = torch.tensor([1.0])
+        return sample
+
+    def missing(self, samples: list[EncodedSample]) -> list[EncodedSample]:
+        """Dummy samples for the modalities none of ``samples`` has."""
+        out = []
+        if not any("image_grid_thw" in s for s in samples):
+            out.append(self.sample("image"))
+        if not any("video_grid_thw" in s for s in samples):
+            out.append(self.sample("video"))
+        return out
+
+
 def _cat_vision(samples: list[EncodedSample], batch: Batch) -> None:
     for key in VISION_KEYS:
         parts = [s[key] for s in samples if key in s]
@@ -70,10 +135,13 @@ class PaddedCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    dummy: DummyMedia | None = None
 
     def __call__(self, items: Sequence[Any]) -> Batch:
         samples = flatten_samples(items)
-        length = max(len(s["input_ids"]) for s in samples)
+        dummies = self.dummy.missing(samples) if self.dummy else []
+        extra = sum(len(d["input_ids"]) for d in dummies)
+        length = max(max(len(s["input_ids"]) for s in samples), len(samples[0]["input_ids"]) + extra)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         n = len(samples)
@@ -92,6 +160,14 @@ class PaddedCollator:
             position_ids[:, i, :L] = s["position_ids"]
             if L < length:
                 position_ids[1:, i, L:] = position_ids[1:, i, L - 1 : L] + 1 + torch.arange(length - L)
+        # Dummy media go after the first row's tokens, masked out (attention 0, labels -100); no real image or
+        # video is in this batch, so feature order still matches token order.
+        start = len(samples[0]["input_ids"])
+        for d in dummies:
+            n = len(d["input_ids"])
+            input_ids[0, start : start + n] = d["input_ids"]
+            types[0, start : start + n] = d["mm_token_type_ids"]
+            start += n
         # The first label is never predicted (the loss shifts by one) but Trainer counts it in num_items_in_batch.
         labels[:, 0] = IGNORE_INDEX
         batch: Batch = {
@@ -102,7 +178,7 @@ class PaddedCollator:
             "mm_token_type_ids": types,
             "use_cache": False,
         }
-        _cat_vision(samples, batch)
+        _cat_vision(samples + dummies, batch)
         return batch
 
 
@@ -111,11 +187,16 @@ class PackedCollator:
     """Concatenates every sample of the batch (or of its packs) into one row, without padding.
 
     Row 0 of ``position_ids`` restarts at 0 for each sample, which keeps attention inside samples; the first
-    label of each sample is -100 so no sample is trained to predict the start of the next.
+    label of each sample is -100 so no sample is trained to predict the start of the next. Dummy media (see
+    module doc) are appended as samples of their own, isolated like any other.
     """
+
+    dummy: DummyMedia | None = None
 
     def __call__(self, items: Sequence[Any]) -> Batch:
         samples = flatten_samples(items)
+        if self.dummy:
+            samples = samples + self.dummy.missing(samples)
         labels = []
         for s in samples:
             lab = s["labels"].clone()

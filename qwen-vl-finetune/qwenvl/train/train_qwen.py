@@ -25,7 +25,7 @@ import transformers
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from qwenvl.data.collate import PackedCollator, PaddedCollator
+from qwenvl.data.collate import DummyMedia, PackedCollator, PaddedCollator
 from qwenvl.data.dataset import (
     PackedDataset,
     Quarantine,
@@ -39,7 +39,7 @@ from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary
 from qwenvl.model.loader import load_model, load_processor, read_family
 from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
 from qwenvl.train.arguments import DataArguments, TrainingArguments, parse_args
-from qwenvl.train.trainer import QwenVLTrainer
+from qwenvl.train.trainer import QwenVLTrainer, causal_lm_loss
 
 
 logger = logging.getLogger("qwenvl.train")
@@ -157,7 +157,13 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     train_dataset, eval_dataset = build_datasets(data_args, training_args, encoder, quarantine)
     packed = data_args.data_packing or data_args.data_flatten
-    collator = PackedCollator() if packed else PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Distributed ranks must all run the vision tower every step (ZeRO-3 hangs otherwise): see DummyMedia.
+    dummy = DummyMedia.from_processor(processor, family) if world > 1 or training_args.deepspeed else None
+    if packed:
+        collator = PackedCollator(dummy=dummy)
+    else:
+        collator = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id, dummy=dummy)
 
     settings = PreprocessingSettings(
         model_type=family.model_type,
@@ -165,7 +171,6 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         model_max_length=training_args.model_max_length,
         **asdict(_budget(data_args)),
     )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     trainer = QwenVLTrainer(
         model=model,
         args=training_args,
@@ -174,8 +179,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         data_collator=collator,
         processing_class=processor,
         callbacks=[SavePreprocessingCallback(settings)],
+        compute_loss_func=causal_lm_loss,
         component_lrs=lrs,
-        vision_sync=world > 1 or bool(training_args.deepspeed),
         packed_capacity=data_args.max_packed_tokens if data_args.data_packing else None,
     )
 

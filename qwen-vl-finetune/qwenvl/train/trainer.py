@@ -1,12 +1,10 @@
-"""``QwenVLTrainer``: the HF Trainer with per-component learning rates, batch statistics, and a vision-tower call
-on every rank every step.
+"""``QwenVLTrainer``: the HF Trainer with per-component learning rates, a token-weighted global loss and batch
+statistics.
 
 * Optimizer groups: (vision tower | merger | LLM) x (decay | no decay), learning rates from ``vision_tower_lr`` /
   ``mm_projector_lr`` / ``learning_rate``; every trainable parameter is in exactly one group (asserted).
-* Under ZeRO-3 (and DDP), ranks must run the same modules in the same order each step, or the parameter
-  all-gathers / gradient reductions of one rank wait forever for the other. A rank whose batch has no image (or no
-  video) therefore runs the vision tower on a 2x2-patch dummy input before the model forward, adding
-  ``0 * output`` to the loss, so every rank calls the tower exactly twice per step (images, then videos).
+* Ranks calling the vision tower a different number of times (text-only vs image batches) would hang ZeRO-3;
+  the collators' ``DummyMedia`` prevents that (see :mod:`qwenvl.data.collate`).
 """
 
 from __future__ import annotations
@@ -22,6 +20,27 @@ from qwenvl.model.freeze import component_of
 
 
 logger = logging.getLogger(__name__)
+
+
+def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """Next-token cross-entropy summed over supervised tokens and divided by ``num_items_in_batch``.
+
+    Given to the Trainer as ``compute_loss_func`` so the loss is a token-weighted mean over the *global* batch:
+    Trainer counts ``num_items_in_batch`` across gradient-accumulation steps and all ranks, so DDP / ZeRO runs
+    and accumulation give exactly the loss of one process with the same global batch (the model's own loss
+    would average per-rank means instead). Packed rows need no special case: each sample's first label is -100.
+    """
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    shift_logits = logits[..., :-1, :].float()
+    shift_labels = labels[..., 1:].to(shift_logits.device)
+    total = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    if num_items_in_batch is None:
+        num_items_in_batch = shift_labels.ne(-100).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 class BatchStats:
@@ -54,13 +73,11 @@ class QwenVLTrainer(Trainer):
         self,
         *args: Any,
         component_lrs: dict[str, float] | None = None,
-        vision_sync: bool = False,
         packed_capacity: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.component_lrs = component_lrs or {}
-        self.vision_sync = vision_sync
         self.packed_capacity = packed_capacity
         self.batch_stats = BatchStats()
 
@@ -105,50 +122,6 @@ class QwenVLTrainer(Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------------------------------------ steps
-
-    def _visual(self, model: torch.nn.Module) -> torch.nn.Module | None:
-        inner = self.accelerator.unwrap_model(model)
-        for name, module in inner.named_modules():
-            if name.endswith("visual") and hasattr(module, "spatial_merge_size"):
-                return module
-        return None
-
-    def _dummy_vision_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor | None:
-        """Run the vision tower on dummy input for each modality this rank's batch lacks (see module doc)."""
-        missing = [k for k in ("pixel_values", "pixel_values_videos") if inputs.get(k) is None]
-        if not missing:
-            return None
-        visual = self._visual(model)
-        if visual is None:
-            return None
-        patch = visual.patch_embed
-        in_features = patch.in_channels * patch.temporal_patch_size * patch.patch_size**2
-        merge = visual.spatial_merge_size
-        grid = torch.tensor([[1, merge, merge]], device=inputs["input_ids"].device)
-        dtype = next(visual.parameters()).dtype
-        pixels = torch.zeros(merge * merge, in_features, device=grid.device, dtype=dtype)
-        total = None
-        for _ in missing:
-            out = visual(pixels, grid_thw=grid, return_dict=True)
-            tensors = [v for v in out.values() if torch.is_tensor(v)]
-            for v in out.values():
-                if isinstance(v, (list, tuple)):
-                    tensors.extend(t for t in v if torch.is_tensor(t))
-            term = sum(t.float().sum() for t in tensors) * 0.0
-            total = term if total is None else total + term
-        return total
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
-        dummy = self._dummy_vision_loss(model, inputs) if self.vision_sync and model.training else None
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
-        if dummy is None:
-            return result
-        if return_outputs:
-            loss, outputs = result
-            return loss + dummy.to(loss.dtype), outputs
-        return result + dummy.to(result.dtype)
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         self.batch_stats.add(inputs)

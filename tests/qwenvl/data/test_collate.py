@@ -128,3 +128,39 @@ def test_control_positions_not_restarting_leak_across_samples(tiny_checkpoint, f
         )
     assert abs(good[0] - bad[0]) <= 1e-5  # the first sample has nothing before it
     assert max(abs(g - b) for g, b in zip(good[1:], bad[1:])) > 1e-3
+
+
+def test_dummy_media_change_no_loss(tiny_checkpoint, family, encoded):
+    """The dummy image/video added for distributed runs makes the model run its vision paths but changes no
+    sample's loss, packed or padded."""
+    from qwenvl.data.collate import DummyMedia
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    dummy = DummyMedia.from_processor(load_processor(str(tiny_checkpoint)), FAMILIES[family])
+    text_only = [s for s in encoded[family] if "image_grid_thw" not in s and "video_grid_thw" not in s]
+    image_only = [s for s in encoded[family] if "image_grid_thw" in s and "video_grid_thw" not in s]
+    assert text_only and image_only
+    for samples in (text_only, image_only[:2]):
+        with torch.no_grad():
+            plain = PackedCollator()([samples])
+            with_dummy = PackedCollator(dummy=dummy)([samples])
+            assert "video_grid_thw" in with_dummy and with_dummy["input_ids"].shape[1] > plain["input_ids"].shape[1]
+            a = _per_sample_losses(
+                model(**{k: v for k, v in plain.items() if k != "labels"}).logits,
+                plain["labels"],
+                sample_lengths(plain),
+            )
+            b = _per_sample_losses(
+                model(**{k: v for k, v in with_dummy.items() if k != "labels"}).logits,
+                with_dummy["labels"],
+                sample_lengths(with_dummy),
+            )
+            assert b[: len(a)] == pytest.approx(a, abs=1e-5)
+            padded = PaddedCollator(0)(samples)
+            padded_dummy = PaddedCollator(0, dummy=dummy)(samples)
+            assert "video_grid_thw" in padded_dummy
+            la = model(**{k: v for k, v in padded.items() if k != "labels"}).logits
+            lb = model(**{k: v for k, v in padded_dummy.items() if k != "labels"}).logits
+            for i, s in enumerate(samples):
+                n = len(s["input_ids"])
+                assert torch.allclose(la[i, :n], lb[i, :n], atol=1e-5)

@@ -1,0 +1,165 @@
+"""MMMU loading and prompt building.
+
+Data sources (``--data-dir``):
+
+* a hub id (``MMMU/MMMU``): one ``datasets`` config per subject;
+* a local folder in the hub layout: ``<dir>/<Subject>/<split>-*.parquet``;
+* a local mirror with all subjects in one config: ``<dir>/<split>-*.parquet`` or ``<dir>/data/<split>-*.parquet``;
+* a ``save_to_disk`` folder (a ``DatasetDict`` with the split, or a ``Dataset``).
+
+Prompts: ``official`` is MMMU's ``construct_prompt`` (options as ``(A) text`` lines and the official answer
+instructions); ``qwen`` is upstream Qwen-VL's ``Question: ... Options: A. ...`` layout. Images go where their
+``<image n>`` tag is (``interleaved``) or all before the text (``first``, tags left in the text as upstream does).
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import re
+from typing import Any, Iterator, Literal
+
+from mmmu_scoring import SHORT_NAMES, SUBJECT_ORDER, choice_letters, parse_gold, subject_of
+
+
+PromptStyle = Literal["official", "qwen"]
+Placement = Literal["interleaved", "first"]
+IMAGE_TAG = re.compile(r"<image (\d+)>")
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
+
+
+class DataError(ValueError):
+    """The MMMU data cannot be used; the message names the question or the path."""
+
+
+def resolve_subjects(subjects: str | None) -> list[str]:
+    """``acc,bio`` or ``Accounting,Biology`` (or None for all) to official subject names, in official order."""
+    if not subjects:
+        return list(SUBJECT_ORDER)
+    out = []
+    for name in (s.strip() for s in subjects.split(",") if s.strip()):
+        full = SHORT_NAMES.get(name, name)
+        if full not in SUBJECT_ORDER:
+            raise DataError(f"unknown subject {name!r}; use one of {', '.join(SHORT_NAMES)} or the full names")
+        out.append(full)
+    return out
+
+
+def _parquet(pattern: str) -> list[str]:
+    return sorted(glob.glob(pattern))
+
+
+def iter_questions(data_dir: str, split: str, subjects: list[str]) -> Iterator[dict[str, Any]]:
+    """Rows of the wanted subjects and split, subject by subject (in ``subjects`` order)."""
+    import datasets
+
+    wanted = set(subjects)
+    if os.path.isdir(data_dir):
+        per_subject = {s: _parquet(os.path.join(data_dir, s, f"{split}-*.parquet")) for s in subjects}
+        if any(per_subject.values()):
+            for subject in subjects:
+                if per_subject[subject]:
+                    yield from datasets.load_dataset("parquet", data_files=per_subject[subject], split="train")
+            return
+        merged = _parquet(os.path.join(data_dir, f"{split}-*.parquet")) or _parquet(
+            os.path.join(data_dir, "data", f"{split}-*.parquet")
+        )
+        if merged:
+            rows = datasets.load_dataset("parquet", data_files=merged, split="train")
+        elif os.path.isfile(os.path.join(data_dir, "dataset_dict.json")) or os.path.isfile(
+            os.path.join(data_dir, "dataset_info.json")
+        ):
+            loaded = datasets.load_from_disk(data_dir)
+            rows = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        else:
+            raise DataError(
+                f"{data_dir} has no MMMU data for split {split!r}: expected <Subject>/{split}-*.parquet, "
+                f"{split}-*.parquet, data/{split}-*.parquet or a save_to_disk folder"
+            )
+        by_subject: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            subject = subject_of(row["id"])
+            if subject in wanted:
+                by_subject.setdefault(subject, []).append(row)
+        for subject in subjects:
+            yield from by_subject.get(subject, [])
+        return
+    for subject in subjects:  # a hub id
+        yield from datasets.load_dataset(data_dir, subject, split=split)
+
+
+def question_options(row: dict[str, Any]) -> list[str]:
+    raw = row.get("options", "[]")
+    if isinstance(raw, list):
+        return [str(o) for o in raw]
+    try:
+        options = ast.literal_eval(raw) if raw else []
+    except (ValueError, SyntaxError):
+        raise DataError(f"{row.get('id')}: options {raw!r} is not a list literal") from None
+    if not isinstance(options, list):
+        raise DataError(f"{row.get('id')}: options must be a list, got {type(options).__name__}")
+    return [str(o) for o in options]
+
+
+def prompt_text(row: dict[str, Any], style: PromptStyle) -> str:
+    question = row["question"]
+    options = question_options(row)
+    is_mc = row["question_type"] == "multiple-choice"
+    if style == "official":
+        if is_mc:
+            lines = "".join(f"({letter}) {option}\n" for letter, option in zip(choice_letters(len(options)), options))
+            return f"{question}\n{lines}\n{MC_INSTRUCTION}"
+        return f"{question}\n{OPEN_INSTRUCTION}"
+    text = f"Question: {question}\n"
+    if is_mc:
+        text += "Options:\n" + "".join(f"{L}. {o}\n" for L, o in zip(choice_letters(len(options)), options))
+        text += "Please select the correct answer from the options above. \n"
+    return text.rstrip()
+
+
+def build_messages(
+    row: dict[str, Any], style: PromptStyle, placement: Placement, image_keys: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """One user turn for ``row`` and the number of images in it.
+
+    Raises:
+        DataError: a ``<image n>`` tag whose ``image_n`` field is empty.
+    """
+    text = prompt_text(row, style)
+    qid = row.get("id", "?")
+    extra = image_keys or {}
+
+    def image(n: int) -> dict[str, Any]:
+        value = row.get(f"image_{n}")
+        if value is None:
+            raise DataError(f"{qid}: the text refers to <image {n}> but image_{n} is empty")
+        return {"type": "image", "image": value, **extra}
+
+    tags = [int(n) for n in IMAGE_TAG.findall(text)]
+    referenced = list(dict.fromkeys(tags))
+    unreferenced = [n for n in range(1, 8) if row.get(f"image_{n}") is not None and n not in referenced]
+    content: list[dict[str, Any]] = [image(n) for n in unreferenced]
+    if placement == "first":
+        content += [image(n) for n in referenced] + [{"type": "text", "text": text}]
+    else:
+        placed: set[int] = set()
+        pos = 0
+        for match in IMAGE_TAG.finditer(text):
+            n = int(match.group(1))
+            if n in placed:
+                continue  # a repeated tag stays text; the picture is shown once, at its first mention
+            before = text[pos : match.start()]
+            if before:
+                content.append({"type": "text", "text": before})
+            content.append(image(n))
+            placed.add(n)
+            pos = match.end()
+        if text[pos:]:
+            content.append({"type": "text", "text": text[pos:]})
+    return [{"role": "user", "content": content}], len(referenced) + len(unreferenced)
+
+
+def gold_answer(row: dict[str, Any]) -> str | list[str]:
+    return parse_gold(row["answer"], row.get("id", "?"))

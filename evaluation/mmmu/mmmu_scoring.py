@@ -1,0 +1,417 @@
+"""MMMU answer parsing and scoring: the official rules (MMMU-Benchmark/MMMU ``eval_utils.py``) re-implemented,
+plus ``strict`` and ``lenient`` variants, and the official aggregation.
+
+Modes:
+
+* ``official``: the official parser exactly, including a random letter for an unparsed multiple-choice answer,
+  drawn from one ``random.seed(42)`` stream consumed in the official subject order, then question order;
+* ``strict``: the official parser, but an unparsed multiple-choice answer is wrong (no guessing);
+* ``lenient``: ``strict`` plus normalisation first (trailing whitespace and markdown emphasis removed, a lone
+  lowercase letter upper-cased, ``B)`` / ``B.`` / ``Answer: b`` forms accepted).
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+Scoring = Literal["official", "strict", "lenient"]
+
+# Official order of disciplines and their subjects (DOMAIN_CAT2SUB_CAT).
+DISCIPLINES: dict[str, list[str]] = {
+    "Art and Design": ["Art", "Art_Theory", "Design", "Music"],
+    "Business": ["Accounting", "Economics", "Finance", "Manage", "Marketing"],
+    "Science": ["Biology", "Chemistry", "Geography", "Math", "Physics"],
+    "Health and Medicine": [
+        "Basic_Medical_Science",
+        "Clinical_Medicine",
+        "Diagnostics_and_Laboratory_Medicine",
+        "Pharmacy",
+        "Public_Health",
+    ],
+    "Humanities and Social Science": ["History", "Literature", "Sociology", "Psychology"],
+    "Tech and Engineering": [
+        "Agriculture",
+        "Architecture_and_Engineering",
+        "Computer_Science",
+        "Electronics",
+        "Energy_and_Power",
+        "Materials",
+        "Mechanical_Engineering",
+    ],
+}
+# CLI short names (CAT_SHORT2LONG); their order is the order the official evaluation walks the subjects.
+SHORT_NAMES: dict[str, str] = {
+    "acc": "Accounting", "agri": "Agriculture", "arch": "Architecture_and_Engineering", "art": "Art",
+    "art_theory": "Art_Theory", "bas_med": "Basic_Medical_Science", "bio": "Biology", "chem": "Chemistry",
+    "cli_med": "Clinical_Medicine", "cs": "Computer_Science", "design": "Design",
+    "diag_med": "Diagnostics_and_Laboratory_Medicine", "econ": "Economics", "elec": "Electronics",
+    "ep": "Energy_and_Power", "fin": "Finance", "geo": "Geography", "his": "History", "liter": "Literature",
+    "manage": "Manage", "mark": "Marketing", "mate": "Materials", "math": "Math", "mech": "Mechanical_Engineering",
+    "music": "Music", "phar": "Pharmacy", "phys": "Physics", "psy": "Psychology", "pub_health": "Public_Health",
+    "socio": "Sociology",
+}  # fmt: skip
+SUBJECT_ORDER = list(SHORT_NAMES.values())
+
+_MC_STRIP = [",", ".", "!", "?", ";", ":", "'"]
+_KEY_INDICATORS = ["could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result "]
+_NUM_COMMAS = re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b")
+_NUM_SCIENTIFIC = re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+")
+_NUM_SIMPLE = re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])")
+
+
+class ScoringInputError(ValueError):
+    """A results line cannot be scored; the message names the question id."""
+
+
+def subject_of(question_id: str) -> str:
+    """``validation_Art_Theory_7`` -> ``Art_Theory``."""
+    parts = question_id.split("_")
+    return "_".join(parts[1:-1]) if len(parts) >= 3 else question_id
+
+
+def choice_letters(n: int) -> list[str]:
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------- multiple choice
+
+
+@dataclass
+class MCParse:
+    """A parsed multiple-choice answer; ``letter`` is None when nothing was found (before any guess)."""
+
+    letter: str | None
+    how: Literal["bracket", "letter", "content", "none"]
+
+
+def parse_multi_choice(response: str, all_choices: list[str], index2ans: dict[str, str]) -> MCParse:
+    """The official rules, without the random fallback (see :func:`score_multi_choice`)."""
+    for char in _MC_STRIP:
+        response = response.strip(char)
+    response = f" {response} "
+    candidates: list[str] = []
+    how: Literal["bracket", "letter", "content", "none"] = "none"
+    for choice in all_choices:
+        if f"({choice})" in response:
+            candidates.append(choice)
+            how = "bracket"
+    if not candidates:
+        for choice in all_choices:
+            if f" {choice} " in response:
+                candidates.append(choice)
+                how = "letter"
+    if not candidates and len(response.split()) > 5:
+        lowered = response.lower()
+        for letter, text in index2ans.items():
+            if text.lower() in lowered:
+                candidates.append(letter)
+                how = "content"
+    if not candidates:
+        return MCParse(None, "none")
+    if len(candidates) == 1:
+        return MCParse(candidates[0], how)
+
+    def last_position(letter: str) -> int:
+        if how == "bracket":
+            return response.rfind(f"({letter})")
+        if how == "letter":
+            return response.rfind(f" {letter} ")
+        return response.lower().rfind(index2ans[letter].lower())
+
+    positions = [last_position(c) for c in candidates]
+    return MCParse(candidates[positions.index(max(positions))], how)  # ties: the first candidate
+
+
+_LENIENT_PATTERNS = [
+    # "Answer: b", "The correct option is (C)."
+    re.compile(
+        r"^(?:the\s+)?(?:correct\s+|best\s+)?(?:answer|option|choice)\s*(?:is)?\s*:?\s*\(?([A-Za-z])\)?[.)]?$", re.I
+    ),
+    # "b", "(b)", "B)", "B."
+    re.compile(r"^\(?([A-Za-z])\)?[.)]?$"),
+    # "B) $7", "b. the second one", "(c) because ..."
+    re.compile(r"^\(?([A-Za-z])[.)]\s+\S"),
+]
+
+
+def lenient_normalise(response: str, all_choices: list[str]) -> str:
+    """Remove markdown emphasis and surrounding whitespace; map ``b`` / ``B)`` / ``B.`` / ``Answer: b`` / ``B) text``
+    to ``B``. Anything else is returned stripped, for the official rules."""
+    text = re.sub(r"[*_`]+", "", response).strip()
+    for pattern in _LENIENT_PATTERNS:
+        match = pattern.match(text)
+        if match and match.group(1).upper() in all_choices:
+            return match.group(1).upper()
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- open questions
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_answer(text: str) -> list[Any]:
+    """Official ``normalize_str``: a number rounded to 2 decimals, or a lower-cased string (1 char -> padded)."""
+    text = text.strip()
+    if _is_number(text):
+        return [round(float(text.replace(",", "")), 2)]
+    text = text.lower()
+    if len(text) == 1:
+        return [" " + text, text + " "]
+    return [text]
+
+
+def extract_numbers(text: str) -> list[str]:
+    return _NUM_COMMAS.findall(text) + _NUM_SCIENTIFIC.findall(text) + _NUM_SIMPLE.findall(text)
+
+
+def parse_open(response: str) -> list[Any]:
+    """Official ``parse_open_response``: normalised candidate strings and numbers (a de-duplicated list)."""
+    normalised = response.strip().strip(".").lower()
+    # The official split's [A-Z] lookahead never matches lower-cased text, so it splits on newlines only.
+    subs = re.split(r"\.\s(?=[A-Z])|\n", normalised)
+    keys: list[str] = []
+    for index, sub in enumerate(subs):
+        indicators = _KEY_INDICATORS + (["="] if index == len(subs) - 1 else [])
+        shortest: str | None = None
+        for indicator in indicators:
+            if indicator in sub:
+                tail = sub.split(indicator)[-1].strip()
+                if not shortest or len(tail) < len(shortest):
+                    shortest = tail
+        if shortest and shortest.strip() not in [":", ",", ".", "!", "?", ";", ":", "'"]:
+            keys.append(shortest)
+    if not keys:
+        keys = [normalised]
+    candidates = list(keys)
+    for key in keys:
+        candidates.extend(extract_numbers(key))
+    out: list[Any] = []
+    for c in candidates:
+        for value in normalize_answer(c):
+            if value not in out:
+                out.append(value)
+    return out
+
+
+def eval_open(gold: str | list[str], predictions: list[Any]) -> bool:
+    """A string candidate is right if a gold string is a substring of it; a number if it equals a gold number."""
+    golds: list[Any] = []
+    for g in gold if isinstance(gold, list) else [gold]:
+        golds.extend(normalize_answer(str(g)))
+    for pred in predictions:
+        if isinstance(pred, str):
+            if any(isinstance(g, str) and g in pred for g in golds):
+                return True
+        elif pred in golds:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def parse_list_literal(value: Any, what: str, qid: str) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ScoringInputError(
+                f"{qid}: {what} {value[:80]!r} is not a list literal like \"['a', 'b']\""
+            ) from None
+        if isinstance(parsed, list):
+            return [str(v) for v in parsed]
+    raise ScoringInputError(f"{qid}: {what} must be a list or a list-literal string, got {type(value).__name__}")
+
+
+def parse_gold(answer: Any, qid: str) -> str | list[str]:
+    """A gold answer: a letter, a string, a list, or a string holding a list literal (kept raw if it does not parse)."""
+    if isinstance(answer, list):
+        return [str(a) for a in answer]
+    if not isinstance(answer, str):
+        if isinstance(answer, (int, float)):
+            return str(answer)
+        raise ScoringInputError(f"{qid}: answer must be a string or a list, got {type(answer).__name__}")
+    if answer.startswith("["):
+        try:
+            parsed = ast.literal_eval(answer)
+            if isinstance(parsed, list):
+                return [str(a) for a in parsed]
+        except (ValueError, SyntaxError):
+            pass
+    return answer
+
+
+@dataclass
+class Question:
+    """One results line, validated."""
+
+    id: str
+    subject: str
+    question_type: str
+    options: list[str]
+    answer: str | list[str]
+    response: str
+    order: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_mc(self) -> bool:
+        return self.question_type == "multiple-choice"
+
+
+def validate_line(line: dict[str, Any], order: int) -> Question:
+    qid = line.get("id")
+    if not isinstance(qid, str) or not qid:
+        raise ScoringInputError(f"line {order + 1}: missing 'id'")
+    for key in ("question_type", "answer", "response"):
+        if key not in line:
+            raise ScoringInputError(
+                f"{qid}: missing field {key!r} (need id, question_type, answer, options, response)"
+            )
+    qtype = str(line["question_type"])
+    options = parse_list_literal(line.get("options", "[]"), "options", qid)
+    answer = parse_gold(line["answer"], qid)
+    if qtype == "multiple-choice":
+        if not options:
+            raise ScoringInputError(f"{qid}: a multiple-choice question needs options")
+        letters = choice_letters(len(options))
+        for gold in answer if isinstance(answer, list) else [answer]:
+            if gold not in letters:
+                raise ScoringInputError(
+                    f"{qid}: answer {gold!r} is not one of the option letters {''.join(letters)} ({len(options)} options)"
+                )
+    response = line["response"]
+    if not isinstance(response, str):
+        raise ScoringInputError(f"{qid}: response must be a string, got {type(response).__name__}")
+    subject = line.get("subject") or subject_of(qid)
+    return Question(qid, subject, qtype, options, answer, response, order, line)
+
+
+def official_order(questions: list[Question]) -> list[Question]:
+    """Subject order of the official evaluation, then question number (the dataset order), then file order."""
+    rank = {s: i for i, s in enumerate(SUBJECT_ORDER)}
+
+    def number(q: Question) -> int:
+        tail = q.id.rsplit("_", 1)[-1]
+        return int(tail) if tail.isdigit() else 1 << 30
+
+    return sorted(questions, key=lambda q: (rank.get(q.subject, len(rank)), q.subject, number(q), q.order))
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def score(questions: list[Question], mode: Scoring = "official", seed: int = 42) -> list[dict[str, Any]]:
+    """Per-question records (parsed answer, correct, random guess, unparsed), in the official order."""
+    if mode not in ("official", "strict", "lenient"):
+        raise ValueError(f"--scoring must be official, strict or lenient, got {mode!r}")
+    rng = random.Random(seed)
+    records = []
+    for q in official_order(questions):
+        record: dict[str, Any] = {
+            "id": q.id,
+            "subject": q.subject,
+            "question_type": q.question_type,
+            "answer": q.answer,
+        }
+        if q.is_mc:
+            letters = choice_letters(len(q.options))
+            index2ans = dict(zip(letters, q.options))
+            response = lenient_normalise(q.response, letters) if mode == "lenient" else q.response
+            parsed = parse_multi_choice(response, letters, index2ans)
+            guess = parsed.letter is None and mode == "official"
+            letter = rng.choice(letters) if guess else parsed.letter
+            golds = q.answer if isinstance(q.answer, list) else [q.answer]
+            record.update(
+                parsed=letter,
+                parse_method=parsed.how,
+                unparsed=parsed.letter is None,
+                random_guess=guess,
+                correct=letter is not None and letter in golds,
+            )
+        else:
+            response = re.sub(r"[*_`]+", "", q.response).strip() if mode == "lenient" else q.response
+            predictions = parse_open(response)
+            record.update(
+                parsed=predictions,
+                parse_method="open",
+                unparsed=False,
+                random_guess=False,
+                correct=eval_open(q.answer, predictions),
+            )
+        records.append(record)
+    return records
+
+
+def _acc(records: list[dict[str, Any]]) -> float:
+    return sum(r["correct"] for r in records) / len(records) if records else 0.0
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per subject, per discipline (instance-weighted, official order) and overall; open questions apart."""
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_subject.setdefault(r["subject"], []).append(r)
+
+    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "num": len(rs),
+            "acc": round(_acc(rs), 5),
+            "random_guesses": sum(r["random_guess"] for r in rs),
+            "unparsed": sum(r["unparsed"] for r in rs),
+        }
+
+    subjects = {s: summary(rs) for s, rs in by_subject.items()}
+    disciplines = {}
+    for discipline, subs in DISCIPLINES.items():
+        rs = [r for s in subs for r in by_subject.get(s, [])]
+        if rs:
+            disciplines[discipline] = summary(rs)
+    known = {s for subs in DISCIPLINES.values() for s in subs}
+    other = [r for s, rs in by_subject.items() if s not in known for r in rs]
+    if other:
+        disciplines["Other"] = summary(other)
+    open_rs = [r for r in records if r["question_type"] != "multiple-choice"]
+    mc_rs = [r for r in records if r["question_type"] == "multiple-choice"]
+    return {
+        "overall": summary(records),
+        "multiple_choice": summary(mc_rs),
+        "open": summary(open_rs),
+        "disciplines": disciplines,
+        "subjects": subjects,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The official table layout: each discipline's overall, then its subjects; then Overall."""
+    lines = [f"{'':44} {'num':>5} {'acc':>7} {'guesses':>8} {'unparsed':>9}"]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return f"{name:44} {s['num']:>5} {s['acc']:>7.3f} {s['random_guesses']:>8} {s['unparsed']:>9}"
+
+    for discipline, subs in list(DISCIPLINES.items()) + [("Other", [])]:
+        if discipline not in report["disciplines"]:
+            continue
+        lines.append(row(f"Overall-{discipline}", report["disciplines"][discipline]))
+        names = subs or sorted(s for s in report["subjects"] if all(s not in v for v in DISCIPLINES.values()))
+        for subject in names:
+            if subject in report["subjects"]:
+                lines.append(row(f"  {subject}", report["subjects"][subject]))
+    lines.append(row("Overall", report["overall"]))
+    lines.append(row("  multiple-choice", report["multiple_choice"]))
+    lines.append(row("  open", report["open"]))
+    return "\n".join(lines)
