@@ -1,0 +1,95 @@
+"""Questions per second of ``run_mmmu.py infer`` at batch 1 vs batched, on a tiny Qwen3-VL checkpoint (CPU).
+
+It writes a tiny checkpoint and a generated MMMU-format dataset (hub layout, parquet, images made here), then
+runs ``infer`` once per batch size in the same run and reports the ratio (target: batched >= 2x batch 1).
+
+Run::
+
+    .venv/bin/python benchmarks/bench_mmmu.py [--questions 48] [--batch-size 16] [--out benchmarks/results/mmmu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+RUN_MMMU = HERE.parent / "evaluation" / "mmmu" / "run_mmmu.py"
+
+
+def make_dataset(root: Path, n: int) -> None:
+    import datasets
+    from PIL import Image
+
+    rows = []
+    for i in range(1, n + 1):
+        rows.append(
+            {
+                "id": f"validation_Art_{i}",
+                "question": f"Which colour dominates <image 1>? ({i})",
+                "options": str(["red", "green", "blue", "yellow"]),
+                "image_1": Image.new("RGB", (96 + i % 5 * 16, 96), (40 * (i % 6), 120, 200)),
+                "answer": "ABCD"[i % 4],
+                "question_type": "multiple-choice",
+            }
+        )
+    features = datasets.Features(
+        {k: datasets.Image() if k == "image_1" else datasets.Value("string") for k in rows[0]}
+    )
+    (root / "Art").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows, features=features).to_parquet(
+        str(root / "Art" / "validation-00000-of-00001.parquet")
+    )
+
+
+def run(model: Path, data: Path, out: Path, batch: int, n: int) -> float:
+    cmd = [sys.executable, str(RUN_MMMU), "infer", "--model-path", str(model), "--data-dir", str(data),
+           "--output-file", str(out), "--subjects", "art", "--batch-size", str(batch), "--max-new-tokens", "16",
+           "--max-pixels", str(64 * 32 * 32), "--limit", str(n)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    match = re.search(r"(\d+) question\(s\) in ([\d.]+)s", result.stdout)
+    assert match and int(match.group(1)) == n, result.stdout
+    return int(match.group(1)) / float(match.group(2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", default=str(HERE / "results" / "mmmu.json"))
+    args = parser.parse_args()
+    from qwenvl.model.tiny import write_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = write_tiny_checkpoint("qwen3_vl", root / "model")
+        make_dataset(root / "data", args.questions)
+        rates = {}
+        for batch in (1, args.batch_size):
+            rates[batch] = run(model, root / "data", root / f"results_b{batch}.jsonl", batch, args.questions)
+            print(f"batch {batch:>3}: {rates[batch]:.2f} questions/s", flush=True)
+    ratio = rates[args.batch_size] / rates[1]
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS=1",
+        "questions": args.questions,
+        "questions_per_s": {str(k): v for k, v in rates.items()},
+        "speedup": ratio,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"batched ({args.batch_size}) vs batch 1: {ratio:.2f}x  -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
