@@ -86,6 +86,39 @@ def prepare_inputs(
     return processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
 
 
+class DeltaStreamer:
+    """A ``generate`` streamer that yields the new text after every token (``TextIteratorStreamer`` holds text
+    back until a space or newline, so a word-less answer would arrive in one piece)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        import queue
+
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        delta, self.text = text[len(self.text) :], text
+        if delta:
+            self.queue.put(delta)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (item := self.queue.get()) is not None:
+            yield item
+
+
 class HFGenerator:
     """A model + processor pair that answers conversations (batched) or streams one answer."""
 

@@ -1,0 +1,459 @@
+"""Gradio chat demo for Qwen-VL checkpoints: images and videos, streaming answers, sampling controls.
+
+Run::
+
+    python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct                      # in-process transformers (GPU if any)
+    python web_demo_mm.py -c /path/ckpt --cpu-only --server-port 7860
+    python web_demo_mm.py --backend openai --api-base http://127.0.0.1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct
+                                                                             # any OpenAI-compatible server
+
+Backends: ``hf`` (transformers in this process, tokens streamed from a generation thread) and ``openai`` (an
+OpenAI-compatible server such as ``vllm serve`` or ``transformers serve``; uploads are sent as data URIs).
+Both resize images through qwen_vl_utils with the checkpoint's saved preprocessing settings, so an answer does
+not depend on the backend. Only uploaded files are ever opened: text typed in the chat is never read as a path.
+The server binds 127.0.0.1 unless ``--server-name`` says otherwise; every browser session has its own history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import logging
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import gradio as gr
+from PIL import Image, ImageDraw
+
+from qwen_vl_utils import VisionInputError, fetch_image
+from qwenvl.inference.hf import GenerationSettings, apply_budgets
+from qwenvl.model.families import Family
+from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing
+
+
+logger = logging.getLogger("web_demo_mm")
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
+BOX_RE = re.compile(
+    r'"bbox_2d"\s*:\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]'
+)
+LABEL_RE = re.compile(r'"label"\s*:\s*"([^"]*)"')
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+
+class Backend(Protocol):
+    name: str
+    family: Family
+    settings: PreprocessingSettings | None
+
+    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
+        """Yield the answer's text incrementally (each item is the new text)."""
+        ...
+
+
+class HFBackend:
+    """transformers in this process; text is streamed token by token from a generation thread."""
+
+    name = "hf"
+
+    def __init__(self, checkpoint: str, cpu_only: bool = False, flash_attn2: bool = False) -> None:
+        from qwenvl.inference.hf import HFGenerator
+
+        device_map = "cpu" if cpu_only else ("auto" if _cuda() else "cpu")
+        attn = "flash_attention_2" if flash_attn2 else ("sdpa" if cpu_only or not _cuda() else "auto")
+        self.generator = HFGenerator(checkpoint, dtype="auto", attn_implementation=attn, device_map=device_map)
+        self.family = self.generator.family
+        self.settings = self.generator.settings
+        self.processor = self.generator.processor
+
+    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
+        yield from self.generator.stream(messages, gen, stop=stop)
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat-completions server; images are resized here and sent as data URIs."""
+
+    name = "openai"
+
+    def __init__(self, api_base: str, api_key: str, model: str, checkpoint: str | None = None) -> None:
+        try:
+            from openai import OpenAI
+        except ImportError as e:
+            raise ImportError(
+                "--backend openai needs the openai package: pip install -r requirements_web_demo.txt"
+            ) from e
+        from qwenvl.model.families import get_family
+
+        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY")
+        self.model = model
+        self.settings = load_preprocessing(checkpoint) if checkpoint and os.path.isdir(checkpoint) else None
+        family_name = self.settings.model_type if self.settings else _guess_family(model, checkpoint)
+        self.family = get_family(family_name)
+
+    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
+        payload = [_to_openai_message(m, self.family) for m in apply_budgets(messages, self.settings)]
+        extra: dict[str, Any] = {}
+        if gen.top_k:
+            extra["top_k"] = gen.top_k
+        if gen.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = gen.repetition_penalty
+        response = self.client.chat.completions.create(
+            model=self.model,
+            messages=payload,
+            stream=True,
+            max_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            seed=gen.seed,
+            extra_body=extra or None,
+        )
+        try:
+            for chunk in response:
+                if stop.is_set():
+                    break
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        finally:
+            response.close()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _guess_family(model: str, checkpoint: str | None) -> str:
+    if checkpoint and os.path.isdir(checkpoint):
+        from qwenvl.model.loader import read_family
+
+        return read_family(checkpoint).model_type
+    return "qwen3_vl" if "qwen3" in model.lower() else "qwen2_5_vl"
+
+
+def _data_uri(path: str) -> str:
+    ext = Path(path).suffix.lower().lstrip(".") or "bin"
+    mime = ("video/" if f".{ext}" in VIDEO_EXTENSIONS else "image/") + ("jpeg" if ext == "jpg" else ext)
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _to_openai_message(message: dict[str, Any], family: Family) -> dict[str, Any]:
+    content = message["content"]
+    if isinstance(content, str):
+        return {"role": message["role"], "content": content}
+    parts: list[dict[str, Any]] = []
+    for item in content:
+        if item.get("type") == "image":
+            image = fetch_image(item, image_patch_size=family.patch_size)  # the same resize as the hf backend
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            parts.append(
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
+                }
+            )
+        elif item.get("type") == "video":
+            parts.append({"type": "video_url", "video_url": {"url": _data_uri(item["video"])}})
+        else:
+            parts.append({"type": "text", "text": item.get("text", "")})
+    return {"role": message["role"], "content": parts}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class DemoConfig:
+    max_upload_mb: float = 50.0
+    concurrency: int = 1
+    default_max_new_tokens: int = 512
+
+
+def check_upload(path: str, max_mb: float) -> str:
+    """``image`` or ``video`` for an allowed upload; raises ValueError (shown in the chat) otherwise."""
+    ext = Path(path).suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        kind = "image"
+    elif ext in VIDEO_EXTENSIONS:
+        kind = "video"
+    else:
+        raise ValueError(f"{Path(path).name}: unsupported file type {ext or '(none)'}; upload an image or a video")
+    size = os.path.getsize(path)
+    if size > max_mb * 1024 * 1024:
+        raise ValueError(f"{Path(path).name}: {size / 1e6:.1f} MB is over the {max_mb:g} MB upload limit")
+    return kind
+
+
+def describe_upload(path: str, kind: str, backend: Backend) -> str:
+    """The resized resolution and visual token count an upload will cost (raises on unreadable files)."""
+    factor = backend.family.image_factor
+    if kind == "image":
+        ele = apply_budgets([{"role": "user", "content": [{"type": "image", "image": path}]}], backend.settings)
+        image = fetch_image(ele[0]["content"][0], image_patch_size=backend.family.patch_size)
+        w, h = image.size
+        return f"{Path(path).name}: {w}x{h}, {(w // factor) * (h // factor)} visual tokens"
+    from qwen_vl_utils import fetch_video
+
+    ele = apply_budgets([{"role": "user", "content": [{"type": "video", "video": path}]}], backend.settings)
+    video = fetch_video(ele[0]["content"][0], image_patch_size=backend.family.patch_size)
+    t, _, h, w = video.shape
+    tokens = t // backend.family.temporal_patch_size * (h // factor) * (w // factor)
+    return f"{Path(path).name}: {t} frames of {w}x{h}, {tokens} visual tokens"
+
+
+def find_boxes(text: str) -> list[tuple[list[float], str]]:
+    """Qwen grounding boxes (``"bbox_2d": [x1, y1, x2, y2]`` in 0-1000 coordinates) and their labels."""
+    boxes = []
+    for match in BOX_RE.finditer(text):
+        coords = [float(match.group(i)) for i in range(1, 5)]
+        label = LABEL_RE.search(text[match.end() : match.end() + 200]) or LABEL_RE.search(
+            text[max(0, match.start() - 200) : match.start()]
+        )
+        boxes.append((coords, label.group(1) if label else ""))
+    return boxes
+
+
+def draw_boxes(image_path: str, boxes: list[tuple[list[float], str]], out_dir: str) -> str:
+    image = Image.open(image_path).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    for (x1, y1, x2, y2), label in boxes:
+        rect = [x1 / 1000 * w, y1 / 1000 * h, x2 / 1000 * w, y2 / 1000 * h]
+        draw.rectangle(rect, outline=(255, 0, 0), width=max(2, w // 200))
+        if label:
+            draw.text((rect[0] + 3, rect[1] + 3), label, fill=(255, 0, 0))
+    fd, out = tempfile.mkstemp(suffix=".png", dir=out_dir)
+    os.close(fd)
+    image.save(out)
+    return out
+
+
+def render_answer(text: str) -> str:
+    """Chat display of a raw answer: HTML escaped (the model's raw text stays in the session history)."""
+    return html.escape(text, quote=False)
+
+
+def last_image(history: list[dict[str, Any]]) -> str | None:
+    for message in reversed(history):
+        if message["role"] == "user" and isinstance(message["content"], list):
+            for item in reversed(message["content"]):
+                if item.get("type") == "image":
+                    return item["image"]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- UI
+
+
+def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
+    """The chat UI around ``backend`` (no server is started)."""
+    config = config or DemoConfig()
+    box_dir = tempfile.mkdtemp(prefix="qwenvl-demo-boxes-")
+
+    def add_user(message: dict[str, Any], history: list[dict[str, Any]], chat: list[dict[str, Any]], info: str):
+        history, chat = list(history or []), list(chat or [])
+        text = (message or {}).get("text") or ""
+        files = (message or {}).get("files") or []
+        items: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for f in files:
+            path = f if isinstance(f, str) else f.get("path")
+            try:
+                kind = check_upload(path, config.max_upload_mb)
+                notes.append(describe_upload(path, kind, backend))
+            except (ValueError, VisionInputError, OSError) as e:
+                chat.append({"role": "assistant", "content": f"Upload refused: {html.escape(str(e))}"})
+                continue
+            items.append({"type": kind, kind: path})
+            chat.append({"role": "user", "content": {"path": path}})
+        if text:
+            items.append({"type": "text", "text": text})
+            chat.append({"role": "user", "content": text})
+        if items:
+            history.append({"role": "user", "content": items})
+        info = "\n".join(f"- {n}" for n in notes) if notes else info
+        return gr.MultimodalTextbox(value=None, interactive=False), history, chat, info
+
+    def bot(history, chat, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty):
+        history, chat = list(history or []), list(chat or [])
+        if not history or history[-1]["role"] != "user":
+            yield history, chat
+            return
+        messages = (
+            [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+        ) + history
+        gen = GenerationSettings(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=int(top_k),
+            repetition_penalty=float(repetition_penalty),
+        )
+        stop = threading.Event()
+        answer = ""
+        chat.append({"role": "assistant", "content": ""})
+        try:
+            for piece in backend.stream(messages, gen, stop):
+                answer += piece
+                chat[-1] = {"role": "assistant", "content": render_answer(answer)}
+                yield history, chat
+        except Exception as e:  # noqa: BLE001 - shown in the chat, the session goes on
+            logger.exception("generation failed")
+            chat[-1] = {
+                "role": "assistant",
+                "content": render_answer(answer) + f"\n\n**Error:** {html.escape(str(e))}",
+            }
+            yield history, chat
+            return
+        finally:
+            stop.set()
+        history = history + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        image = last_image(history)
+        boxes = find_boxes(answer)
+        if image and boxes:
+            chat.append({"role": "assistant", "content": {"path": draw_boxes(image, boxes, box_dir)}})
+        yield history, chat
+
+    def drop_last_answer(history, chat):
+        history, chat = list(history or []), list(chat or [])
+        if history and history[-1]["role"] == "assistant":
+            history.pop()
+        while chat and chat[-1]["role"] == "assistant":
+            chat.pop()
+        return history, chat, gr.Button(interactive=False)
+
+    def reset():
+        return [], [], "", gr.MultimodalTextbox(value=None, interactive=True), gr.Button(interactive=True)
+
+    with gr.Blocks(title="Qwen-VL chat") as demo:
+        gr.Markdown(f"## Qwen-VL chat ({backend.name} backend, {backend.family.model_type})")
+        history = gr.State([])
+        chatbot = gr.Chatbot(
+            elem_id="chatbot",
+            height=520,
+            reasoning_tags=[("<think>", "</think>")],
+            buttons=["copy"],
+            sanitize_html=True,
+        )
+        textbox = gr.MultimodalTextbox(
+            elem_id="chat_input",
+            file_types=["image", "video"],
+            file_count="multiple",
+            sources=["upload"],
+            placeholder="Ask about an image or a video...",
+            show_label=False,
+        )
+        with gr.Row():
+            stop_btn = gr.Button("Stop", elem_id="stop_btn")
+            regen_btn = gr.Button("Regenerate", elem_id="regen_btn")
+            clear_btn = gr.Button("Clear", elem_id="clear_btn")
+        upload_info = gr.Markdown("", elem_id="upload_info")
+        with gr.Accordion("Settings", open=False):
+            system_prompt = gr.Textbox(label="System prompt", value="")
+            max_new_tokens = gr.Slider(1, 8192, value=config.default_max_new_tokens, step=1, label="Max new tokens")
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+            repetition_penalty = gr.Slider(0.8, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+        controls = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
+
+        submit = textbox.submit(
+            add_user, [textbox, history, chatbot, upload_info], [textbox, history, chatbot, upload_info], queue=False
+        )
+        answer = submit.then(lambda: gr.Button(interactive=False), None, regen_btn, queue=False).then(
+            bot, [history, chatbot, *controls], [history, chatbot], api_name="chat", concurrency_id="model"
+        )
+        answer.then(
+            lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=True)),
+            None,
+            [textbox, regen_btn],
+            queue=False,
+        )
+
+        regen = regen_btn.click(drop_last_answer, [history, chatbot], [history, chatbot, regen_btn], queue=False)
+        regen_run = regen.then(bot, [history, chatbot, *controls], [history, chatbot], concurrency_id="model")
+        regen_run.then(lambda: gr.Button(interactive=True), None, regen_btn, queue=False)
+
+        stop_btn.click(
+            lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=True)),
+            None,
+            [textbox, regen_btn],
+            cancels=[answer, regen_run],
+            queue=False,
+        )
+        # Clear cancels a running generation; a second, late clear catches an update already in flight.
+        clear = clear_btn.click(
+            reset, None, [history, chatbot, upload_info, textbox, regen_btn], cancels=[answer, regen_run], queue=False
+        )
+        clear.then(_late_pause, None, None, queue=False).then(
+            reset, None, [history, chatbot, upload_info, textbox, regen_btn], queue=False
+        )
+    demo.queue(default_concurrency_limit=config.concurrency, max_size=32)
+    return demo
+
+
+def _late_pause() -> None:
+    threading.Event().wait(0.5)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "-c", "--checkpoint-path", default="Qwen/Qwen3-VL-8B-Instruct", help="checkpoint (hub id or folder)"
+    )
+    parser.add_argument("--cpu-only", action="store_true", help="run on CPU")
+    parser.add_argument("--flash-attn2", action="store_true", help="use flash-attention 2 (hf backend, GPU)")
+    parser.add_argument("--share", action="store_true", help="create a public Gradio link")
+    parser.add_argument("--inbrowser", action="store_true", help="open a browser tab")
+    parser.add_argument("--server-port", type=int, default=7860)
+    parser.add_argument("--server-name", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--backend", default="hf", choices=["hf", "openai"], help="hf (in-process) or openai (a server)"
+    )
+    parser.add_argument("--api-base", default="http://127.0.0.1:8000/v1", help="openai backend: server URL")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai backend: key")
+    parser.add_argument("--model", default=None, help="openai backend: model name (default: --checkpoint-path)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="accepted for upstream compatibility")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="accepted for upstream compatibility"
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
+    parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")
+    return parser.parse_args(argv)
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    if args.backend == "openai":
+        return OpenAIBackend(args.api_base, args.api_key, args.model or args.checkpoint_path, args.checkpoint_path)
+    return HFBackend(args.checkpoint_path, cpu_only=args.cpu_only, flash_attn2=args.flash_attn2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    demo = build_demo(make_backend(args), DemoConfig(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency))
+    demo.launch(
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        inbrowser=args.inbrowser,
+        max_file_size=f"{args.max_upload_mb:g}mb",
+    )
+
+
+if __name__ == "__main__":
+    main()
