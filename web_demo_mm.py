@@ -217,9 +217,10 @@ def find_boxes(text: str) -> list[tuple[list[float], str]]:
     boxes = []
     for match in BOX_RE.finditer(text):
         coords = [float(match.group(i)) for i in range(1, 5)]
-        label = LABEL_RE.search(text[match.end() : match.end() + 200]) or LABEL_RE.search(
-            text[max(0, match.start() - 200) : match.start()]
-        )
+        # The label belongs to the same JSON object as the box: between the nearest braces around it.
+        start = text.rfind("{", 0, match.start())
+        end = text.find("}", match.end())
+        label = LABEL_RE.search(text[max(start, 0) : end + 1 if end >= 0 else len(text)])
         boxes.append((coords, label.group(1) if label else ""))
     return boxes
 

@@ -166,13 +166,11 @@ class HFGenerator:
         stop: threading.Event | None = None,
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated; setting ``stop`` ends generation early."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         gen = gen or GenerationSettings()
         inputs = self.inputs([conversation])
-        streamer = TextIteratorStreamer(
-            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None
-        )
+        streamer = DeltaStreamer(self.processor.tokenizer)
         stop = stop or threading.Event()
 
         class _Stop(StoppingCriteria):
