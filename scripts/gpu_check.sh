@@ -10,9 +10,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 status=0
 .venv/bin/python -m pytest -m gpu --junitxml="$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log" || status=1
-shopt -s nullglob
-for bench in benchmarks/gpu_*.py; do
-  name=$(basename "$bench" .py)
-  .venv/bin/python "$bench" --out "$out/$name.json" 2>&1 | tee "$out/$name.log" || status=1
-done
+# GPU benchmarks: training throughput and MFU of a Qwen3-VL-2B-shaped model, padded vs packed.
+.venv/bin/python benchmarks/bench_train.py --gpu --samples 64 --batch-size 8 --out "$out/train_gpu.json" 2>&1 \
+  | tee "$out/train_gpu.log" || status=1
 exit $status

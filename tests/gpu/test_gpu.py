@@ -1,0 +1,45 @@
+"""GPU checks (skipped without CUDA; run by scripts/gpu_check.sh): the loader's attention choice, and packed batches
+staying isolated on the GPU kernels (sdpa, and flash-attention 2 when installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from qwenvl.data.collate import PackedCollator
+from qwenvl.data.encode import MediaBudget, SampleEncoder
+from qwenvl.data.registry import load_records
+from qwenvl.model.families import FAMILIES
+from qwenvl.model.loader import load_model, load_processor, resolve_attn_implementation
+
+
+pytestmark = pytest.mark.gpu
+ATTN = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
+
+
+def test_auto_attention_on_gpu():
+    expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    assert resolve_attn_implementation("auto", "cuda") == expected
+
+
+@pytest.mark.parametrize("attn", ATTN)
+def test_packed_equals_unpacked_on_gpu(tiny_checkpoints, attn):
+    path = str(tiny_checkpoints["qwen3_vl"])
+    model = load_model(path, dtype="bfloat16", attn_implementation=attn, device_map="cuda").eval()
+    encoder = SampleEncoder(load_processor(path), FAMILIES["qwen3_vl"], MediaBudget())
+    samples = [encoder(r.messages, r.id) for r in load_records("demo_images,demo_messages")][:4]
+
+    def logits(batch):
+        batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            return model(**batch).logits.float()
+
+    packed = logits(PackedCollator()([samples]))
+    start = 0
+    for s in samples:
+        n = len(s["input_ids"])
+        alone = logits(PackedCollator()([s]))
+        assert (packed[0, start : start + n] - alone[0]).abs().max() < 0.1  # bf16 tolerance
+        start += n
