@@ -1,0 +1,121 @@
+"""Time to first token and tokens/s of the demo's backends on a tiny checkpoint (CPU), in one run.
+
+Backends: ``hf`` (in-process transformers, per-token streaming thread) and ``openai`` against a real
+OpenAI-compatible server started here (``transformers serve`` on 127.0.0.1), both driven through
+``web_demo_mm``'s backend classes with the same request (one image + a question, greedy, 64 new tokens).
+
+Run::
+
+    .venv/bin/python benchmarks/bench_demo.py [--repeat 5] [--out benchmarks/results/demo.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # web_demo_mm.py lives at the repository root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(backend, messages, gen, repeat: int, tokenizer) -> dict:
+    """Median time to first streamed text and generated tokens/s (tokens counted by re-tokenising the answer,
+    the same way for every backend, since servers may merge tokens into one chunk)."""
+    ttft, rates = [], []
+    for run in range(repeat + 1):  # the first run warms up and is not counted
+        start = time.perf_counter()
+        first = None
+        text = ""
+        for piece in backend.stream(messages, gen, threading.Event()):
+            text += piece
+            if first is None:
+                first = time.perf_counter() - start
+        total = time.perf_counter() - start
+        if run > 0:
+            ttft.append(first)
+            rates.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]) / total)
+    return {
+        "ttft_s_median": statistics.median(ttft),
+        "tokens_per_s_median": statistics.median(rates),
+        "runs": len(ttft),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", default=str(HERE / "results" / "demo.json"))
+    args = parser.parse_args()
+    from PIL import Image
+
+    import web_demo_mm as demo
+    from qwenvl.inference.hf import GenerationSettings
+    from qwenvl.model.tiny import write_tiny_checkpoint
+
+    gen = GenerationSettings(max_new_tokens=64)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(write_tiny_checkpoint("qwen3_vl", Path(tmp) / "model"))
+        image = Path(tmp) / "red.png"
+        Image.new("RGB", (256, 192), (220, 30, 30)).save(image)
+        messages = [
+            {"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": "Colour?"}]}
+        ]
+
+        hf = demo.HFBackend(model, cpu_only=True)
+        tokenizer = hf.processor.tokenizer
+        results["hf"] = measure(hf, messages, gen, args.repeat, tokenizer)
+        print("hf", results["hf"], flush=True)
+
+        exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
+        port = free_port()
+        server = subprocess.Popen(
+            [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            backend = demo.OpenAIBackend(f"http://127.0.0.1:{port}/v1", "EMPTY", model, checkpoint=model)
+            results["openai (transformers serve)"] = measure(backend, messages, gen, args.repeat, tokenizer)
+            print("openai", results["openai (transformers serve)"], flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "model": "tiny Qwen3-VL (random), fp32",
+        "request": "one 256x192 image + question, greedy, 64 new tokens",
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
