@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -350,15 +351,55 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
     return video, metadata, sample_fps
 
 
+def _prefetched(frames: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``frames`` in a background thread, at most ``depth`` decoded frames ahead, so decoding (native code
+    that releases the GIL) overlaps with resizing; exceptions are re-raised in the caller's thread."""
+    import queue
+
+    done = object()
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                while not stop.is_set():
+                    try:
+                        q.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _decode_resized(
     path: str, indices: list[int], probe: VideoProbe, backend: str, size: tuple[int, int], deadline: _Deadline
 ) -> Any:
-    """Fill a preallocated float32 (T, 3, H, W) tensor frame by frame, so memory is the output plus a chunk."""
+    """Fill a preallocated float32 (T, 3, H, W) tensor frame by frame, so memory is the output plus a chunk or
+    two of decoded frames (decoding runs one chunk ahead of resizing, in a thread)."""
     import torch
 
     out = torch.empty((len(indices), 3, *size), dtype=torch.float32)
     n = 0
-    for frame in _DECODERS[backend](path, list(indices), probe, deadline):
+    for frame in _prefetched(_DECODERS[backend](path, list(indices), probe, deadline), DECODE_CHUNK):
         if n >= len(indices):
             raise RuntimeError(f"{backend} returned more frames than the {len(indices)} requested")
         out[n].copy_(_resize_frame(frame, size))
