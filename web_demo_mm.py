@@ -4,12 +4,14 @@ Run::
 
     python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct                      # in-process transformers (GPU if any)
     python web_demo_mm.py -c /path/ckpt --cpu-only --server-port 7860
+    python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --backend vllm --tensor-parallel-size 2
     python web_demo_mm.py --backend openai --api-base http://127.0.0.1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct
                                                                              # any OpenAI-compatible server
 
-Backends: ``hf`` (transformers in this process, tokens streamed from a generation thread) and ``openai`` (an
+Backends: ``hf`` (transformers in this process, tokens streamed from a generation thread), ``vllm`` (vLLM's
+async engine in this process, real incremental streaming; imported only when chosen) and ``openai`` (an
 OpenAI-compatible server such as ``vllm serve`` or ``transformers serve``; uploads are sent as data URIs).
-Both resize images through qwen_vl_utils with the checkpoint's saved preprocessing settings, so an answer does
+All resize images through qwen_vl_utils with the checkpoint's saved preprocessing settings, so an answer does
 not depend on the backend. Only uploaded files are ever opened: text typed in the chat is never read as a path.
 The server binds 127.0.0.1 unless ``--server-name`` says otherwise; every browser session has its own history.
 """
@@ -125,6 +127,29 @@ class OpenAIBackend:
                     yield chunk.choices[0].delta.content
         finally:
             response.close()
+
+
+class VLLMBackend:
+    """vLLM in this process (its async engine), streaming each new piece of text as it is generated."""
+
+    name = "vllm"
+
+    def __init__(self, checkpoint: str, tensor_parallel_size: int | None = None, gpu_memory_utilization: float = 0.9,
+                 cpu_only: bool = False) -> None:  # fmt: skip
+        from qwenvl.inference.vllm_backend import VLLMGenerator
+
+        self.generator = VLLMGenerator(
+            checkpoint,
+            tensor_parallel_size=tensor_parallel_size or 1,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype="float32" if cpu_only else "auto",
+            enforce_eager=cpu_only,
+        )
+        self.family = self.generator.family
+        self.settings = self.generator.settings
+
+    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
+        yield from self.generator.stream(messages, gen, stop)
 
 
 def _cuda() -> bool:
@@ -440,6 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "openai":
         return OpenAIBackend(args.api_base, args.api_key, args.model or args.checkpoint_path, args.checkpoint_path)
+    if args.backend == "vllm":
+        return VLLMBackend(args.checkpoint_path, args.tensor_parallel_size, args.gpu_memory_utilization, args.cpu_only)
     return HFBackend(args.checkpoint_path, cpu_only=args.cpu_only, flash_attn2=args.flash_attn2)
 
 

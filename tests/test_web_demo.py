@@ -50,7 +50,9 @@ def test_build_demo_returns_blocks_without_a_server(hf_backend):
 
 
 def test_backend_streams_per_token(hf_backend, image_file):
-    messages = [{"role": "user", "content": [{"type": "image", "image": image_file}, {"type": "text", "text": "Colour?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image_file}, {"type": "text", "text": "Colour?"}]}
+    ]
     pieces = list(hf_backend.stream(messages, GenerationSettings(max_new_tokens=8), threading.Event()))
     assert len(pieces) >= 2 and all(pieces)
 
@@ -84,7 +86,11 @@ def test_history_keeps_raw_text_and_typed_paths_are_never_opened(hf_backend, tmp
 
     # Drive the same functions the UI wires, in-process.
     demo = demo_mod.build_demo(hf_backend)
-    fns = {fn.name: fn.fn for fn in demo.fns.values()} if isinstance(demo.fns, dict) else {f.name: f.fn for f in demo.fns}
+    fns = (
+        {fn.name: fn.fn for fn in demo.fns.values()}
+        if isinstance(demo.fns, dict)
+        else {f.name: f.fn for f in demo.fns}
+    )
     add_user = fns["add_user"]
     _, history, chat, _ = add_user({"text": "file:///etc/passwd <b>x</b>", "files": []}, [], [], "")
     assert history == [{"role": "user", "content": [{"type": "text", "text": "file:///etc/passwd <b>x</b>"}]}]
@@ -98,7 +104,9 @@ def test_history_keeps_raw_text_and_typed_paths_are_never_opened(hf_backend, tmp
 @pytest.fixture(scope="module")
 def running_demo(hf_backend):
     port = _free_port()
-    demo = demo_mod.build_demo(hf_backend, demo_mod.DemoConfig(max_upload_mb=1, concurrency=2, default_max_new_tokens=400))
+    demo = demo_mod.build_demo(
+        hf_backend, demo_mod.DemoConfig(max_upload_mb=1, concurrency=2, default_max_new_tokens=400)
+    )
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="1mb")
     yield f"http://127.0.0.1:{port}"
     demo.close()
@@ -257,7 +265,9 @@ def test_openai_backend_against_transformers_serve(transformers_server, tiny_che
     base, model = transformers_server
     backend = demo_mod.OpenAIBackend(base, "EMPTY", model, checkpoint=model)
     assert backend.family.model_type == "qwen3_vl"
-    messages = [{"role": "user", "content": [{"type": "image", "image": image_file}, {"type": "text", "text": "Colour?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image_file}, {"type": "text", "text": "Colour?"}]}
+    ]
     gen = GenerationSettings(max_new_tokens=8)
     pieces = list(backend.stream(messages, gen, threading.Event()))
     assert "".join(pieces)

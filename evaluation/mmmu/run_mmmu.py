@@ -5,7 +5,8 @@ Run::
     python evaluation/mmmu/run_mmmu.py infer --model-path Qwen/Qwen3-VL-8B-Instruct --data-dir MMMU/MMMU \\
         --output-file results.jsonl [--split validation] [--subjects acc,bio] [--limit N] [--batch-size 8] \\
         [--prompt official|qwen] [--image-placement interleaved|first] [--max-pixels N] [--min-pixels N] \\
-        [--max-new-tokens 128] [--temperature 0] [--top-p 1] [--top-k 0] [--repetition-penalty 1] [--seed 42]
+        [--max-new-tokens 128] [--temperature 0] [--top-p 1] [--top-k 0] [--repetition-penalty 1] [--seed 42] \\
+        [--backend hf|vllm] [--tensor-parallel-size N]
     python evaluation/mmmu/run_mmmu.py eval --input-file results.jsonl --output-file scores.json \\
         [--scoring official|strict|lenient]
     python evaluation/mmmu/run_mmmu.py compare A.jsonl B.jsonl [--scoring official]
@@ -183,7 +184,21 @@ def infer(args: argparse.Namespace) -> int:
         return 0
 
     # Flags go into every image item and win over the checkpoint's saved settings (see apply_budgets).
-    generator = HFGenerator(args.model_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
+    if args.backend == "vllm":
+        from qwenvl.inference.vllm_backend import VLLMGenerator
+
+        generator = VLLMGenerator(
+            args.model_path,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            dtype=args.dtype,
+            seed=args.seed,
+            limit_images=args.max_images_per_prompt,
+            enforce_eager=args.enforce_eager,
+        )
+    else:
+        generator = HFGenerator(args.model_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
     started, count = time.monotonic(), 0
     try:
         from tqdm import tqdm
@@ -303,7 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-placement", default="interleaved", choices=["interleaved", "first"])
     p.add_argument("--max-pixels", type=int, default=None, help="default: the checkpoint's saved settings")
     p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--backend", default="hf", choices=["hf"], help="hf (in-process transformers)")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="hf (transformers) or vllm, in-process")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm backend (default: the model's)")
+    p.add_argument("--max-images-per-prompt", type=int, default=10, help="vllm backend")
+    p.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs / compilation")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--attn-implementation", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"])

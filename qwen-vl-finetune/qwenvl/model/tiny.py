@@ -8,7 +8,7 @@ load it exactly as they load ``Qwen/Qwen3-VL-8B-Instruct``.
 
 Run::
 
-    python -m qwenvl.model.tiny --family qwen3_vl --out /tmp/tiny-qwen3-vl [--seed 0]
+    python -m qwenvl.model.tiny --family qwen3_vl --out /tmp/tiny-qwen3-vl [--seed 0] [--head-dim 64]
 """
 
 from __future__ import annotations
@@ -173,8 +173,14 @@ def special_token_ids(tokenizer: Any) -> dict[str, int]:
     return ids
 
 
-def build_config(family: Family, tokenizer: Any) -> Any:
-    """A tiny config of the family's real config class, with token ids taken from ``tokenizer``."""
+def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
+    """A tiny config of the family's real config class, with token ids taken from ``tokenizer``.
+
+    ``head_dim`` 32 (4 heads) by default; 64 (2 heads) suits kernels that only take head sizes 64/128, such as
+    vLLM's CPU attention.
+    """
+    if head_dim not in (32, 64):
+        raise ValueError(f"head_dim must be 32 or 64, got {head_dim}")
     ids = special_token_ids(tokenizer)
     # Round the embedding table up to a multiple of 64 like real checkpoints (151936 > len(tokenizer)).
     vocab_size = (len(tokenizer) + 63) // 64 * 64
@@ -183,8 +189,8 @@ def build_config(family: Family, tokenizer: Any) -> Any:
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=128 // head_dim,
+        num_key_value_heads=max(1, 64 // head_dim),
         max_position_embeddings=8192,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
@@ -192,13 +198,13 @@ def build_config(family: Family, tokenizer: Any) -> Any:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
-    # head_dim is 128/4 = 32, so each mrope_section must sum to head_dim / 2 = 16.
+    # Each mrope_section must sum to head_dim / 2.
     if family.video_timestamps:
-        text["head_dim"] = 32
+        text["head_dim"] = head_dim
         text["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": 5_000_000.0,
-            "mrope_section": [6, 5, 5],
+            "mrope_section": [6, 5, 5] if head_dim == 32 else [12, 10, 10],
             "mrope_interleaved": True,
         }
         vision = dict(
@@ -215,7 +221,8 @@ def build_config(family: Family, tokenizer: Any) -> Any:
             in_channels=3,
         )
     else:
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]}
+        sections = [4, 6, 6] if head_dim == 32 else [8, 12, 12]
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": sections}
         if family.model_type == "qwen2_vl":
             # Qwen2-VL's vision hidden_size is the merger's output width, i.e. the text hidden size.
             vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=4, mlp_ratio=2)
@@ -303,20 +310,20 @@ def build_model(family: Family, config: Any, seed: int = 0) -> Any:
     return model.eval()
 
 
-def build_tiny(family: str, seed: int = 0) -> tuple[Any, Any]:
+def build_tiny(family: str, seed: int = 0, head_dim: int = 32) -> tuple[Any, Any]:
     """Build ``(model, processor)`` for ``family`` in memory."""
     fam = get_family(family)
     tokenizer = build_tokenizer(seed)
     processor = build_processor(fam, tokenizer)
-    model = build_model(fam, build_config(fam, tokenizer), seed)
+    model = build_model(fam, build_config(fam, tokenizer, head_dim), seed)
     return model, processor
 
 
-def write_tiny_checkpoint(family: str, out: str | Path, seed: int = 0) -> Path:
+def write_tiny_checkpoint(family: str, out: str | Path, seed: int = 0, head_dim: int = 32) -> Path:
     """Write a complete tiny checkpoint for ``family`` to ``out`` and return the folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = build_tiny(family, seed)
+    model, processor = build_tiny(family, seed, head_dim)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
@@ -329,9 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES), help="model family to build")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the tokenizer corpus and the weights")
+    parser.add_argument("--head-dim", type=int, default=32, choices=[32, 64], help="64 for vLLM's CPU attention")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    path = write_tiny_checkpoint(args.family, args.out, args.seed)
+    path = write_tiny_checkpoint(args.family, args.out, args.seed, args.head_dim)
     print(f"tiny {args.family} checkpoint written to {path}")
 
 
