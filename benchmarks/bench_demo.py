@@ -1,8 +1,10 @@
 """Time to first token and tokens/s of the demo's backends on a tiny checkpoint (CPU), in one run.
 
-Backends: ``hf`` (in-process transformers, per-token streaming thread) and ``openai`` against a real
-OpenAI-compatible server started here (``transformers serve`` on 127.0.0.1), both driven through
-``web_demo_mm``'s backend classes with the same request (one image + a question, greedy, 64 new tokens).
+Backends: ``hf`` (in-process transformers, per-token streaming thread), ``vllm`` (vLLM's async engine, run in
+``.venv-vllm`` when scripts/setup_vllm.sh made it) and ``openai`` against a real OpenAI-compatible server started
+here (``transformers serve`` on 127.0.0.1), all driven through ``web_demo_mm``'s backend classes with the same
+request (one image + a question, greedy, 64 new tokens). The checkpoint has head_dim 64 so vLLM's CPU kernels
+take it.
 
 Run::
 
@@ -59,6 +61,41 @@ def measure(backend, messages, gen, repeat: int, tokenizer) -> dict:
     }
 
 
+VLLM_SCRIPT = """
+import json, sys, threading
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {here!r})
+import bench_demo
+import web_demo_mm as demo
+from qwenvl.inference.hf import GenerationSettings
+
+def main():
+    backend = demo.VLLMBackend({model!r}, cpu_only=True)
+    messages = json.loads({messages!r})
+    result = bench_demo.measure(backend, messages, GenerationSettings(max_new_tokens=64), {repeat}, backend.generator.processor.tokenizer)
+    print("RESULT " + json.dumps(result))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def measure_vllm(model: str, messages: list, repeat: int, tmp: str) -> dict | None:
+    python = HERE.parent / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        print("no .venv-vllm (scripts/setup_vllm.sh): skipping the vllm backend", flush=True)
+        return None
+    script = Path(tmp) / "vllm_bench.py"
+    script.write_text(VLLM_SCRIPT.format(root=str(HERE.parent), here=str(HERE), model=model,
+                                         messages=json.dumps(messages), repeat=repeat))  # fmt: skip
+    env = dict(os.environ, VLLM_HOST_IP="127.0.0.1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1")
+    out = subprocess.run([str(python), str(script)], capture_output=True, text=True, env=env, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
@@ -73,7 +110,7 @@ def main() -> None:
     gen = GenerationSettings(max_new_tokens=64)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = str(write_tiny_checkpoint("qwen3_vl", Path(tmp) / "model"))
+        model = str(write_tiny_checkpoint("qwen3_vl", Path(tmp) / "model", head_dim=64))
         image = Path(tmp) / "red.png"
         Image.new("RGB", (256, 192), (220, 30, 30)).save(image)
         messages = [
@@ -84,6 +121,11 @@ def main() -> None:
         tokenizer = hf.processor.tokenizer
         results["hf"] = measure(hf, messages, gen, args.repeat, tokenizer)
         print("hf", results["hf"], flush=True)
+
+        vllm_result = measure_vllm(model, messages, args.repeat, tmp)
+        if vllm_result:
+            results["vllm (in-process async engine)"] = vllm_result
+            print("vllm", vllm_result, flush=True)
 
         exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
         port = free_port()
@@ -108,7 +150,7 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        "model": "tiny Qwen3-VL (random), fp32",
+        "model": "tiny Qwen3-VL (random, head_dim 64), fp32",
         "request": "one 256x192 image + question, greedy, 64 new tokens",
         "results": results,
     }
