@@ -3,6 +3,8 @@ across backends, upstream's algorithm as an oracle, frame lists, and bad input."
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -217,3 +219,36 @@ def test_process_vision_info_keeps_order_and_shapes(videos, tmp_path):
     assert process_vision_info([{"role": "user", "content": "text only"}]) == (None, None)
     with pytest.raises(ValueError, match="image, image_url or video should in content"):
         process_vision_info([{"role": "user", "content": [{"type": "video", "path": "x.mp4"}]}])
+
+
+OLD_TORCHVISION_PYTHON = os.environ.get("QWENVL_OLD_TORCHVISION_PYTHON")
+
+
+@pytest.mark.skipif(
+    not OLD_TORCHVISION_PYTHON,
+    reason="set QWENVL_OLD_TORCHVISION_PYTHON to a python with torchvision < 0.22 (it cannot install beside the "
+    "pinned torch 2.14.1)",
+)
+def test_torchvision_backend_on_a_release_that_still_reads_video(videos):
+    """The torchvision backend, in an interpreter whose torchvision still has io.read_video, returns the same frame
+    indices, metadata and (within decoder rounding) pixels as PyAV here."""
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[2]); from qwen_vl_utils import fetch_video; "
+        "v, m = fetch_video({'video': sys.argv[1], 'nframes': 6, 'video_reader_backend': 'torchvision'}, 14, False, True); "
+        "print(json.dumps({'shape': list(v.shape), 'meta': m, 'mean': [float(f.mean()) for f in v]}))"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "qwen-vl-utils" / "src")
+    # (Unrotated clips only: such old environments ship PyAV < 14, which does not report display rotation.)
+    for name in ("plain", "fps25"):
+        out = subprocess.run(
+            [OLD_TORCHVISION_PYTHON, "-c", script, str(videos[name]), src], capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        ref, ref_meta = fetch_video(
+            {"video": str(videos[name]), "nframes": 6, "video_reader_backend": "pyav"}, 14, False, True
+        )
+        assert got["shape"] == list(ref.shape)
+        assert got["meta"]["frames_indices"] == ref_meta["frames_indices"] and got["meta"]["fps"] == ref_meta["fps"]
+        assert got["meta"]["video_backend"] == "torchvision"
+        assert max(abs(a - float(b.mean())) for a, b in zip(got["mean"], ref)) < 3.0

@@ -1,8 +1,8 @@
 """Video decoding with bounded memory: only the sampled frames are decoded, and each is resized as it arrives.
 
-Backends: ``torchcodec``, ``decord`` and ``pyav`` (PyAV is a required dependency, so one always exists).
-``torchvision`` is accepted by name but current torchvision releases no longer read video, so forcing it
-raises a clear error. Every backend is fed the same probe (frame count, fps, size, rotation from PyAV) and
+Backends: ``torchcodec``, ``decord`` and ``pyav`` (PyAV is a required dependency, so one always exists), and
+``torchvision`` where the installed release still has ``torchvision.io.read_video`` (before 0.22; forcing it on a
+newer release raises a clear error; it is never picked automatically). Every backend is fed the same probe (frame count, fps, size, rotation from PyAV) and
 the same frame indices, so the returned frames and metadata do not depend on the backend.
 """
 
@@ -217,6 +217,26 @@ def _decode_decord(path: str, indices: list[int], probe: VideoProbe, deadline: _
         yield from batch.permute(0, 3, 1, 2)
 
 
+def _frame_table(container: Any, stream: Any) -> tuple[list[int], list[int]]:
+    """Presentation-order timestamps of every frame and the indices of the keyframes, from packets only."""
+    pts, key_pts = [], set()
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            key_pts.add(packet.pts)
+    pts.sort()
+    index_of = {p: i for i, p in enumerate(pts)}
+    return pts, sorted(index_of[p] for p in key_pts) or [0]
+
+
+def _rotate(frame: Any, rotation: int) -> Any:
+    import torch
+
+    return torch.rot90(frame, k=rotation // 90, dims=(1, 2)) if rotation else frame
+
+
 def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
     """Decode in presentation order, seeking to the keyframe before a wanted frame when that skips work."""
     import bisect
@@ -227,17 +247,8 @@ def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _De
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        # Presentation-order timestamps of every frame and which frames are keyframes, from packets (no decoding).
-        pts, key_pts = [], set()
-        for packet in container.demux(stream):
-            if packet.pts is None or packet.size == 0:
-                continue
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                key_pts.add(packet.pts)
-        pts.sort()
+        pts, keyframes = _frame_table(container, stream)
         index_of = {p: i for i, p in enumerate(pts)}
-        keyframes = sorted(index_of[p] for p in key_pts) or [0]
         stream.thread_type = "AUTO"
         counts = Counter(indices)
         decoded: Iterator[Any] | None = None
@@ -260,17 +271,36 @@ def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _De
                 raise VisionInputError(f"video {path!r} ended before frame {target} (truncated?)")
             if position != target:
                 raise VisionInputError(f"decoder skipped frame {target} of {path!r} (got frame {position})")
-            image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-            if probe.rotation:
-                image = torch.rot90(image, k=probe.rotation // 90, dims=(1, 2))
+            image = _rotate(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1), probe.rotation)
             for _ in range(counts[target]):
                 yield image
+
+
+def _decode_torchvision(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
+    """torchvision releases that still have ``io.read_video``: one call per sampled frame, bounded to that frame's
+    timestamp, so only the sampled frames (and the run from their keyframe) are decoded."""
+    import av
+    import torchvision.io
+
+    with av.open(path) as container:
+        pts, _ = _frame_table(container, container.streams.video[0])
+    for index in indices:
+        deadline.check()
+        if index >= len(pts):
+            raise VisionInputError(f"frame {index} is beyond the {len(pts)} frames found in {path!r}")
+        frames, _, _ = torchvision.io.read_video(
+            path, start_pts=pts[index], end_pts=pts[index], pts_unit="pts", output_format="TCHW"
+        )
+        if len(frames) == 0:
+            raise VisionInputError(f"torchvision returned no frame {index} from {path!r} (truncated?)")
+        yield _rotate(frames[0], probe.rotation)
 
 
 _DECODERS: dict[str, Callable[[str, list[int], VideoProbe, _Deadline], Iterator[Any]]] = {
     "torchcodec": _decode_torchcodec,
     "decord": _decode_decord,
     "pyav": _decode_pyav,
+    "torchvision": _decode_torchvision,
 }
 
 
