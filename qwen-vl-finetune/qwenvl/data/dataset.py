@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -242,12 +242,3 @@ def prefilter_overlong(
     for record, est in too_long:
         quarantine.add(record.id, "", f"estimated {est.total} tokens > {limit}", "overlong")
     return keep_r, keep_e
-
-
-def modality_counts(sample: dict[str, Any]) -> dict[str, int]:
-    """Images / videos / tokens in an encoded sample (for logging)."""
-    return {
-        "images": int(sample.get("num_images", 0)),
-        "videos": 0 if "video_grid_thw" not in sample else len(sample["video_grid_thw"]),
-        "tokens": len(sample["input_ids"]),
-    }

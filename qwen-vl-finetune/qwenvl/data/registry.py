@@ -20,7 +20,6 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
 
@@ -135,7 +134,3 @@ def load_records(
             "Fix them, or run python -m qwenvl.data.lint for a full report."
         )
     return records
-
-
-def registry_summary(registry: dict[str, DatasetSpec]) -> list[dict[str, Any]]:
-    return [vars(s) for s in registry.values()]

@@ -57,7 +57,7 @@ class BatchStats:
         self.steps = 0
         self.started = time.monotonic()
 
-    def add(self, batch: dict[str, Any], merge: int = 4) -> None:
+    def add(self, batch: dict[str, Any]) -> None:
         ids = batch["input_ids"]
         self.tokens += ids.numel()
         mask = batch.get("attention_mask")
