@@ -228,13 +228,13 @@ def describe_upload(path: str, kind: str, backend: Backend) -> str:
         image = fetch_image(ele[0]["content"][0], image_patch_size=backend.family.patch_size)
         w, h = image.size
         return f"{Path(path).name}: {w}x{h}, {(w // factor) * (h // factor)} visual tokens"
-    from qwen_vl_utils import fetch_video
+    from qwen_vl_utils.video_io import plan_video
 
+    # A probe, not a decode: the frames are decoded once, when the model needs them.
     ele = apply_budgets([{"role": "user", "content": [{"type": "video", "video": path}]}], backend.settings)
-    video = fetch_video(ele[0]["content"][0], image_patch_size=backend.family.patch_size)
-    t, _, h, w = video.shape
-    tokens = t // backend.family.temporal_patch_size * (h // factor) * (w // factor)
-    return f"{Path(path).name}: {t} frames of {w}x{h}, {tokens} visual tokens"
+    plan = plan_video(path, ele[0]["content"][0], backend.family.patch_size)
+    tokens = plan.nframes // backend.family.temporal_patch_size * (plan.height // factor) * (plan.width // factor)
+    return f"{Path(path).name}: {plan.nframes} frames of {plan.width}x{plan.height}, {tokens} visual tokens"
 
 
 def find_boxes(text: str) -> list[tuple[list[float], str]]:

@@ -90,8 +90,8 @@ def estimate_length(record: Record, encoder: SampleEncoder) -> LengthEstimate:
     Matches the encoded length exactly (checked by tests) for local media.
     """
     from qwen_vl_utils.image_io import image_source, open_image
-    from qwen_vl_utils.resize import calculate_video_frame_range, image_target_size, smart_nframes, video_target_size
-    from qwen_vl_utils.video_io import frame_indices, probe_video
+    from qwen_vl_utils.resize import image_target_size
+    from qwen_vl_utils.video_io import plan_video
 
     family = encoder.family
     factor = family.image_factor
@@ -113,19 +113,16 @@ def estimate_length(record: Record, encoder: SampleEncoder) -> LengthEstimate:
                 source = ele["video"]
                 if not isinstance(source, str) or source.startswith(("http://", "https://")):
                     raise ValueError("only local video files can be measured from headers")
-                probe = probe_video(source)
-                start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
-                nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
-                h, w = video_target_size(probe.height, probe.width, nframes, ele, family.patch_size)
+                plan = plan_video(source, ele, family.patch_size)
                 merge_t = family.temporal_patch_size
-                groups = nframes // merge_t
-                video_tokens += groups * (h // factor) * (w // factor)
+                groups = plan.nframes // merge_t
+                video_tokens += groups * (plan.height // factor) * (plan.width // factor)
                 if family.video_timestamps:
                     # Per temporal patch: "<t seconds><|vision_start|>...<|vision_end|>", t the mean time of its frames.
-                    indices = frame_indices(start, end, nframes)
+                    indices, fps = plan.indices, plan.probe.fps
                     tok = encoder.processor.tokenizer
                     for g in range(groups):
-                        t = (indices[g * merge_t] + indices[g * merge_t + merge_t - 1]) / 2 / probe.fps
+                        t = (indices[g * merge_t] + indices[g * merge_t + merge_t - 1]) / 2 / fps
                         video_tokens += len(tok(f"<{t:.1f} seconds>", add_special_tokens=False)["input_ids"]) + 2
         except Exception as e:  # noqa: BLE001 - reported per record by the caller
             error = f"{item.get(item['type'])}: {e}"

@@ -107,7 +107,7 @@ class SampleEncoder:
         self.assistant_header = [self.im_start] + tok.encode("assistant\n", add_special_tokens=False)
         self.reserved = [t for t in tok.all_special_tokens if t.startswith("<|")]
 
-    def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list, list]:
+    def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list]:
         """Fetch and resize every image and video of ``messages`` (in order) with the budgets.
 
         Raises:
@@ -115,7 +115,7 @@ class SampleEncoder:
         """
         from qwen_vl_utils import fetch_image, fetch_video
 
-        images, videos, metadata, fps = [], [], [], []
+        images, videos, metadata = [], [], []
         patch = self.family.patch_size
         for message in messages:
             if not isinstance(message["content"], list):
@@ -128,15 +128,12 @@ class SampleEncoder:
                     if kind == "image":
                         images.append(fetch_image(self.budget.image_item(item), image_patch_size=patch))
                         continue
-                    (video, meta), sample_fps = fetch_video(
-                        self.budget.video_item(item), patch, return_video_sample_fps=True, return_video_metadata=True
-                    )
+                    video, meta = fetch_video(self.budget.video_item(item), patch, return_video_metadata=True)
                 except Exception as e:  # noqa: BLE001 - every media failure is reported the same way
                     raise MediaLoadError(sample_id, str(item.get(kind)), f"{type(e).__name__}: {e}") from e
                 videos.append(video)
                 metadata.append(meta)
-                fps.append(sample_fps)
-        return images, videos, metadata, fps
+        return images, videos, metadata
 
     def check_text(self, messages: list[dict[str, Any]], sample_id: str) -> None:
         for message in messages:
@@ -152,7 +149,7 @@ class SampleEncoder:
 
     def __call__(self, messages: list[dict[str, Any]], sample_id: str = "") -> EncodedSample:
         self.check_text(messages, sample_id)
-        images, videos, metadata, _ = self.load_media(messages, sample_id)
+        images, videos, metadata = self.load_media(messages, sample_id)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
         if images:

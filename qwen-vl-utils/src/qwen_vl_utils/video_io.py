@@ -326,6 +326,29 @@ def _decode_timeout(ele: dict[str, Any]) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class VideoPlan:
+    """What ``fetch_video`` will do with a local video: which frames, at which size (no pixel decoded)."""
+
+    probe: VideoProbe
+    start: int
+    end: int
+    count: int
+    nframes: int
+    indices: list[int]
+    height: int
+    width: int
+
+
+def plan_video(path: str, ele: dict[str, Any], image_patch_size: int = 14) -> VideoPlan:
+    """The sampling and resize decisions for a local video file under ``ele``'s options (probe only)."""
+    probe = probe_video(path)
+    start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
+    nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
+    height, width = video_target_size(probe.height, probe.width, nframes, ele, image_patch_size)
+    return VideoPlan(probe, start, end, count, nframes, frame_indices(start, end, nframes), height, width)
+
+
 def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, dict[str, Any], float]:
     """Decode the sampled frames of ``ele['video']`` (a path or URL), resized, as float32 TCHW.
 
@@ -338,11 +361,9 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
     source = ele["video"]
     path, tmp = _local_video_path(source)
     try:
-        probe = probe_video(path)
-        start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
-        nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
-        indices = frame_indices(start, end, nframes)
-        height, width = video_target_size(probe.height, probe.width, nframes, ele, image_patch_size)
+        plan = plan_video(path, ele, image_patch_size)
+        probe, count, nframes, indices = plan.probe, plan.count, plan.nframes, plan.indices
+        height, width = plan.height, plan.width
         requested = ele.get("video_reader_backend")
         backend = get_video_reader_backend(requested)
         deadline = _Deadline(_decode_timeout(ele), f"video {source!r}")
