@@ -88,14 +88,16 @@ def prepare_inputs(
 
 class DeltaStreamer:
     """A ``generate`` streamer that yields the new text after every token (``TextIteratorStreamer`` holds text
-    back until a space or newline, so a word-less answer would arrive in one piece)."""
+    back until a space or newline, so a word-less answer would arrive in one piece).
+
+    Only the tokens since the last complete character are decoded each step, so a long answer costs linear time.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         import queue
 
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""
+        self.pending: list[int] = []  # tokens not yet ending in a complete character
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.prompt_seen = False
 
@@ -103,15 +105,19 @@ class DeltaStreamer:
         if not self.prompt_seen:  # the first call carries the prompt
             self.prompt_seen = True
             return
-        self.ids.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+        self.pending.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.pending, skip_special_tokens=True)
+        if text.endswith("\ufffd") and len(self.pending) < 8:  # an incomplete UTF-8 sequence: wait for more
             return
-        delta, self.text = text[len(self.text) :], text
-        if delta:
-            self.queue.put(delta)
+        self.pending = []
+        if text:
+            self.queue.put(text)
 
     def end(self) -> None:
+        if self.pending:
+            text = self.tokenizer.decode(self.pending, skip_special_tokens=True)
+            if text:
+                self.queue.put(text)
         self.queue.put(None)
 
     def __iter__(self) -> Iterator[str]:
