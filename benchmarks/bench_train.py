@@ -2,14 +2,24 @@
 
 Each mode trains for the same samples (one epoch over a generated dataset whose text lengths follow a long-tailed
 distribution, each sample with a small image) with AdamW; the figure is real (non-padding) tokens per second of
-forward + backward + optimizer step. Target: packed >= 1.5x padded.
+forward + backward + optimizer step, the median of ``--repeats`` epochs run alternately with the other mode.
+Target: packed >= 1.5x padded.
 
 CPU (default): the tiny Qwen3-VL test checkpoint. ``--gpu``: a Qwen3-VL-2B-shaped random model in bf16 on CUDA
-(text hidden 2048, 28 layers, vision depth 24), reporting tokens/s and MFU too.
+(text hidden 2048, 28 layers, vocabulary 151,936 tied; vision depth 24, deepstack 5/11/17), reporting the model
+FLOP rate and MFU too.
+
+MFU counts useful work only: 6 x (LLM parameters without the embedding lookup) per real text token, 6 x (vision
+block parameters) per real image patch and 6 x (merger parameters) per merged token, and causal attention 6 x layers x width x length^2 per sample (the PaLM
+convention). Padding computed in padded batches is waste, so it is not counted; packed batches are charged only
+for each sample's own attention, although sdpa with a block-diagonal mask computes the full square. The peak is
+the card's dense bf16 figure (H100/H200 SXM 989 TFLOP/s).
 
 Run::
 
     .venv/bin/python benchmarks/bench_train.py [--samples 96] [--batch-size 8] [--gpu] [--out benchmarks/results/train.json]
+    # the GPU model's code path on the CPU with 1 layer, as tests/benchmarks checks it:
+    .venv/bin/python benchmarks/bench_train.py --shape 2b --device cpu --dtype float32 --text-layers 1 --vision-depth 1 --vocab-size 4096
 """
 
 from __future__ import annotations
@@ -52,38 +62,64 @@ def make_records(root: Path, n: int, seed: int = 0) -> list:
     return records
 
 
-def gpu_model(family: str):
-    """A Qwen3-VL-2B-shaped random model (bf16, CUDA)."""
+def model_2b(device: str, dtype: torch.dtype, text_layers: int = 28, vision_depth: int = 24, vocab_size: int = 151936):
+    """A Qwen3-VL-2B-shaped random model, built directly on ``device`` (fewer layers for a smoke run)."""
     from qwenvl.model.families import get_family, transformers_attr
     from qwenvl.model.tiny import build_config, build_processor, build_tokenizer
 
-    fam = get_family(family)
+    fam = get_family("qwen3_vl")
     tok = build_tokenizer()
     processor = build_processor(fam, tok)
     config = build_config(fam, tok)
     t = config.text_config
-    t.hidden_size, t.intermediate_size, t.num_hidden_layers = 2048, 6144, 28
+    t.vocab_size = vocab_size
+    t.hidden_size, t.intermediate_size, t.num_hidden_layers = 2048, 6144, text_layers
     t.num_attention_heads, t.num_key_value_heads, t.head_dim = 16, 8, 128
     t.rope_parameters["mrope_section"] = [24, 20, 20]
+    t.use_cache = False
+    config.tie_word_embeddings = t.tie_word_embeddings = True
     v = config.vision_config
-    v.hidden_size, v.intermediate_size, v.depth, v.num_heads, v.out_hidden_size = 1024, 4096, 24, 16, 2048
-    v.deepstack_visual_indexes = [5, 11, 17]
+    v.hidden_size, v.intermediate_size, v.depth, v.num_heads, v.out_hidden_size = 1024, 4096, vision_depth, 16, 2048
+    v.deepstack_visual_indexes = [i for i in (5, 11, 17) if i < vision_depth] or [vision_depth - 1]
     v.num_position_embeddings = 2304
-    model = transformers_attr(fam.model_class)._from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16)
-    return model.cuda(), processor
+    with torch.device(device):
+        model = transformers_attr(fam.model_class)._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model, processor
+
+
+def flops_per_batch(model, batch: dict, sample_lengths: list[int]) -> float:
+    """Useful training FLOPs of one batch (forward + backward): see the module docstring."""
+    t = model.config.text_config
+    llm = model.model.language_model
+    embed = llm.embed_tokens.weight.numel()
+    llm_params = sum(p.numel() for p in llm.parameters()) - embed + model.lm_head.weight.numel()
+    # Vision blocks see every patch; the mergers (and deepstack mergers) see one token per merge_size^2 patches;
+    # the learned position table is a lookup, not a product.
+    per_patch = per_merged = 0
+    for name, p in model.model.visual.named_parameters():
+        if "merger" in name:
+            per_merged += p.numel()
+        elif not name.startswith("pos_embed"):
+            per_patch += p.numel()
+    text_tokens = sum(sample_lengths)
+    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
+    merged = patches // model.config.vision_config.spatial_merge_size**2
+    attention = 6 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * sum(n * n for n in sample_lengths)
+    return 6 * (llm_params * text_tokens + per_patch * patches + per_merged * merged) + attention
 
 
 def run_mode(model, samples: list, collate, batches: list[list[int]], device: str) -> dict:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     tokens = real = 0
+    flops = 0.0
     start = None
     for step, batch_idx in enumerate(batches):
         batch = collate([samples[i] for i in batch_idx])
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         labels = batch.pop("labels")
         if step == 1:  # the first step warms up allocators and kernels
-            if device == "cuda":
+            if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
         out = model(**batch)
@@ -98,20 +134,46 @@ def run_mode(model, samples: list, collate, batches: list[list[int]], device: st
             tokens += batch["input_ids"].numel()
             mask = batch.get("attention_mask")
             real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-    if device == "cuda":
+            flops += flops_per_batch(model, batch, [len(samples[i]["input_ids"]) for i in batch_idx])
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss {loss.item()} at step {step}")
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {"steps": len(batches) - 1, "seconds": elapsed, "real_tokens": real, "computed_tokens": tokens,
-            "real_tokens_per_s": real / elapsed, "padding_efficiency": real / tokens}  # fmt: skip
+            "real_tokens_per_s": real / elapsed, "padding_efficiency": real / tokens,
+            "model_tflops_per_s": flops / elapsed / 1e12}  # fmt: skip
 
 
-def main() -> None:
+def peak_bf16_flops(device: str) -> float | None:
+    """The card's dense bf16 peak, or None when unknown (CPU, other cards)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    for key, peak in (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)):
+        if key in name:
+            return peak
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="same as --shape 2b --device cuda --dtype bfloat16")
+    parser.add_argument("--shape", choices=["tiny", "2b"], default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--text-layers", type=int, default=28, help="2b shape only")
+    parser.add_argument("--vision-depth", type=int, default=24, help="2b shape only")
+    parser.add_argument("--vocab-size", type=int, default=151936, help="2b shape only")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per mode; the median is reported")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.gpu:
+        args.shape, args.device, args.dtype = "2b", "cuda", "bfloat16"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is visible")
     from qwenvl.data.collate import PackedCollator, PaddedCollator
     from qwenvl.data.encode import MediaBudget, SampleEncoder
     from qwenvl.data.packing import packing_efficiency, plan_packs
@@ -119,12 +181,20 @@ def main() -> None:
     from qwenvl.model.tiny import build_tiny
 
     torch.manual_seed(0)
-    device = "cuda" if args.gpu else "cpu"
-    if args.gpu:
-        model, processor = gpu_model("qwen3_vl")
-    else:
+    device = args.device
+    if device == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    dtype = getattr(torch, args.dtype)
+    if args.shape == "2b":
+        model, processor = model_2b(device, dtype, args.text_layers, args.vision_depth, args.vocab_size)
+        label = (
+            f"Qwen3-VL-2B-shaped random ({args.text_layers} text layers, vision depth {args.vision_depth}, "
+            f"vocabulary {args.vocab_size})"
+        )
+    else:
         model, processor = build_tiny("qwen3_vl")
+        model = model.to(device=device, dtype=dtype)
+        label = "tiny Qwen3-VL (test checkpoint)"
     encoder = SampleEncoder(processor, get_family("qwen3_vl"), MediaBudget(max_pixels=64 * 64, min_pixels=32 * 32))
     with tempfile.TemporaryDirectory() as tmp:
         samples = [encoder(r.messages, r.id) for r in make_records(Path(tmp), args.samples)]
@@ -134,42 +204,56 @@ def main() -> None:
     padded_batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
     capacity = max(max(lengths), int(sum(lengths) / len(padded_batches)) + 1)
     packs = plan_packs(lengths, capacity)
-    results = {
-        "padded": run_mode(model, samples, PaddedCollator(processor.tokenizer.pad_token_id), padded_batches, device),
-        "packed": run_mode(model, samples, PackedCollator(), packs, device),
+    modes = {
+        "padded": (PaddedCollator(processor.tokenizer.pad_token_id), padded_batches),
+        "packed": (PackedCollator(), packs),
     }
+    # The modes alternate, repeats times; each reports its median run, so drift in the machine's load hits both.
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for _ in range(args.repeats):
+        for mode, (collate, batches) in modes.items():
+            runs[mode].append(run_mode(model, samples, collate, batches, device))
+    results = {}
+    for mode, mode_runs in runs.items():
+        ranked = sorted(mode_runs, key=lambda r: r["real_tokens_per_s"])
+        results[mode] = {
+            **ranked[len(ranked) // 2],
+            "runs_real_tokens_per_s": [r["real_tokens_per_s"] for r in mode_runs],
+        }
     results["packed"]["packing_efficiency"] = packing_efficiency(lengths, packs, capacity)
     ratio = results["packed"]["real_tokens_per_s"] / results["padded"]["real_tokens_per_s"]
+    peak = peak_bf16_flops(device) if dtype == torch.bfloat16 else None
+    for mode in ("padded", "packed"):
+        results[mode]["mfu"] = results[mode]["model_tflops_per_s"] * 1e12 / peak if peak else None
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "device": torch.cuda.get_device_name()
-        if args.gpu
+        "device": torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
         else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} thread)",
-        "model": "Qwen3-VL-2B-shaped random, bf16" if args.gpu else "tiny Qwen3-VL (test checkpoint), fp32",
+        "model": f"{label}, {args.dtype}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_flops": peak,
         "samples": len(samples),
         "length_min_median_max": [min(lengths), sorted(lengths)[len(lengths) // 2], max(lengths)],
         "batch_size": args.batch_size,
         "pack_capacity": capacity,
+        "repeats": args.repeats,
         **results,
         "packed_vs_padded": ratio,
     }
-    if args.gpu:
-        n_params = sum(p.numel() for p in model.parameters())
-        peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-        name = torch.cuda.get_device_name()
-        flops = next((v for k, v in peak.items() if k in name), None)
-        for mode in ("padded", "packed"):
-            achieved = 6 * n_params * results[mode]["computed_tokens"] / results[mode]["seconds"]
-            results[mode]["mfu"] = achieved / flops if flops else None
-    out = args.out or str(HERE / "results" / ("train_gpu.json" if args.gpu else "train.json"))
+    out = args.out or str(HERE / "results" / ("train_gpu.json" if device.startswith("cuda") else "train.json"))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['model']} on {report['device']}")
     for mode in ("padded", "packed"):
         r = results[mode]
+        mfu = f"  MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
         print(
             f"{mode:7} {r['real_tokens_per_s']:10.0f} real tokens/s  padding efficiency {r['padding_efficiency']:.2f}"
+            f"  {r['model_tflops_per_s']:.3g} model TFLOP/s{mfu}"
         )
     print(f"packed vs padded: {ratio:.2f}x  -> {out}")
+    return report
 
 
 if __name__ == "__main__":
