@@ -67,15 +67,16 @@ def _upstream_oracle(path: Path, ele: dict, patch: int = 14) -> tuple[torch.Tens
 
 
 @pytest.mark.skipif("torchcodec" not in BACKENDS, reason="torchcodec not usable here")
+@pytest.mark.parametrize("backend", ["torchcodec", "pyav"])
 @pytest.mark.parametrize(
     "ele",
     [{}, {"fps": 4.0}, {"nframes": 6}, {"video_start": 1.0, "video_end": 3.0}, {"max_pixels": 200 * 28 * 28}],
 )
-def test_matches_upstream_algorithm_bit_for_bit(videos, ele):
+def test_matches_upstream_algorithm_bit_for_bit(videos, ele, backend):
+    # PyAV (the default) converts 8-bit YUV to RGB exactly as torchcodec does, and skipping unneeded
+    # non-reference frames changes nothing: the output is upstream's to the bit.
     expected, idx = _upstream_oracle(videos["plain"], ele)
-    video, meta = fetch_video(
-        {"video": str(videos["plain"]), "video_reader_backend": "torchcodec", **ele}, 14, False, True
-    )
+    video, meta = fetch_video({"video": str(videos["plain"]), "video_reader_backend": backend, **ele}, 14, False, True)
     assert meta["frames_indices"] == idx
     assert video.dtype == torch.float32
     assert video.shape == expected.shape
@@ -124,10 +125,13 @@ def test_metadata_is_absolute_and_complete(videos):
 
 def test_default_backend_and_env_read_at_call_time(videos, monkeypatch):
     monkeypatch.delenv("FORCE_QWENVL_VIDEO_READER", raising=False)
-    assert get_video_reader_backend() == BACKENDS[0]
-    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "pyav")
+    assert get_video_reader_backend() == "pyav"  # a dependency, so always usable, and first in AUTO_ORDER
     _, meta = fetch_video({"video": str(videos["plain"])}, return_video_metadata=True)
     assert meta["video_backend"] == "pyav"
+    forced = BACKENDS[0]
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", forced)
+    _, meta = fetch_video({"video": str(videos["plain"])}, return_video_metadata=True)
+    assert meta["video_backend"] == forced
     monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "betamax")
     with pytest.raises(ValueError, match="unknown video reader backend 'betamax'"):
         fetch_video({"video": str(videos["plain"])})
@@ -252,3 +256,36 @@ def test_torchvision_backend_on_a_release_that_still_reads_video(videos):
         assert got["meta"]["frames_indices"] == ref_meta["frames_indices"] and got["meta"]["fps"] == ref_meta["fps"]
         assert got["meta"]["video_backend"] == "torchvision"
         assert max(abs(a - float(b.mean())) for a, b in zip(got["mean"], ref)) < 3.0
+
+
+@pytest.mark.skipif("pyav" not in BACKENDS, reason="PyAV not usable here")
+@pytest.mark.parametrize("step", [1, 2, 7, 45])
+def test_pyav_skips_unneeded_non_reference_frames_without_changing_wanted_ones(videos, step):
+    import av
+
+    from qwen_vl_utils.video_io import _decode_skipping, _frame_table
+
+    with av.open(str(videos["plain"])) as container:
+        stream = container.streams.video[0]
+        pts, _ = _frame_table(container, stream)
+        container.seek(pts[0], stream=stream)
+        full = {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(stream)}
+        wanted = set(pts[::step]) | {pts[-1]}
+        seen = {f.pts: f.to_ndarray(format="rgb24") for f in _decode_skipping(container, stream, pts[0], wanted)}
+    assert len(full) == len(pts) == 120
+    assert wanted <= seen.keys()
+    for p in wanted:
+        np.testing.assert_array_equal(seen[p], full[p])
+    if step > 1:  # libx264's default B-frames are partly non-reference: those not wanted are never decoded
+        assert len(seen) < len(pts)
+    else:
+        assert len(seen) == len(pts)
+
+
+def test_a_failed_auto_backend_is_retried_with_the_next_one_in_order():
+    from qwen_vl_utils.video_io import AUTO_ORDER, _fallback_backend
+
+    usable = [b for b in AUTO_ORDER if b in BACKENDS]
+    for failed, expected in zip(usable, usable[1:] + [None]):
+        assert _fallback_backend(failed) == expected
+    assert _fallback_backend("torchvision") is None  # only ever forced, never retried

@@ -41,6 +41,10 @@ from qwen_vl_utils.resize import (
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torchcodec", "decord", "pyav", "torchvision")
+# Tried in this order when no backend is named. PyAV comes first: it decodes the same 8-bit frames as torchcodec
+# bit for bit, converts 10-bit sources more accurately, and skips the non-reference frames that no sample needs,
+# which makes it the fastest here (benchmarks/RESULTS.md). Upstream's order was torchcodec, decord, torchvision.
+AUTO_ORDER = ("pyav", "torchcodec", "decord")
 MAX_NUM_WORKERS_FETCH_VIDEO = 8
 # Frames decoded per backend call: bounds the full-resolution frames held at once.
 DECODE_CHUNK = 8
@@ -121,7 +125,7 @@ _INSTALL_HINT = {
 
 def get_video_reader_backend(requested: str | None = None) -> str:
     """The backend to use: ``requested``, else ``FORCE_QWENVL_VIDEO_READER`` (read now), else the first of
-    torchcodec, decord, pyav that works here.
+    ``AUTO_ORDER`` (pyav, torchcodec, decord) that works here.
 
     Raises:
         ValueError: an unknown backend name.
@@ -134,10 +138,16 @@ def get_video_reader_backend(requested: str | None = None) -> str:
         if not is_backend_available(forced):
             raise ImportError(f"video reader backend {forced!r} is not usable here: {_INSTALL_HINT[forced]}")
         return forced
-    for name in ("torchcodec", "decord", "pyav"):
+    for name in AUTO_ORDER:
         if is_backend_available(name):
             return name
     raise ImportError("no video reader backend is usable: " + _INSTALL_HINT["pyav"])
+
+
+def _fallback_backend(failed: str) -> str | None:
+    """The next usable backend after ``failed`` in ``AUTO_ORDER``, for one retry after a decoder failure."""
+    later = AUTO_ORDER[AUTO_ORDER.index(failed) + 1 :] if failed in AUTO_ORDER else ()
+    return next((name for name in later if is_backend_available(name)), None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,8 +247,20 @@ def _rotate(frame: Any, rotation: int) -> Any:
     return torch.rot90(frame, k=rotation // 90, dims=(1, 2)) if rotation else frame
 
 
+def _decode_skipping(container: Any, stream: Any, seek_pts: int, wanted: set[int]) -> Iterator[Any]:
+    """Frames from the keyframe at or before ``seek_pts`` on. A packet whose frame no sample needs is decoded with
+    ``skip_frame=NONREF``: the decoder drops it unless other frames reference it (most B-frames go), so the wanted
+    frames come out exactly as in a full decode while a large share of the decoding work is never done."""
+    container.seek(seek_pts, stream=stream, backward=True, any_frame=False)  # also flushes the decoder
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+        yield from packet.decode()
+
+
 def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
-    """Decode in presentation order, seeking to the keyframe before a wanted frame when that skips work."""
+    """Decode in presentation order, seeking to the keyframe before a wanted frame when that skips work, and
+    skipping unneeded non-reference frames (see ``_decode_skipping``)."""
     import bisect
     from collections import Counter
 
@@ -251,6 +273,7 @@ def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _De
         index_of = {p: i for i, p in enumerate(pts)}
         stream.thread_type = "AUTO"
         counts = Counter(indices)
+        wanted = {pts[i] for i in counts if i < len(pts)}
         decoded: Iterator[Any] | None = None
         position = -1  # index of the last decoded frame
         for target in sorted(counts):
@@ -258,8 +281,7 @@ def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _De
                 raise VisionInputError(f"frame {target} is beyond the {len(pts)} frames found in {path!r}")
             keyframe = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
             if decoded is None or keyframe > position:
-                container.seek(pts[keyframe], stream=stream, backward=True, any_frame=False)
-                decoded = container.decode(stream)
+                decoded = _decode_skipping(container, stream, pts[keyframe], wanted)
             for frame in decoded:
                 deadline.check()
                 if frame.pts not in index_of:
@@ -373,10 +395,11 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
         except (VisionInputError, TimeoutError):
             raise
         except Exception as e:  # noqa: BLE001 - a decoder failure, not a user error (those were checked above)
-            if requested or os.environ.get("FORCE_QWENVL_VIDEO_READER") or backend == "pyav":
+            fallback = None if requested or os.environ.get("FORCE_QWENVL_VIDEO_READER") else _fallback_backend(backend)
+            if fallback is None:
                 raise VisionInputError(f"{backend} failed to decode {source!r}: {e}") from e
-            logger.warning("%s failed to decode %r (%s); decoding with pyav instead", backend, source, e)
-            backend = "pyav"
+            logger.warning("%s failed to decode %r (%s); decoding with %s instead", backend, source, e, fallback)
+            backend = fallback
             video = _decode_resized(path, indices, probe, backend, (height, width), deadline)
         logger.debug(
             "%s: video=%s total_frames=%d fps=%.3f nframes=%d size=%dx%d time=%.3fs",
