@@ -3,7 +3,9 @@ policies for bad media and over-long samples.
 
 * Bad media (``bad_media``): ``error`` (default) raises naming the sample; ``skip`` drops the sample, writes
   ``{"id", "path", "reason"}`` to ``quarantine.jsonl`` in the output dir and counts it. A sample is never retried
-  in a loop nor replaced by its neighbour.
+  in a loop nor replaced by its neighbour. The file is also the skip list: a run resumed in the same output dir
+  (or a later epoch) skips the samples it lists without decoding them again, so a file that hung a decoder until
+  its timeout costs that time once; delete the file to retry them.
 * Over-long samples (``overlong``, longer than ``model_max_length``): ``error`` raises; ``skip`` drops and
   quarantines them; ``truncate_text`` cuts text after the last vision token and skips samples where that is
   impossible. Vision tokens are never cut.
@@ -34,17 +36,51 @@ OverlongPolicy = Literal["error", "skip", "truncate_text"]
 
 
 class Quarantine:
-    """Append-only JSONL of skipped samples, safe across threads and dataloader worker processes."""
+    """Append-only JSONL of skipped samples, safe across threads and dataloader worker processes, and the skip list
+    of resumed runs: entries already in the file (from an earlier run, an earlier epoch or another worker) are
+    known and never written twice."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
-        self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._known: set[tuple[str, str]] = set()
+        self._read_upto = 0
+        self._refresh()
+        if self._known:
+            logger.warning(
+                "%s lists %d skipped sample(s) from an earlier run; they stay skipped (delete the file to retry them)",
+                self.path,
+                len(self._known),
+            )
+
+    def _refresh(self) -> None:
+        """Read the lines appended to the file since the last read (by this or any other process)."""
+        if self.path is None or not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._read_upto)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written by another process is read next time
+        self._read_upto += len(complete)
+        for line in complete.decode().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                self._known.add((entry["id"], entry["kind"]))
+
+    def is_known(self, sample_id: str, kind: str) -> bool:
+        """Whether ``sample_id`` was already quarantined for ``kind``."""
+        with self._lock:
+            if (sample_id, kind) not in self._known:
+                self._refresh()
+            return (sample_id, kind) in self._known
 
     def add(self, sample_id: str, path: str, reason: str, kind: str) -> None:
-        self.counts[kind] += 1
+        if self.is_known(sample_id, kind):
+            return
         logger.warning("skipping %s (%s): %s", sample_id, kind, reason)
         if self.path is None:
+            with self._lock:
+                self._known.add((sample_id, kind))
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"id": sample_id, "path": path, "kind": kind, "reason": reason}) + "\n"
@@ -55,16 +91,14 @@ class Quarantine:
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
+            self._refresh()
 
     def summary(self) -> dict[str, int]:
-        """Counts by kind, read from the file (so it includes what dataloader workers wrote)."""
-        if self.path is None or not self.path.exists():
-            return dict(self.counts)
-        counts: Counter[str] = Counter()
-        with self.path.open() as f:
-            for line in f:
-                counts[json.loads(line)["kind"]] += 1
-        return dict(counts)
+        """Skipped samples by kind, each counted once, read from the file (so it includes what dataloader workers
+        and earlier runs wrote)."""
+        with self._lock:
+            self._refresh()
+            return dict(Counter(kind for _, kind in self._known))
 
 
 # ----------------------------------------------------------------------------------------------- length estimates
@@ -160,6 +194,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def encode(self, index: int) -> EncodedSample | None:
         record = self.records[index]
+        if self.bad_media == "skip" and self.quarantine.is_known(record.id, "bad_media"):
+            return None  # quarantined earlier (this run, another worker, or the run this one resumes)
         try:
             sample = self.encoder(record.messages, record.id)
         except MediaLoadError as e:

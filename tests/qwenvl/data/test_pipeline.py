@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 
@@ -250,6 +251,38 @@ def test_bad_media_error_and_skip_with_quarantine(tmp_path, encoders):
     ]
     assert "cannot identify" in lines[0]["reason"]
     assert quarantine.summary() == {"bad_media": 1}
+    assert lenient[1] is None  # a later epoch: skipped again, not written twice
+    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 1
+
+
+def test_quarantine_is_the_skip_list_of_a_resumed_run(tmp_path, encoders):
+    records = _records_with_broken_image(tmp_path)
+    encoder = encoders["qwen2_vl"]
+    path = tmp_path / "out" / "quarantine.jsonl"
+    first = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))
+    assert first[1] is None
+    # The file is repaired before the run resumes: the resumed run still skips the sample without opening it (it
+    # was skipped before the crash too, so the data seen stays the same) ...
+    shutil.copyfile(IMAGE, tmp_path / "broken.png")
+    resumed = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))
+    assert resumed[1] is None and resumed[0] is not None
+    assert resumed.quarantine.summary() == {"bad_media": 1} and len(path.read_text().splitlines()) == 1
+    # ... --bad_media error still raises nothing for a good file, and deleting the list retries it.
+    assert SupervisedDataset(records, encoder, quarantine=Quarantine(path))[1] is not None
+    path.unlink()
+    assert SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))[1] is not None
+
+
+def test_quarantine_sees_entries_other_processes_append(tmp_path):
+    path = tmp_path / "q.jsonl"
+    mine, other = Quarantine(path), Quarantine(path)  # e.g. the trainer and a dataloader worker
+    other.add("a", "x.png", "broken", "bad_media")
+    mine.add("a", "x.png", "broken", "bad_media")  # already there: not written again
+    with path.open("a") as f:
+        f.write('{"id": "b", "path": "", "kind": "overlong", "reason": "r"}\n{"id": "c", "pa')  # a torn last line
+    assert mine.is_known("b", "overlong") and not mine.is_known("c", "bad_media")
+    assert mine.summary() == {"bad_media": 1, "overlong": 1}
+    assert len(path.read_text().splitlines()) == 3
 
 
 def test_overlong_policies(tmp_path, encoders):
