@@ -136,7 +136,15 @@ def infer(args: argparse.Namespace) -> int:
         image_keys["max_pixels"] = args.max_pixels
     if args.min_pixels is not None:
         image_keys["min_pixels"] = args.min_pixels
+    drift = {k: (v, getattr(settings, k)) for k, v in image_keys.items() if settings and v != getattr(settings, k)}
+    for key, (flag, trained) in drift.items():
+        print(
+            f"warning: --{key} {flag} differs from the {trained} this checkpoint was trained with "
+            f"({args.model_path}/qwenvl_preprocessing.json); scores may not reflect the trained model",
+            file=sys.stderr,
+        )
     budgets = {
+        "drift_from_checkpoint": {k: {"flag": f, "trained": t} for k, (f, t) in drift.items()},
         "source": "flags"
         if image_keys
         else ("checkpoint qwenvl_preprocessing.json" if settings else "qwen_vl_utils defaults"),

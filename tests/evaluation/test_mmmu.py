@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from mmmu_scoring import (
     score,
     validate_line,
 )
+
+from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
 
 
 RUN_MMMU = Path(__file__).resolve().parents[2] / "evaluation" / "mmmu" / "run_mmmu.py"
@@ -267,12 +270,19 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
     data = tmp_path / "mmmu"
     rows = _make_dataset(data)
     results = tmp_path / "out" / "results.jsonl"
-    model = str(tiny_checkpoints["qwen3_vl"])
+    # A fine-tuned checkpoint: its saved budgets differ from the --max-pixels flag, which is reported.
+    model = str(tmp_path / "finetuned")
+    shutil.copytree(tiny_checkpoints["qwen3_vl"], model)
+    trained = dict(max_pixels=8192, min_pixels=1024, video_max_pixels=65536, video_min_pixels=4096)
+    save_preprocessing(
+        PreprocessingSettings("qwen3_vl", 16, **trained, video_fps=2.0, video_max_frames=8, video_min_frames=4), model
+    )
     common = ["infer", "--model-path", model, "--data-dir", str(data), "--output-file", str(results),
               "--subjects", "art,math,phys", "--batch-size", "3", "--max-new-tokens", "4", "--max-pixels", "4096"]  # fmt: skip
 
     first = _run(*common, "--limit", "2")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "warning: --max_pixels 4096 differs from the 8192 this checkpoint was trained with" in first.stderr
     assert len(results.read_text().splitlines()) == 6
     # A crash mid-write leaves a torn last line: it is repaired and that question re-run.
     with results.open("a") as f:
@@ -302,6 +312,7 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
         manifest["model_config_sha256"]
         and manifest["prompt"] == "official"
         and manifest["pixel_budgets"]["max_pixels"] == 4096
+        and manifest["pixel_budgets"]["drift_from_checkpoint"] == {"max_pixels": {"flag": 4096, "trained": 8192}}
     )
     assert "transformers" in manifest["versions"]
 
