@@ -448,14 +448,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-port", type=int, default=7860)
     parser.add_argument("--server-name", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     parser.add_argument(
-        "--backend", default="hf", choices=["hf", "openai"], help="hf (in-process) or openai (a server)"
+        "--backend",
+        default="hf",
+        choices=["hf", "vllm", "openai"],
+        help="hf (transformers in this process), vllm (vLLM's async engine in this process) or openai (a server)",
     )
     parser.add_argument("--api-base", default="http://127.0.0.1:8000/v1", help="openai backend: server URL")
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai backend: key")
     parser.add_argument("--model", default=None, help="openai backend: model name (default: --checkpoint-path)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="accepted for upstream compatibility")
+    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs (default 1)")
     parser.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.9, help="accepted for upstream compatibility"
+        "--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of GPU memory to use"
     )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
     parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")

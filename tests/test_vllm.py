@@ -100,7 +100,9 @@ def test_demo_vllm_backend_streams_like_hf(vllm_checkpoint, tmp_path):
         from qwenvl.inference.hf import GenerationSettings
 
         def main():
-            backend = demo.VLLMBackend({str(vllm_checkpoint)!r}, cpu_only=True)
+            # The command line a user types: web_demo_mm.py -c CKPT --backend vllm --cpu-only
+            backend = demo.make_backend(demo.parse_args(["-c", {str(vllm_checkpoint)!r}, "--backend", "vllm", "--cpu-only"]))
+            assert isinstance(backend, demo.VLLMBackend)
             messages = json.loads({json.dumps(messages)!r})
             full = list(backend.stream(messages, GenerationSettings(max_new_tokens=24), threading.Event()))
             stop = threading.Event()

@@ -41,6 +41,18 @@ def image_file(tmp_path) -> str:
     return str(path)
 
 
+def test_command_line_offers_every_backend(tiny_checkpoints):
+    ckpt = str(tiny_checkpoints["qwen3_vl"])
+    for name in ("hf", "vllm", "openai"):
+        assert demo_mod.parse_args(["-c", ckpt, "--backend", name]).backend == name
+    assert demo_mod.parse_args([]).server_name == "127.0.0.1"  # this machine only unless asked
+    with pytest.raises(SystemExit):
+        demo_mod.parse_args(["--backend", "sglang"])
+    backend = demo_mod.make_backend(demo_mod.parse_args(["-c", ckpt, "--backend", "hf", "--cpu-only"]))
+    assert isinstance(backend, demo_mod.HFBackend) and backend.family.model_type == "qwen3_vl"
+    # (the vllm backend is built from the same command line in tests/test_vllm.py, inside .venv-vllm)
+
+
 def test_build_demo_returns_blocks_without_a_server(hf_backend):
     import gradio as gr
 
