@@ -1,7 +1,8 @@
 """Check, before a long run, that packed rows give every sample exactly what it gets alone.
 
-Takes the first ``--samples`` records of a training mix, encodes them with the same encoder and pixel budgets as
-``train_qwen.py``, packs them with the same planner and collator, and runs the real model twice per sample:
+Takes ``--samples`` records of a training mix (a seeded draw across it, or ``--pick first``), encodes them with
+the same encoder and pixel budgets as ``train_qwen.py``, packs them with the same planner and collator, and runs
+the real model twice per sample:
 
 * packed: the pack as training sees it (one row, our 4-row M-RoPE ``position_ids`` restarting per sample);
 * alone: the sample on its own through the model's own inference path (attention mask, no ``position_ids``, so the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -158,7 +160,11 @@ def verify(args: argparse.Namespace) -> int:
     encoder = SampleEncoder(processor, family, budget, tokens_per_second)
     merge_size = getattr(processor.image_processor, "merge_size", 2)
 
-    records = load_records(args.dataset_use, args.dataset_registry, seed=args.seed)[: args.samples]
+    records = load_records(args.dataset_use, args.dataset_registry, seed=args.seed)
+    if args.pick == "random" and len(records) > args.samples:
+        chosen = sorted(random.Random(args.seed).sample(range(len(records)), args.samples))  # across the whole mix
+        records = [records[i] for i in chosen]
+    records = records[: args.samples]
     if not records:
         print(f"--dataset_use {args.dataset_use}: no records", file=sys.stderr)
         return 2
@@ -262,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name_or_path", required=True)
     parser.add_argument("--dataset_use", required=True, help="as for train_qwen.py: registry names or files, name%%N")
     parser.add_argument("--dataset_registry", default=None)
-    parser.add_argument("--samples", type=int, default=8, help="how many records (from the start of the mix)")
+    parser.add_argument("--samples", type=int, default=8, help="how many records to check")
+    parser.add_argument(
+        "--pick", choices=["random", "first"], default="random", help="seeded draw across the mix, or the first ones"
+    )
     parser.add_argument("--max_packed_tokens", type=int, default=8192)
     parser.add_argument(
         "--attn_implementation", choices=["auto", "sdpa", "flash_attention_2", "eager"], default="auto"
