@@ -13,14 +13,15 @@ policies for bad media and over-long samples.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -161,6 +162,74 @@ def estimate_length(record: Record, encoder: SampleEncoder) -> LengthEstimate:
         except Exception as e:  # noqa: BLE001 - reported per record by the caller
             error = f"{item.get(item['type'])}: {e}"
     return LengthEstimate(len(ids) - n_media, image_tokens, video_tokens, error)
+
+
+class LengthCache:
+    """Length estimates kept in a JSON file, so a resumed run (or a second run on the same data) does not read
+    every media header again: on a large video mix that is minutes on every rank.
+
+    An entry is keyed by the record's messages and, for each local media file, its path, size and modification
+    time, so an edited annotation or a replaced file is measured again. The file also stores what the estimates
+    depend on (budgets, family, chat template, tokenizer); when that changes the whole cache is ignored.
+    """
+
+    def __init__(self, path: str | Path | None, encoder: SampleEncoder) -> None:
+        self.path = Path(path) if path else None
+        tok = encoder.processor.tokenizer
+        context = {
+            "budget": asdict(encoder.budget),
+            "family": encoder.family.model_type,
+            "template": getattr(encoder.processor, "chat_template", None) or getattr(tok, "chat_template", None),
+            "vocab": len(tok),
+            "version": 1,
+        }
+        self.context = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()
+        self.entries: dict[str, list[Any]] = {}
+        self.loaded = 0
+        if self.path is not None and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError) as e:
+                logger.warning("ignoring unreadable length cache %s: %s", self.path, e)
+                data = {}
+            if data.get("context") == self.context:
+                self.entries = data.get("entries", {})
+                self.loaded = len(self.entries)
+
+    @staticmethod
+    def key(record: Record) -> str:
+        stamps = []
+        for item in record.media():
+            source = item.get(item["type"])
+            try:
+                st = os.stat(source) if isinstance(source, str) else None
+                stamps.append([source, st.st_size, st.st_mtime_ns] if st else [repr(source)])
+            except OSError:
+                stamps.append([source, None, None])
+        blob = json.dumps([record.messages, stamps], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def estimates(self, records: list[Record], encoder: SampleEncoder) -> list[LengthEstimate]:
+        """Estimates of ``records``: from the cache where valid, measured (and added) otherwise."""
+        out, measured = [], 0
+        for record in records:
+            key = self.key(record)
+            cached = self.entries.get(key)
+            if cached is None:
+                est = estimate_length(record, encoder)
+                measured += 1
+                if est.media_error is None:  # failures are measured again next time (the file may be fixed)
+                    self.entries[key] = [est.text_tokens, est.image_tokens, est.video_tokens]
+            else:
+                est = LengthEstimate(*cached)
+            out.append(est)
+        if self.path is not None and measured:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"context": self.context, "entries": self.entries}))
+            os.replace(tmp, self.path)  # atomic: ranks writing at once leave one whole file
+        logger.info("length estimates: %d from %s, %d measured", len(records) - measured, self.path, measured)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- datasets

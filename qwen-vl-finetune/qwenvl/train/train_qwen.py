@@ -27,10 +27,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from qwenvl.data.collate import DummyMedia, PackedCollator, PaddedCollator
 from qwenvl.data.dataset import (
+    LengthCache,
     PackedDataset,
     Quarantine,
     SupervisedDataset,
-    estimate_length,
     prefilter_overlong,
 )
 from qwenvl.data.encode import MediaBudget, SampleEncoder
@@ -75,7 +75,9 @@ def build_datasets(
 ) -> tuple[Any, Any]:
     def make(dataset_use: str, packed: bool) -> Any:
         records = load_records(dataset_use, data_args.dataset_registry, seed=data_args.data_seed_sampling)
-        estimates = [estimate_length(r, encoder) for r in records]
+        # One cache per output dir: a resumed run skips reading every media header again.
+        cache = LengthCache(Path(training_args.output_dir) / "length_cache.json", encoder)
+        estimates = cache.estimates(records, encoder)
         records, estimates = prefilter_overlong(
             records, estimates, training_args.model_max_length, data_args.overlong, quarantine
         )
@@ -210,6 +212,12 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main() -> None:
     train()
+    # Join the communication threads (gloo / DeepSpeed) before interpreter teardown: left to static destructors
+    # they can abort a rank that finished cleanly ("terminate called without an active exception"). Only after
+    # success: a rank that raised must exit at once so torchrun stops the others, not wait in a barrier.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

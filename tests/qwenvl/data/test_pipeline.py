@@ -10,9 +10,11 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from qwenvl.data.annotations import AnnotationError, normalise_record
 from qwenvl.data.dataset import (
+    LengthCache,
     PackedDataset,
     Quarantine,
     SupervisedDataset,
@@ -194,6 +196,34 @@ def test_length_estimates_are_exact(encoders, family):
         assert estimate_length(record, encoder).total == len(encoder(record.messages, record.id)["input_ids"]), (
             record.id
         )
+
+
+def test_length_cache_reuses_and_invalidates(encoders, tmp_path):
+    encoder = encoders["qwen3_vl"]
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "img" / "a.png")
+    raw = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "x"}]}
+    records = [normalise_record(raw, "d.jsonl:1", str(tmp_path / "img"))] + load_records("demo_video")
+    cache_path = tmp_path / "out" / "length_cache.json"
+    first = LengthCache(cache_path, encoder).estimates(records, encoder)
+    assert [e.total for e in first] == [estimate_length(r, encoder).total for r in records]
+    data = json.loads(cache_path.read_text())
+    assert len(data["entries"]) == len(records)
+
+    # Read back from the file, not measured: an entry edited in the file is what comes back.
+    key = LengthCache.key(records[1])
+    data["entries"][key] = [1, 2, 3]
+    cache_path.write_text(json.dumps(data))
+    again = LengthCache(cache_path, encoder)
+    assert again.loaded == len(records) and again.estimates(records, encoder)[1].total == 6
+
+    # A replaced image (other size on disk) is measured again ...
+    Image.new("RGB", (512, 384), "blue").save(tmp_path / "img" / "a.png")
+    remeasured = LengthCache(cache_path, encoder).estimates(records, encoder)[0]
+    assert remeasured.image_tokens > first[0].image_tokens
+    # ... and other budgets ignore the whole cache.
+    smaller = SampleEncoder(encoder.processor, encoder.family, MediaBudget(max_pixels=32 * 32 * 4, min_pixels=32 * 32))
+    assert LengthCache(cache_path, smaller).loaded == 0
 
 
 # ----------------------------------------------------------------------------------------------- packing planner
