@@ -7,6 +7,8 @@ Run::
     python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --backend vllm --tensor-parallel-size 2
     python web_demo_mm.py --backend openai --api-base http://127.0.0.1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct
                                                                              # any OpenAI-compatible server
+    python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --compare-checkpoint ./my-finetune   # A/B: two columns
+    python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --compare-backend vllm                # A/B: hf vs vllm
 
 Backends: ``hf`` (transformers in this process, tokens streamed from a generation thread), ``vllm`` (vLLM's
 async engine in this process, real incremental streaming; imported only when chosen) and ``openai`` (an
@@ -24,6 +26,7 @@ import html
 import io
 import logging
 import os
+import queue
 import re
 import tempfile
 import threading
@@ -74,6 +77,7 @@ class HFBackend:
         device_map = "cpu" if cpu_only else ("auto" if _cuda() else "cpu")
         attn = "flash_attention_2" if flash_attn2 else ("sdpa" if cpu_only or not _cuda() else "auto")
         self.generator = HFGenerator(checkpoint, dtype="auto", attn_implementation=attn, device_map=device_map)
+        self.checkpoint = checkpoint
         self.family = self.generator.family
         self.settings = self.generator.settings
         self.processor = self.generator.processor
@@ -97,7 +101,7 @@ class OpenAIBackend:
         from qwenvl.model.families import get_family
 
         self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY")
-        self.model = model
+        self.model = self.checkpoint = model
         self.settings = load_preprocessing(checkpoint) if checkpoint and os.path.isdir(checkpoint) else None
         family_name = self.settings.model_type if self.settings else _guess_family(model, checkpoint)
         self.family = get_family(family_name)
@@ -145,6 +149,7 @@ class VLLMBackend:
             dtype="float32" if cpu_only else "auto",
             enforce_eager=cpu_only,
         )
+        self.checkpoint = checkpoint
         self.family = self.generator.family
         self.settings = self.generator.settings
 
@@ -282,13 +287,20 @@ def last_image(history: list[dict[str, Any]]) -> str | None:
 # ----------------------------------------------------------------------------------------------- UI
 
 
-def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
-    """The chat UI around ``backend`` (no server is started)."""
+def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Backend | None = None) -> gr.Blocks:
+    """The chat UI around ``backend`` (no server is started). With ``compare``, an A/B view: every message goes to
+    both backends with the same preprocessed uploads and settings, and each answers in its own column, keeping
+    its own history (two checkpoints, e.g. base vs fine-tuned, or two backends of one checkpoint)."""
     config = config or DemoConfig()
     box_dir = tempfile.mkdtemp(prefix="qwenvl-demo-boxes-")
+    lanes: list[Backend] = [backend] + ([compare] if compare is not None else [])
+    n = len(lanes)
 
-    def add_user(message: dict[str, Any], history: list[dict[str, Any]], chat: list[dict[str, Any]], info: str):
-        history, chat = list(history or []), list(chat or [])
+    def add_user(message: dict[str, Any], *state: Any):
+        """Inputs: the textbox, then ``n`` histories, ``n`` chats and the upload info."""
+        histories = [list(h or []) for h in state[:n]]
+        chats = [list(c or []) for c in state[n : 2 * n]]
+        info = state[2 * n]
         text = (message or {}).get("text") or ""
         files = (message or {}).get("files") or []
         items: list[dict[str, Any]] = []
@@ -297,28 +309,35 @@ def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
             path = f if isinstance(f, str) else f.get("path")
             try:
                 kind = check_upload(path, config.max_upload_mb)
-                notes.append(describe_upload(path, kind, backend))
+                # Each column's own budgets and patch size (they differ between families and fine-tunes).
+                costs = [describe_upload(path, kind, lane) for lane in lanes]
+                notes.append(costs[0] if n == 1 else " | ".join(f"{'AB'[i]}: {c}" for i, c in enumerate(costs)))
             except (ValueError, VisionInputError, OSError) as e:
-                chat.append({"role": "assistant", "content": f"Upload refused: {html.escape(str(e))}"})
+                for chat in chats:
+                    chat.append({"role": "assistant", "content": f"Upload refused: {html.escape(str(e))}"})
                 continue
             items.append({"type": kind, kind: path})
-            chat.append({"role": "user", "content": {"path": path}})
+            for chat in chats:
+                chat.append({"role": "user", "content": {"path": path}})
         if text:
             items.append({"type": "text", "text": text})
-            chat.append({"role": "user", "content": text})
+            for chat in chats:
+                chat.append({"role": "user", "content": text})
         if items:
-            history.append({"role": "user", "content": items})
-        info = "\n".join(f"- {n}" for n in notes) if notes else info
-        return gr.MultimodalTextbox(value=None, interactive=False), history, chat, info
+            for history in histories:
+                history.append({"role": "user", "content": items})
+        info = "\n".join(f"- {note}" for note in notes) if notes else info
+        return gr.MultimodalTextbox(value=None, interactive=False), *histories, *chats, info
 
-    def bot(history, chat, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty):
-        history, chat = list(history or []), list(chat or [])
-        if not history or history[-1]["role"] != "user":
-            yield history, chat
+    def bot(*state: Any):
+        """Inputs: ``n`` histories, ``n`` chats, then the settings; streams every lane's answer as it comes."""
+        histories = [list(h or []) for h in state[:n]]
+        chats = [list(c or []) for c in state[n : 2 * n]]
+        system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty = state[2 * n :]
+        if not histories[0] or histories[0][-1]["role"] != "user":
+            yield *histories, *chats
             return
-        messages = (
-            [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
-        ) + history
+        system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
         gen = GenerationSettings(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature),
@@ -326,52 +345,89 @@ def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
             top_k=int(top_k),
             repetition_penalty=float(repetition_penalty),
         )
-        stop = threading.Event()
-        answer = ""
-        chat.append({"role": "assistant", "content": ""})
-        try:
-            for piece in backend.stream(messages, gen, stop):
-                answer += piece
-                chat[-1] = {"role": "assistant", "content": render_answer(answer)}
-                yield history, chat
-        except Exception as e:  # noqa: BLE001 - shown in the chat, the session goes on
-            logger.exception("generation failed")
-            chat[-1] = {
-                "role": "assistant",
-                "content": render_answer(answer) + f"\n\n**Error:** {html.escape(str(e))}",
-            }
-            yield history, chat
-            return
-        finally:
-            stop.set()
-        history = history + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
-        image = last_image(history)
-        boxes = find_boxes(answer)
-        if image and boxes:
-            chat.append({"role": "assistant", "content": {"path": draw_boxes(image, boxes, box_dir)}})
-        yield history, chat
+        stops = [threading.Event() for _ in lanes]  # one per lane: a backend may set its own when it ends
+        events: queue.Queue[tuple[int, str | None, Exception | None]] = queue.Queue()
 
-    def drop_last_answer(history, chat):
-        history, chat = list(history or []), list(chat or [])
-        if history and history[-1]["role"] == "assistant":
-            history.pop()
-        while chat and chat[-1]["role"] == "assistant":
-            chat.pop()
-        return history, chat, gr.Button(interactive=False)
+        def run(lane: int) -> None:
+            try:
+                for piece in lanes[lane].stream(system + histories[lane], gen, stops[lane]):
+                    events.put((lane, piece, None))
+                events.put((lane, None, None))
+            except Exception as e:  # noqa: BLE001 - shown in that lane's chat, the session goes on
+                logger.exception("generation failed (%s)", lanes[lane].name)
+                events.put((lane, None, e))
+
+        answers = [""] * n
+        failed: list[Exception | None] = [None] * n
+        for chat in chats:
+            chat.append({"role": "assistant", "content": ""})
+        for lane in range(n):
+            threading.Thread(target=run, args=(lane,), daemon=True, name=f"demo-lane-{lane}").start()
+        try:
+            running = n
+            while running:
+                lane, piece, error = events.get()
+                if piece is None:
+                    running -= 1
+                    failed[lane] = error
+                    if error is None:
+                        continue
+                    piece = ""
+                answers[lane] += piece
+                shown = render_answer(answers[lane])
+                if error is not None:
+                    shown += f"\n\n**Error:** {html.escape(str(error))}"
+                chats[lane][-1] = {"role": "assistant", "content": shown}
+                yield *histories, *chats
+        finally:
+            for stop in stops:  # also when Stop / Clear cancel this generator: the lanes' generations end
+                stop.set()
+        for lane in range(n):
+            if failed[lane] is not None:
+                continue
+            histories[lane] = histories[lane] + [
+                {"role": "assistant", "content": [{"type": "text", "text": answers[lane]}]}
+            ]
+            image, boxes = last_image(histories[lane]), find_boxes(answers[lane])
+            if image and boxes:
+                chats[lane].append({"role": "assistant", "content": {"path": draw_boxes(image, boxes, box_dir)}})
+        yield *histories, *chats
+
+    def drop_last_answer(*state: Any):
+        histories = [list(h or []) for h in state[:n]]
+        chats = [list(c or []) for c in state[n : 2 * n]]
+        for history in histories:
+            if history and history[-1]["role"] == "assistant":
+                history.pop()
+        for chat in chats:
+            while chat and chat[-1]["role"] == "assistant":
+                chat.pop()
+        return *histories, *chats, gr.Button(interactive=False)
 
     def reset():
-        return [], [], "", gr.MultimodalTextbox(value=None, interactive=True), gr.Button(interactive=True)
+        return *([[]] * (2 * n)), "", gr.MultimodalTextbox(value=None, interactive=True), gr.Button(interactive=True)
 
     with gr.Blocks(title="Qwen-VL chat") as demo:
-        gr.Markdown(f"## Qwen-VL chat ({backend.name} backend, {backend.family.model_type})")
-        history = gr.State([])
-        chatbot = gr.Chatbot(
-            elem_id="chatbot",
-            height=520,
-            reasoning_tags=[("<think>", "</think>")],
-            buttons=["copy"],
-            sanitize_html=True,
-        )
+        if compare is None:
+            gr.Markdown(f"## Qwen-VL chat ({backend.name} backend, {backend.family.model_type})")
+        else:
+            gr.Markdown(
+                f"## Qwen-VL A/B: {html.escape(_label(backend))} vs {html.escape(_label(compare))}\n"
+                "Every message goes to both, with the same uploads and settings; each keeps its own history."
+            )
+        histories = [gr.State([]) for _ in lanes]
+        with gr.Row():
+            chatbots = [
+                gr.Chatbot(
+                    elem_id="chatbot" if i == 0 else "chatbot_b",
+                    label=None if n == 1 else f"{'AB'[i]}: {_label(lane)}",
+                    height=520,
+                    reasoning_tags=[("<think>", "</think>")],
+                    buttons=["copy"],
+                    sanitize_html=True,
+                )
+                for i, lane in enumerate(lanes)
+            ]
         textbox = gr.MultimodalTextbox(
             elem_id="chat_input",
             file_types=["image", "video"],
@@ -394,11 +450,10 @@ def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
             repetition_penalty = gr.Slider(0.8, 2.0, value=1.0, step=0.05, label="Repetition penalty")
         controls = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
 
-        submit = textbox.submit(
-            add_user, [textbox, history, chatbot, upload_info], [textbox, history, chatbot, upload_info], queue=False
-        )
+        state = [*histories, *chatbots]
+        submit = textbox.submit(add_user, [textbox, *state, upload_info], [textbox, *state, upload_info], queue=False)
         answer = submit.then(lambda: gr.Button(interactive=False), None, regen_btn, queue=False).then(
-            bot, [history, chatbot, *controls], [history, chatbot], api_name="chat", concurrency_id="model"
+            bot, [*state, *controls], state, api_name="chat", concurrency_id="model"
         )
         answer.then(
             lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=True)),
@@ -407,8 +462,8 @@ def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
             queue=False,
         )
 
-        regen = regen_btn.click(drop_last_answer, [history, chatbot], [history, chatbot, regen_btn], queue=False)
-        regen_run = regen.then(bot, [history, chatbot, *controls], [history, chatbot], concurrency_id="model")
+        regen = regen_btn.click(drop_last_answer, state, [*state, regen_btn], queue=False)
+        regen_run = regen.then(bot, [*state, *controls], state, concurrency_id="model")
         regen_run.then(lambda: gr.Button(interactive=True), None, regen_btn, queue=False)
 
         stop_btn.click(
@@ -419,14 +474,15 @@ def build_demo(backend: Backend, config: DemoConfig | None = None) -> gr.Blocks:
             queue=False,
         )
         # Clear cancels a running generation; a second, late clear catches an update already in flight.
-        clear = clear_btn.click(
-            reset, None, [history, chatbot, upload_info, textbox, regen_btn], cancels=[answer, regen_run], queue=False
-        )
-        clear.then(_late_pause, None, None, queue=False).then(
-            reset, None, [history, chatbot, upload_info, textbox, regen_btn], queue=False
-        )
+        cleared = [*state, upload_info, textbox, regen_btn]
+        clear = clear_btn.click(reset, None, cleared, cancels=[answer, regen_run], queue=False)
+        clear.then(_late_pause, None, None, queue=False).then(reset, None, cleared, queue=False)
     demo.queue(default_concurrency_limit=config.concurrency, max_size=32)
     return demo
+
+
+def _label(backend: Backend) -> str:
+    return f"{getattr(backend, 'checkpoint', None) or backend.family.model_type} ({backend.name})"
 
 
 def _late_pause() -> None:
@@ -460,6 +516,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of GPU memory to use"
     )
+    parser.add_argument(
+        "--compare-checkpoint",
+        default=None,
+        help="A/B mode: a second checkpoint answering every message beside the first (e.g. base vs fine-tuned)",
+    )
+    parser.add_argument(
+        "--compare-backend",
+        default=None,
+        choices=["hf", "vllm", "openai"],
+        help="A/B mode: the second column's backend (default --backend); alone, compares two backends of one checkpoint",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
     parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")
     return parser.parse_args(argv)
@@ -473,10 +540,22 @@ def make_backend(args: argparse.Namespace) -> Backend:
     return HFBackend(args.checkpoint_path, cpu_only=args.cpu_only, flash_attn2=args.flash_attn2)
 
 
+def make_compare_backend(args: argparse.Namespace) -> Backend | None:
+    """The A/B mode's second backend, or None when neither --compare-checkpoint nor --compare-backend is given."""
+    if args.compare_checkpoint is None and args.compare_backend is None:
+        return None
+    checkpoint = args.compare_checkpoint or args.checkpoint_path
+    second = dict(vars(args), backend=args.compare_backend or args.backend, checkpoint_path=checkpoint)
+    if args.compare_checkpoint is not None:
+        second["model"] = checkpoint  # openai: the server's name for the second model
+    return make_backend(argparse.Namespace(**second))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = build_demo(make_backend(args), DemoConfig(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency))
+    config = DemoConfig(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency)
+    demo = build_demo(make_backend(args), config, compare=make_compare_backend(args))
     demo.launch(
         server_name=args.server_name,
         server_port=args.server_port,

@@ -241,6 +241,83 @@ def test_browser_refuses_oversized_upload(running_demo, browser, tmp_path):
     page.close()
 
 
+# ----------------------------------------------------------------------------------------------- A/B mode
+
+
+@pytest.fixture(scope="module")
+def second_backend(tiny_checkpoints):
+    return demo_mod.HFBackend(str(tiny_checkpoints["qwen2_5_vl"]), cpu_only=True)
+
+
+def _fns(demo):
+    return {fn.name: fn.fn for fn in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns)}
+
+
+def test_ab_mode_sends_each_message_to_both_and_keeps_two_histories(hf_backend, second_backend, image_file):
+    demo = demo_mod.build_demo(hf_backend, compare=second_backend)
+    fns = _fns(demo)
+    controls = ["", 12, 0.0, 1.0, 0, 1.0]  # system prompt, max new tokens, greedy
+    out = fns["add_user"]({"text": "What colour is it?", "files": [image_file]}, [], [], [], [], "")
+    histories, chats = list(out[1:3]), list(out[3:5])
+    assert histories[0] == histories[1] and len(chats[0]) == len(chats[1]) == 2
+    for update in fns["bot"](*histories, *chats, *controls):
+        pass
+    histories, chats = list(update[:2]), list(update[2:])
+    answers = [h[-1]["content"][0]["text"] for h in histories]
+    # Each column is its own model answering the very request the single-model demo would send it.
+    messages = [{"role": "user", "content": [{"type": "image", "image": image_file},
+                                             {"type": "text", "text": "What colour is it?"}]}]  # fmt: skip
+    gen = GenerationSettings(max_new_tokens=12)
+    for backend, answer in zip((hf_backend, second_backend), answers):
+        assert answer == "".join(backend.stream(messages, gen, threading.Event()))
+    assert answers[0] != answers[1]  # two different random models
+    # Regenerate drops the last answer of both columns; the histories stay separate.
+    dropped = fns["drop_last_answer"](*histories, *chats)
+    assert [h[-1]["role"] for h in dropped[:2]] == ["user", "user"]
+    assert all(c[-1]["role"] == "user" for c in dropped[2:4])
+
+
+def test_ab_command_line_builds_the_second_column(tiny_checkpoints):
+    ckpt, other = str(tiny_checkpoints["qwen3_vl"]), str(tiny_checkpoints["qwen2_5_vl"])
+    args = demo_mod.parse_args(["-c", ckpt, "--cpu-only", "--compare-checkpoint", other])
+    second = demo_mod.make_compare_backend(args)
+    assert isinstance(second, demo_mod.HFBackend) and second.family.model_type == "qwen2_5_vl"
+    assert demo_mod.make_compare_backend(demo_mod.parse_args(["-c", ckpt])) is None
+
+
+@pytest.mark.browser
+def test_browser_ab_mode_shows_two_columns(hf_backend, second_backend, browser, image_file, artifacts_dir):
+    port = _free_port()
+    demo = demo_mod.build_demo(hf_backend, demo_mod.DemoConfig(default_max_new_tokens=16), compare=second_backend)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        _ask(page, "What colour is it?", image_file)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # both columns answered (the bot messages appear when streaming starts)
+            a = page.locator("#chatbot [data-testid=bot]").all_inner_texts()
+            b = page.locator("#chatbot_b [data-testid=bot]").all_inner_texts()
+            if a and b and all(a + b):
+                break
+            time.sleep(0.1)
+        _wait_idle(page)
+        a = page.locator("#chatbot [data-testid=bot]").all_inner_texts()
+        b = page.locator("#chatbot_b [data-testid=bot]").all_inner_texts()
+        assert len(a) == 1 and len(b) == 1 and a[0] and b[0] and a != b
+        assert page.locator("#chatbot [data-testid=user] img").count() == 1
+        assert page.locator("#chatbot_b [data-testid=user] img").count() == 1
+        html = page.content()
+        assert f"A: {hf_backend.checkpoint} (hf)" in html and f"B: {second_backend.checkpoint} (hf)" in html
+        page.screenshot(path=str(artifacts_dir / "demo_ab.png"), full_page=True)
+        page.locator("#clear_btn").click()
+        time.sleep(1.5)
+        assert page.locator("[data-testid=bot]").count() == 0
+        page.close()
+    finally:
+        demo.close()
+
+
 # ----------------------------------------------------------------------------------------------- openai backend
 
 

@@ -177,11 +177,13 @@ class HFGenerator:
         gen = gen or GenerationSettings()
         inputs = self.inputs([conversation])
         streamer = DeltaStreamer(self.processor.tokenizer)
-        stop = stop or threading.Event()
+        # Ends generation when the caller sets ``stop`` or stops reading; the caller's event is never set here
+        # (it may be shared, e.g. by the demo's A/B columns).
+        halt = threading.Event()
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):  # noqa: D102
-                return stop.is_set()
+                return halt.is_set() or (stop is not None and stop.is_set())
 
         kwargs = dict(
             **inputs, **gen.generate_kwargs(), streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()])
@@ -203,7 +205,7 @@ class HFGenerator:
         try:
             yield from streamer
         finally:
-            stop.set()
+            halt.set()
             thread.join()
         if errors:
             raise errors[0]

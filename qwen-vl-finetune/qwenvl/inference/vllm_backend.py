@@ -154,7 +154,8 @@ class VLLMGenerator:
         import queue
 
         gen = gen or GenerationSettings()
-        stop = stop or threading.Event()
+        caller_stop = stop or threading.Event()
+        halt = threading.Event()  # set when the caller stops reading; the caller's event is never set here
         self._ensure_async()
         assert self._loop is not None
         request_id = uuid.uuid4().hex
@@ -166,7 +167,7 @@ class VLLMGenerator:
         async def run() -> None:
             try:
                 async for out in self._async.generate(request, params, request_id=request_id):
-                    if stop.is_set():
+                    if halt.is_set() or caller_stop.is_set():
                         await self._async.abort(request_id)
                         break
                     text = out.outputs[0].text if out.outputs else ""
@@ -184,5 +185,5 @@ class VLLMGenerator:
                     raise item
                 yield item
         finally:
-            stop.set()
+            halt.set()
             future.result(timeout=60)
