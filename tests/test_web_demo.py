@@ -277,6 +277,16 @@ def test_ab_mode_sends_each_message_to_both_and_keeps_two_histories(hf_backend, 
     assert all(c[-1]["role"] == "user" for c in dropped[2:4])
 
 
+def test_stream_never_sets_the_callers_stop_event(hf_backend, image_file):
+    # Shared events (A/B columns, a UI's Stop) must not be tripped by a generation that simply finished.
+    messages = [{"role": "user", "content": [{"type": "image", "image": image_file}, {"type": "text", "text": "Hi"}]}]
+    stop = threading.Event()
+    assert list(hf_backend.stream(messages, GenerationSettings(max_new_tokens=4), stop))
+    assert not stop.is_set()
+    stop.set()  # a stop set by the caller before the start: at most the first token comes out
+    assert len(list(hf_backend.stream(messages, GenerationSettings(max_new_tokens=50), stop))) <= 1
+
+
 def test_ab_command_line_builds_the_second_column(tiny_checkpoints):
     ckpt, other = str(tiny_checkpoints["qwen3_vl"]), str(tiny_checkpoints["qwen2_5_vl"])
     args = demo_mod.parse_args(["-c", ckpt, "--cpu-only", "--compare-checkpoint", other])
