@@ -105,7 +105,11 @@ class SampleEncoder:
         self.im_start = _token_id(tok, "<|im_start|>")
         self.im_end = _token_id(tok, "<|im_end|>")
         self.assistant_header = [self.im_start] + tok.encode("assistant\n", add_special_tokens=False)
-        self.reserved = [t for t in tok.all_special_tokens if t.startswith("<|")]
+        # Tokens that would break a sample's structure if they came from annotation text: turn markers and the
+        # media placeholders (their counts must match the media). Grounding markup (<|box_start|>, <|quad_start|>,
+        # <|object_ref_start|> and their ends) is legitimate answer text for Qwen2-VL and stays allowed.
+        grounding = ("<|box_", "<|quad_", "<|object_ref_")
+        self.reserved = [t for t in tok.all_special_tokens if t.startswith("<|") and not t.startswith(grounding)]
 
     def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list]:
         """Fetch and resize every image and video of ``messages`` (in order) with the budgets.

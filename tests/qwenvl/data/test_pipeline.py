@@ -172,6 +172,25 @@ def test_reserved_tokens_in_text_are_rejected(encoders):
     ]
     with pytest.raises(ValueError, match="rec-9: text contains the reserved token <\\|im_end\\|>"):
         encoder(messages, "rec-9")
+    messages[0]["content"][0]["text"] = "hi <|image_pad|>"  # would break the placeholder count
+    with pytest.raises(ValueError, match="reserved token <\\|image_pad\\|>"):
+        encoder(messages, "rec-9")
+
+
+def test_qwen2_vl_grounding_markup_is_answer_text(encoders):
+    """Qwen2-VL grounding answers use <|object_ref_*|> and <|box_*|> tokens: they are trained on, as single tokens."""
+    encoder = encoders["qwen2_vl"]
+    answer = "<|object_ref_start|>the circle<|object_ref_end|><|box_start|>(120,80),(610,930)<|box_end|>"
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": str(IMAGE)}, {"type": "text", "text": "Find it."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+    sample = encoder(messages, "ground-1")
+    tok = encoder.processor.tokenizer
+    supervised = sample["labels"][sample["labels"] != IGNORE_INDEX].tolist()
+    for marker in ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"):
+        assert tok.convert_tokens_to_ids(marker) in supervised, marker
+    assert tok.decode(supervised, skip_special_tokens=False) == answer + "<|im_end|>"
 
 
 def test_budgets_applied_once(encoders):
