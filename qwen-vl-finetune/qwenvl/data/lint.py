@@ -1,7 +1,8 @@
 """Check a training mix before spending GPU time on it.
 
 For every record: annotation problems (tag vs media counts, roles, missing files), media that cannot be read or
-have an extreme aspect ratio, and the token budget (text + visual tokens under the chosen pixel budgets, read
+have an extreme aspect ratio, grounding boxes and points that break the family's coordinate convention (0-1000 for
+Qwen2-VL and Qwen3-VL, resized-image pixels for Qwen2.5-VL), and the token budget (text + visual tokens under the chosen pixel budgets, read
 from image headers and a video probe, without decoding pixels). Then a length histogram, how many samples the
 over-length policy would skip or truncate, and the packing efficiency the planner would reach.
 
@@ -17,15 +18,17 @@ Exits with status 1 when any record has a problem.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import fields
 from typing import Any
 
-from qwenvl.data.annotations import AnnotationError, normalise_record, read_annotation_file
+from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
 from qwenvl.data.dataset import LengthEstimate, estimate_length
 from qwenvl.data.encode import MediaBudget, MediaLoadError, SampleEncoder
 from qwenvl.data.packing import packing_efficiency, plan_packs
 from qwenvl.data.registry import load_registry, parse_dataset_use, resolve_spec, sample_indices
+from qwenvl.model.families import Family
 
 
 def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
@@ -45,6 +48,68 @@ def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
         bar = "#" * max(1 if c else 0, round(c / top * width))
         lines.append(f"{lo + b * step:>7}-{lo + (b + 1) * step - 1:<7} {c:>6} {bar}")
     return lines
+
+
+NUMBER = r"(-?\d+(?:\.\d+)?)"
+JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*\[\s*' + r"\s*,\s*".join([NUMBER] * 4) + r"\s*\]")
+JSON_POINT = re.compile(r'"point_2d"\s*:\s*\[\s*' + NUMBER + r"\s*,\s*" + NUMBER + r"\s*\]")
+QWEN2_BOX = re.compile(r"<\|box_start\|>\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)<\|box_end\|>")
+
+
+def check_grounding(record: Record, family: Family, budget: MediaBudget) -> list[str]:
+    """Boxes and points in assistant answers, checked against the family's coordinate convention.
+
+    Qwen2-VL (``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``) and Qwen3-VL (JSON ``bbox_2d`` / ``point_2d``) use 0-1000
+    relative coordinates; Qwen2.5-VL uses absolute pixels of the image *as resized for the model*, so a box must fit
+    the resized size (a common mistake is the original image's pixels, which the model then learns wrongly).
+    """
+    from qwen_vl_utils.image_io import image_source, open_image
+    from qwen_vl_utils.resize import image_target_size
+
+    answers = [
+        item.get("text") or ""
+        for m in record.messages
+        if m["role"] == "assistant"
+        for item in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}])
+    ]
+    text = "\n".join(answers)
+    boxes = [
+        tuple(float(v) for v in m.groups())
+        for m in (QWEN2_BOX if family.model_type == "qwen2_vl" else JSON_BOX).finditer(text)
+    ]
+    points = [tuple(float(v) for v in m.groups()) for m in JSON_POINT.finditer(text)]
+    if not boxes and not points:
+        return []
+    problems = []
+    for x1, y1, x2, y2 in boxes:
+        if x1 >= x2 or y1 >= y2:
+            problems.append(f"{record.id}: box {[x1, y1, x2, y2]} is empty or inverted (expected x1 < x2, y1 < y2)")
+    if family.model_type == "qwen2_5_vl":
+        images = [item for item in record.media() if item["type"] == "image"]
+        if len(images) != 1:
+            return problems  # which image a box refers to is not knowable here
+        ele = budget.image_item(images[0])
+        width, height = open_image(image_source(ele)).size
+        h, w = image_target_size(height, width, ele, family.patch_size)
+        for x1, y1, x2, y2 in boxes:
+            if min(x1, y1) < 0 or x2 > w or y2 > h:
+                hint = (
+                    f"; it fits the original {width}x{height}: scale by {w / width:.4g} x {h / height:.4g}"
+                    if x2 <= width and y2 <= height and (w, h) != (width, height)
+                    else ""
+                )
+                problems.append(
+                    f"{record.id}: box {[x1, y1, x2, y2]} is outside the {w}x{h} image the model sees (Qwen2.5-VL "
+                    f"boxes are absolute pixels of the resized image){hint}"
+                )
+        return problems
+    for coords in [*boxes, *points]:
+        if min(coords) < 0 or max(coords) > 1000:
+            problems.append(
+                f"{record.id}: {list(coords)} is outside 0-1000 ({family.model_type} grounding coordinates are "
+                "relative, 0-1000; convert pixel coordinates with x * 1000 / width)"
+            )
+    return problems
 
 
 def lint(args: argparse.Namespace) -> int:
@@ -73,6 +138,8 @@ def lint(args: argparse.Namespace) -> int:
             except ValueError as e:
                 problems.append(str(e))
             est = estimate_length(record, encoder)
+            if not est.media_error:
+                problems.extend(check_grounding(record, family, budget))
             if est.media_error:
                 problems.append(f"{record.id}: media problem: {est.media_error}")
             elif args.verify_media:
@@ -96,6 +163,12 @@ def lint(args: argparse.Namespace) -> int:
     print(f"family {family.model_type}, patch {family.patch_size}, budgets {budget}")
     print(f"{len(rows)} samples, {sum(lengths)} tokens, max {max(lengths, default=0)}, "
           f"mean {sum(lengths) / max(len(lengths), 1):.1f}")  # fmt: skip
+    text_only = sum(1 for _, est in rows if est.image_tokens == 0 and est.video_tokens == 0)
+    if text_only:
+        print(
+            f"{text_only} text-only sample(s) ({text_only / len(rows):.0%}): fine under DDP and ZeRO-3 here (every "
+            "rank runs the vision tower each step, on a 1-token dummy image when its batch has none)"
+        )
     print("length histogram (tokens):")
     for line in histogram(lengths):
         print("  " + line)

@@ -403,3 +403,38 @@ def test_lint_cli_on_bundled_dataset(tiny_checkpoints, tmp_path):
         cmd[:4] + [str(bad)] + cmd[5:] + ["--verify_media"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 1 and "trunc.jpg" in result.stdout
+
+
+def _answer_record(tmp_path, answer: str, size=(2000, 1000)) -> object:
+    path = tmp_path / "photo.png"
+    Image.new("RGB", size, "white").save(path)
+    raw = {"messages": [
+        {"role": "user", "content": [{"type": "image", "image": str(path)}, {"type": "text", "text": "Find it."}]},
+        {"role": "assistant", "content": answer},
+    ]}  # fmt: skip
+    return normalise_record(raw, "g.jsonl:1")
+
+
+def test_lint_grounding_conventions(tmp_path):
+    from qwenvl.data.lint import check_grounding
+
+    budget = MediaBudget(max_pixels=256 * 28 * 28)
+    q3, q25, q2 = FAMILIES["qwen3_vl"], FAMILIES["qwen2_5_vl"], FAMILIES["qwen2_vl"]
+    ok = '[{"bbox_2d": [100, 200, 900, 800], "label": "cat"}, {"point_2d": [500, 500]}]'
+    assert check_grounding(_answer_record(tmp_path, ok), q3, budget) == []
+    bad = '[{"bbox_2d": [100, 200, 1500, 800], "label": "cat"}, {"bbox_2d": [300, 300, 200, 400]}]'
+    problems = check_grounding(_answer_record(tmp_path, bad), q3, budget)
+    assert (
+        len(problems) == 2 and any("outside 0-1000" in p for p in problems) and any("inverted" in p for p in problems)
+    )
+
+    # Qwen2.5-VL: pixels of the resized image. 2000x1000 under 200,704 px: beta = sqrt(2e6 / 200704) = 3.157, so
+    # floor(1000 / 3.157 / 28) * 28 = 308 by floor(2000 / 3.157 / 28) * 28 = 616.
+    assert check_grounding(_answer_record(tmp_path, '{"bbox_2d": [10, 10, 600, 300]}'), q25, budget) == []
+    original = check_grounding(_answer_record(tmp_path, '{"bbox_2d": [100, 100, 1800, 900]}'), q25, budget)
+    assert len(original) == 1 and "outside the 616x308 image" in original[0]
+    assert "fits the original 2000x1000: scale by 0.308 x 0.308" in original[0]
+
+    qwen2 = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(10,20),(1100,40)<|box_end|>"
+    assert "outside 0-1000" in check_grounding(_answer_record(tmp_path, qwen2), q2, budget)[0]
+    assert check_grounding(_answer_record(tmp_path, qwen2.replace("1100", "900")), q2, budget) == []
