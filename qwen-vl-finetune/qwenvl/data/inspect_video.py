@@ -81,6 +81,9 @@ def inspect(args: argparse.Namespace) -> int:
     from qwenvl.inference.hf import prepare_inputs
     from qwenvl.model.loader import load_processor, read_family
 
+    if not Path(args.video).is_file():
+        print(f"--video {args.video}: no such file (give a local video file; download a URL first)", file=sys.stderr)
+        return 2
     family = read_family(args.model_name_or_path)
     processor = load_processor(args.model_name_or_path)
     saved = load_preprocessing(args.model_name_or_path)
@@ -156,7 +159,7 @@ def inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--video", required=True, help="a video file path or http(s) URL")
+    parser.add_argument("--video", required=True, help="a local video file (download a URL first)")
     parser.add_argument("--question", default="Describe this video.")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
     for f in fields(MediaBudget):

@@ -67,3 +67,9 @@ def test_token_layout_names_special_runs(tiny_checkpoints):
     ids = tok.convert_tokens_to_ids(["<|vision_start|>"] + ["<|video_pad|>"] * 3 + ["<|vision_end|>"])
     ids += tok.encode("hello world", add_special_tokens=False)
     assert token_layout(tok, ids) == ["<|vision_start|>", "<|video_pad|>x3", "<|vision_end|>", "hello world"]
+
+
+def test_missing_video_is_a_clear_error(tiny_checkpoints, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_name_or_path", str(tiny_checkpoints["qwen3_vl"]), "--video", "/no/such/clip.mp4"])
+    assert exit_info.value.code == 2 and "no such file" in capsys.readouterr().err
