@@ -10,16 +10,18 @@ CPU (default): the tiny Qwen3-VL test checkpoint. ``--gpu``: a Qwen3-VL-2B-shape
 FLOP rate and MFU too.
 
 MFU counts useful work only: 6 x (LLM parameters without the embedding lookup) per real text token, 6 x (vision
-block parameters) per real image patch and 6 x (merger parameters) per merged token, and causal attention 6 x layers x width x length^2 per sample (the PaLM
-convention). Padding computed in padded batches is waste, so it is not counted; packed batches are charged only
+block parameters) per real image patch and 6 x (merger parameters) per merged token, and causal attention
+6 x layers x width x length^2 per sample (the PaLM convention). Padding computed in padded batches is waste, so it is not counted; packed batches are charged only
 for each sample's own attention, although sdpa with a block-diagonal mask computes the full square. The peak is
 the card's dense bf16 figure (H100/H200 SXM 989 TFLOP/s).
 
 Run::
 
-    .venv/bin/python benchmarks/bench_train.py [--samples 96] [--batch-size 8] [--gpu] [--out benchmarks/results/train.json]
+    .venv/bin/python benchmarks/bench_train.py [--samples 96] [--batch-size 8] [--gpu] \
+        [--out benchmarks/results/train.json]
     # the GPU model's code path on the CPU with 1 layer, as tests/benchmarks checks it:
-    .venv/bin/python benchmarks/bench_train.py --shape 2b --device cpu --dtype float32 --text-layers 1 --vision-depth 1 --vocab-size 4096
+    .venv/bin/python benchmarks/bench_train.py --shape 2b --device cpu --dtype float32 --text-layers 1 \
+        --vision-depth 1 --vocab-size 4096
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -62,7 +65,9 @@ def make_records(root: Path, n: int, seed: int = 0) -> list:
     return records
 
 
-def model_2b(device: str, dtype: torch.dtype, text_layers: int = 28, vision_depth: int = 24, vocab_size: int = 151936):
+def model_2b(
+    device: str, dtype: torch.dtype, text_layers: int = 28, vision_depth: int = 24, vocab_size: int = 151936
+) -> tuple[Any, Any]:
     """A Qwen3-VL-2B-shaped random model, built directly on ``device`` (fewer layers for a smoke run)."""
     from qwenvl.model.families import get_family, transformers_attr
     from qwenvl.model.tiny import build_config, build_processor, build_tokenizer
@@ -87,12 +92,13 @@ def model_2b(device: str, dtype: torch.dtype, text_layers: int = 28, vision_dept
     return model, processor
 
 
-def flops_per_batch(model, batch: dict, sample_lengths: list[int]) -> float:
-    """Useful training FLOPs of one batch (forward + backward): see the module docstring."""
+def flop_model(model) -> Callable[[dict, list[int]], float]:
+    """``flops(batch, sample_lengths)``: useful training FLOPs of one batch (forward + backward), see the module
+    docstring. Parameter counts are taken once, here, not per step."""
     t = model.config.text_config
     llm = model.model.language_model
-    embed = llm.embed_tokens.weight.numel()
-    llm_params = sum(p.numel() for p in llm.parameters()) - embed + model.lm_head.weight.numel()
+    llm_params = sum(p.numel() for p in llm.parameters()) - llm.embed_tokens.weight.numel()
+    llm_params += model.lm_head.weight.numel()
     # Vision blocks see every patch; the mergers (and deepstack mergers) see one token per merge_size^2 patches;
     # the learned position table is a lookup, not a product.
     per_patch = per_merged = 0
@@ -101,24 +107,36 @@ def flops_per_batch(model, batch: dict, sample_lengths: list[int]) -> float:
             per_merged += p.numel()
         elif not name.startswith("pos_embed"):
             per_patch += p.numel()
-    text_tokens = sum(sample_lengths)
-    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
-    merged = patches // model.config.vision_config.spatial_merge_size**2
-    attention = 6 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * sum(n * n for n in sample_lengths)
-    return 6 * (llm_params * text_tokens + per_patch * patches + per_merged * merged) + attention
+    merge = model.config.vision_config.spatial_merge_size**2
+    attention_width = 6 * t.num_hidden_layers * t.num_attention_heads * t.head_dim
+
+    def flops(batch: dict, sample_lengths: list[int]) -> float:
+        patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
+        linear = llm_params * sum(sample_lengths) + per_patch * patches + per_merged * (patches // merge)
+        return 6 * linear + attention_width * sum(n * n for n in sample_lengths)
+
+    return flops
 
 
 def run_mode(model, samples: list, collate, batches: list[list[int]], device: str) -> dict:
+    """One epoch over ``batches``. Per-batch counts come from the CPU batch before it is moved, and the loss is
+    checked once at the end, so nothing in the timed loop waits for the GPU."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    count_flops = flop_model(model)
     tokens = real = 0
     flops = 0.0
     start = None
     for step, batch_idx in enumerate(batches):
-        batch = collate([samples[i] for i in batch_idx])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cpu_batch = collate([samples[i] for i in batch_idx])
+        if step >= 1:  # the first step warms up allocators and kernels and is not counted
+            tokens += cpu_batch["input_ids"].numel()
+            mask = cpu_batch.get("attention_mask")
+            real += int(mask.sum()) if mask is not None else cpu_batch["input_ids"].numel()
+            flops += count_flops(cpu_batch, [len(samples[i]["input_ids"]) for i in batch_idx])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in cpu_batch.items()}
         labels = batch.pop("labels")
-        if step == 1:  # the first step warms up allocators and kernels
+        if step == 1:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -130,16 +148,11 @@ def run_mode(model, samples: list, collate, batches: list[list[int]], device: st
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= 1:
-            tokens += batch["input_ids"].numel()
-            mask = batch.get("attention_mask")
-            real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            flops += flops_per_batch(model, batch, [len(samples[i]["input_ids"]) for i in batch_idx])
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss {loss.item()} at step {step}")
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    if not torch.isfinite(loss):  # a NaN anywhere reaches the last loss through the weights
+        raise RuntimeError(f"non-finite loss {loss.item()} at the end of the epoch")
     return {"steps": len(batches) - 1, "seconds": elapsed, "real_tokens": real, "computed_tokens": tokens,
             "real_tokens_per_s": real / elapsed, "padding_efficiency": real / tokens,
             "model_tflops_per_s": flops / elapsed / 1e12}  # fmt: skip

@@ -30,7 +30,7 @@ def test_flop_formula_matches_counted_flops(tmp_path):
         logits = model(**batch).logits
         torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100).backward()
     lengths = [len(s["input_ids"]) for s in samples]
-    estimate = bench_train.flops_per_batch(model, batch, lengths)
+    estimate = bench_train.flop_model(model)(batch, lengths)
     counted = counter.get_total_flops()
     # The counter charges sdpa the full square of the packed row (the formula: each sample's causal half) and skips
     # the input gradient of the first layers (the formula charges every layer a full backward); with short samples
