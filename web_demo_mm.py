@@ -296,11 +296,13 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
     lanes: list[Backend] = [backend] + ([compare] if compare is not None else [])
     n = len(lanes)
 
+    def split(state: tuple[Any, ...]) -> tuple[list[list], list[list], tuple[Any, ...]]:
+        """Event inputs are ``n`` histories, ``n`` chats, then the rest: copies of the first two, and the rest."""
+        return [list(h or []) for h in state[:n]], [list(c or []) for c in state[n : 2 * n]], state[2 * n :]
+
     def add_user(message: dict[str, Any], *state: Any):
         """Inputs: the textbox, then ``n`` histories, ``n`` chats and the upload info."""
-        histories = [list(h or []) for h in state[:n]]
-        chats = [list(c or []) for c in state[n : 2 * n]]
-        info = state[2 * n]
+        histories, chats, (info,) = split(state)
         text = (message or {}).get("text") or ""
         files = (message or {}).get("files") or []
         items: list[dict[str, Any]] = []
@@ -331,9 +333,8 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
 
     def bot(*state: Any):
         """Inputs: ``n`` histories, ``n`` chats, then the settings; streams every lane's answer as it comes."""
-        histories = [list(h or []) for h in state[:n]]
-        chats = [list(c or []) for c in state[n : 2 * n]]
-        system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty = state[2 * n :]
+        histories, chats, settings = split(state)
+        system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty = settings
         if not histories[0] or histories[0][-1]["role"] != "user":
             yield *histories, *chats
             return
@@ -345,12 +346,12 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
             top_k=int(top_k),
             repetition_penalty=float(repetition_penalty),
         )
-        stops = [threading.Event() for _ in lanes]  # one per lane: a backend may set its own when it ends
+        stop = threading.Event()  # shared: backends only read it, so one finished column never stops the other
         events: queue.Queue[tuple[int, str | None, Exception | None]] = queue.Queue()
 
         def run(lane: int) -> None:
             try:
-                for piece in lanes[lane].stream(system + histories[lane], gen, stops[lane]):
+                for piece in lanes[lane].stream(system + histories[lane], gen, stop):
                     events.put((lane, piece, None))
                 events.put((lane, None, None))
             except Exception as e:  # noqa: BLE001 - shown in that lane's chat, the session goes on
@@ -380,8 +381,7 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
                 chats[lane][-1] = {"role": "assistant", "content": shown}
                 yield *histories, *chats
         finally:
-            for stop in stops:  # also when Stop / Clear cancel this generator: the lanes' generations end
-                stop.set()
+            stop.set()  # also when Stop / Clear cancel this generator: every column's generation ends
         for lane in range(n):
             if failed[lane] is not None:
                 continue
@@ -394,8 +394,7 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
         yield *histories, *chats
 
     def drop_last_answer(*state: Any):
-        histories = [list(h or []) for h in state[:n]]
-        chats = [list(c or []) for c in state[n : 2 * n]]
+        histories, chats, _ = split(state)
         for history in histories:
             if history and history[-1]["role"] == "assistant":
                 history.pop()
