@@ -9,7 +9,8 @@ a frame at 768 tokens and the whole video at ``MODEL_SEQ_LEN``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
 import torch
@@ -58,6 +59,18 @@ class MediaBudget:
             )
         if self.video_fps <= 0:
             raise ValueError(f"--video_fps must be positive, got {self.video_fps}")
+
+    @classmethod
+    def from_attrs(cls, source: Any) -> MediaBudget:
+        """The budget read from any object with these attributes (parsed flags, DataArguments, saved settings)."""
+        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, unset: bool = False) -> None:
+        """One ``--<field>`` flag per budget field, defaulting to the field's default (``unset``: to None)."""
+        for f in fields(cls):
+            default = None if unset else f.default
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=default, help=f"default {f.default}")
 
     def image_item(self, item: dict[str, Any]) -> dict[str, Any]:
         return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, **item}

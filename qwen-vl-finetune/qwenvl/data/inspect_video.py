@@ -87,9 +87,7 @@ def inspect(args: argparse.Namespace) -> int:
     family = read_family(args.model_name_or_path)
     processor = load_processor(args.model_name_or_path)
     saved = load_preprocessing(args.model_name_or_path)
-    budget = MediaBudget()
-    if saved is not None:
-        budget = MediaBudget(**{f.name: getattr(saved, f.name) for f in fields(MediaBudget)})
+    budget = MediaBudget.from_attrs(saved) if saved is not None else MediaBudget()
     overrides = {f.name: getattr(args, f.name) for f in fields(MediaBudget) if getattr(args, f.name) is not None}
     budget = replace(budget, **overrides)
     settings = PreprocessingSettings(model_type=family.model_type, patch_size=family.patch_size, **asdict(budget))
@@ -162,8 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", required=True, help="a local video file (download a URL first)")
     parser.add_argument("--question", default="Describe this video.")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
-    for f in fields(MediaBudget):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f"training default {f.default}")
+    MediaBudget.add_arguments(parser, unset=True)  # unset flags keep the checkpoint's saved budgets
     return parser
 
 

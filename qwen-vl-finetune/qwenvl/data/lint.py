@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import fields
-from typing import Any
 
 from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
 from qwenvl.data.dataset import LengthEstimate, estimate_length
@@ -117,7 +115,7 @@ def lint(args: argparse.Namespace) -> int:
 
     family = read_family(args.model_name_or_path)
     processor = load_processor(args.model_name_or_path)
-    budget = MediaBudget(**{f.name: getattr(args, f.name) for f in fields(MediaBudget)})
+    budget = MediaBudget.from_attrs(args)
     encoder = SampleEncoder(processor, family, budget)
     registry = load_registry(args.dataset_registry)
 
@@ -220,9 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify_media", action="store_true", help="also decode all media (slower; finds corrupt files)"
     )
     parser.add_argument("--per_sample", action="store_true", help="print every sample's budget (default: up to 50)")
-    defaults: dict[str, Any] = {f.name: f.default for f in fields(MediaBudget)}
-    for name, default in defaults.items():
-        parser.add_argument(f"--{name}", type=type(default), default=default, help=f"default {default}")
+    MediaBudget.add_arguments(parser)
     return parser
 
 

@@ -29,7 +29,7 @@ import json
 import math
 import random
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def verify(args: argparse.Namespace) -> int:
     for config in (model.config, getattr(model.config, "text_config", None)):
         if config is not None:
             config.use_cache = False  # as in training: packed rows are only isolated without a KV cache
-    budget = MediaBudget(**{f.name: getattr(args, f.name) for f in fields(MediaBudget)})
+    budget = MediaBudget.from_attrs(args)
     tokens_per_second = getattr(getattr(model.config, "vision_config", None), "tokens_per_second", 2)
     encoder = SampleEncoder(processor, family, budget, tokens_per_second)
     merge_size = getattr(processor.image_processor, "merge_size", 2)
@@ -288,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(train_qwen.py turns it off; this shows why)",
     )
     parser.add_argument("--dump", default=None, help="write the pack layouts and results as JSON here")
-    for f in fields(MediaBudget):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"default {f.default}")
+    MediaBudget.add_arguments(parser)
     return parser
 
 

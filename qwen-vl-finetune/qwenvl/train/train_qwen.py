@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +64,6 @@ def _init_deepspeed_comm(training_args: TrainingArguments) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
-
-
-def _budget(data_args: DataArguments) -> MediaBudget:
-    return MediaBudget(**{f.name: getattr(data_args, f.name) for f in fields(MediaBudget)})
 
 
 def build_datasets(
@@ -155,7 +151,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         logger.info("trainable parameters:\n%s", format_summary(summary))
 
     tokens_per_second = getattr(getattr(model.config, "vision_config", None), "tokens_per_second", 2)
-    encoder = SampleEncoder(processor, family, _budget(data_args), tokens_per_second)
+    budget = MediaBudget.from_attrs(data_args)
+    encoder = SampleEncoder(processor, family, budget, tokens_per_second)
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     train_dataset, eval_dataset = build_datasets(data_args, training_args, encoder, quarantine)
     packed = data_args.data_packing or data_args.data_flatten
@@ -171,7 +168,7 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         model_type=family.model_type,
         patch_size=family.patch_size,
         model_max_length=training_args.model_max_length,
-        **asdict(_budget(data_args)),
+        **asdict(budget),
     )
     trainer = QwenVLTrainer(
         model=model,
