@@ -55,8 +55,14 @@ class Quarantine:
             )
 
     def _refresh(self) -> None:
-        """Read the lines appended to the file since the last read (by this or any other process)."""
-        if self.path is None or not self.path.exists():
+        """Read the lines appended to the file since the last read (by this or any other process). Called for every
+        sample not known to be bad, so it costs one ``stat`` unless the file grew."""
+        if self.path is None:
+            return
+        try:
+            if os.stat(self.path).st_size <= self._read_upto:
+                return
+        except FileNotFoundError:
             return
         with self.path.open("rb") as f:
             f.seek(self._read_upto)
@@ -175,6 +181,7 @@ class LengthCache:
 
     def __init__(self, path: str | Path | None, encoder: SampleEncoder) -> None:
         self.path = Path(path) if path else None
+        self.encoder = encoder
         tok = encoder.processor.tokenizer
         context = {
             "budget": asdict(encoder.budget),
@@ -209,14 +216,14 @@ class LengthCache:
         blob = json.dumps([record.messages, stamps], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def estimates(self, records: list[Record], encoder: SampleEncoder) -> list[LengthEstimate]:
+    def estimates(self, records: list[Record]) -> list[LengthEstimate]:
         """Estimates of ``records``: from the cache where valid, measured (and added) otherwise."""
         out, measured = [], 0
         for record in records:
             key = self.key(record)
             cached = self.entries.get(key)
             if cached is None:
-                est = estimate_length(record, encoder)
+                est = estimate_length(record, self.encoder)
                 measured += 1
                 if est.media_error is None:  # failures are measured again next time (the file may be fixed)
                     self.entries[key] = [est.text_tokens, est.image_tokens, est.video_tokens]

@@ -73,7 +73,7 @@ def build_datasets(
         records = load_records(dataset_use, data_args.dataset_registry, seed=data_args.data_seed_sampling)
         # One cache per output dir: a resumed run skips reading every media header again.
         cache = LengthCache(Path(training_args.output_dir) / "length_cache.json", encoder)
-        estimates = cache.estimates(records, encoder)
+        estimates = cache.estimates(records)
         records, estimates = prefilter_overlong(
             records, estimates, training_args.model_max_length, data_args.overlong, quarantine
         )

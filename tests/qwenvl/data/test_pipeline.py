@@ -224,7 +224,7 @@ def test_length_cache_reuses_and_invalidates(encoders, tmp_path):
     raw = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "x"}]}
     records = [normalise_record(raw, "d.jsonl:1", str(tmp_path / "img"))] + load_records("demo_video")
     cache_path = tmp_path / "out" / "length_cache.json"
-    first = LengthCache(cache_path, encoder).estimates(records, encoder)
+    first = LengthCache(cache_path, encoder).estimates(records)
     assert [e.total for e in first] == [estimate_length(r, encoder).total for r in records]
     data = json.loads(cache_path.read_text())
     assert len(data["entries"]) == len(records)
@@ -234,11 +234,11 @@ def test_length_cache_reuses_and_invalidates(encoders, tmp_path):
     data["entries"][key] = [1, 2, 3]
     cache_path.write_text(json.dumps(data))
     again = LengthCache(cache_path, encoder)
-    assert again.loaded == len(records) and again.estimates(records, encoder)[1].total == 6
+    assert again.loaded == len(records) and again.estimates(records)[1].total == 6
 
     # A replaced image (other size on disk) is measured again ...
     Image.new("RGB", (512, 384), "blue").save(tmp_path / "img" / "a.png")
-    remeasured = LengthCache(cache_path, encoder).estimates(records, encoder)[0]
+    remeasured = LengthCache(cache_path, encoder).estimates(records)[0]
     assert remeasured.image_tokens > first[0].image_tokens
     # ... and other budgets ignore the whole cache.
     smaller = SampleEncoder(encoder.processor, encoder.family, MediaBudget(max_pixels=32 * 32 * 4, min_pixels=32 * 32))
