@@ -27,7 +27,6 @@ import io
 import logging
 import os
 import queue
-import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from qwen_vl_utils import VisionInputError, fetch_image
+from qwenvl.inference.grounding import find_boxes
 from qwenvl.inference.hf import GenerationSettings, apply_budgets
 from qwenvl.model.families import Family
 from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing
@@ -47,10 +47,6 @@ logger = logging.getLogger("web_demo_mm")
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
-BOX_RE = re.compile(
-    r'"bbox_2d"\s*:\s*\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]'
-)
-LABEL_RE = re.compile(r'"label"\s*:\s*"([^"]*)"')
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -240,19 +236,6 @@ def describe_upload(path: str, kind: str, backend: Backend) -> str:
     plan = plan_video(path, ele[0]["content"][0], backend.family.patch_size)
     tokens = plan.nframes // backend.family.temporal_patch_size * (plan.height // factor) * (plan.width // factor)
     return f"{Path(path).name}: {plan.nframes} frames of {plan.width}x{plan.height}, {tokens} visual tokens"
-
-
-def find_boxes(text: str) -> list[tuple[list[float], str]]:
-    """Qwen grounding boxes (``"bbox_2d": [x1, y1, x2, y2]`` in 0-1000 coordinates) and their labels."""
-    boxes = []
-    for match in BOX_RE.finditer(text):
-        coords = [float(match.group(i)) for i in range(1, 5)]
-        # The label belongs to the same JSON object as the box: between the nearest braces around it.
-        start = text.rfind("{", 0, match.start())
-        end = text.find("}", match.end())
-        label = LABEL_RE.search(text[max(start, 0) : end + 1 if end >= 0 else len(text)])
-        boxes.append((coords, label.group(1) if label else ""))
-    return boxes
 
 
 def draw_boxes(image_path: str, boxes: list[tuple[list[float], str]], out_dir: str) -> str:
@@ -524,7 +507,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-backend",
         default=None,
         choices=["hf", "vllm", "openai"],
-        help="A/B mode: the second column's backend (default --backend); alone, compares two backends of one checkpoint",
+        help="A/B mode: the second column's backend (default --backend); alone: two backends of one checkpoint",
     )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
     parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")

@@ -2,9 +2,9 @@
 
 For every record: annotation problems (tag vs media counts, roles, missing files), media that cannot be read or
 have an extreme aspect ratio, grounding boxes and points that break the family's coordinate convention (0-1000 for
-Qwen2-VL and Qwen3-VL, resized-image pixels for Qwen2.5-VL), and the token budget (text + visual tokens under the chosen pixel budgets, read
-from image headers and a video probe, without decoding pixels). Then a length histogram, how many samples the
-over-length policy would skip or truncate, and the packing efficiency the planner would reach.
+Qwen2-VL and Qwen3-VL, resized-image pixels for Qwen2.5-VL), and the token budget (text + visual tokens under the
+chosen pixel budgets, read from image headers and a video probe, without decoding pixels). Then a length histogram,
+how many samples the over-length policy would skip or truncate, and the packing efficiency the planner would reach.
 
 Run::
 
@@ -18,7 +18,6 @@ Exits with status 1 when any record has a problem.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
@@ -26,6 +25,7 @@ from qwenvl.data.dataset import LengthEstimate, estimate_length
 from qwenvl.data.encode import MediaBudget, MediaLoadError, SampleEncoder
 from qwenvl.data.packing import packing_efficiency, plan_packs
 from qwenvl.data.registry import load_registry, parse_dataset_use, resolve_spec, sample_indices
+from qwenvl.inference.grounding import find_boxes, find_points, find_qwen2_boxes
 from qwenvl.model.families import Family
 
 
@@ -48,12 +48,6 @@ def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
     return lines
 
 
-NUMBER = r"(-?\d+(?:\.\d+)?)"
-JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*\[\s*' + r"\s*,\s*".join([NUMBER] * 4) + r"\s*\]")
-JSON_POINT = re.compile(r'"point_2d"\s*:\s*\[\s*' + NUMBER + r"\s*,\s*" + NUMBER + r"\s*\]")
-QWEN2_BOX = re.compile(r"<\|box_start\|>\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)<\|box_end\|>")
-
-
 def check_grounding(record: Record, family: Family, budget: MediaBudget) -> list[str]:
     """Boxes and points in assistant answers, checked against the family's coordinate convention.
 
@@ -71,11 +65,8 @@ def check_grounding(record: Record, family: Family, budget: MediaBudget) -> list
         for item in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}])
     ]
     text = "\n".join(answers)
-    boxes = [
-        tuple(float(v) for v in m.groups())
-        for m in (QWEN2_BOX if family.model_type == "qwen2_vl" else JSON_BOX).finditer(text)
-    ]
-    points = [tuple(float(v) for v in m.groups()) for m in JSON_POINT.finditer(text)]
+    boxes = find_qwen2_boxes(text) if family.model_type == "qwen2_vl" else [c for c, _ in find_boxes(text)]
+    points = find_points(text)
     if not boxes and not points:
         return []
     problems = []

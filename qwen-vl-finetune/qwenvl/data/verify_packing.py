@@ -181,7 +181,8 @@ def verify(args: argparse.Namespace) -> int:
     attn = model.config._attn_implementation
     print(
         f"verify-packing: {type(model).__name__}, attention {attn}, {str(dtype).removeprefix('torch.')}, {device}; "
-        f"{len(samples)} samples in {len(packs)} pack(s) of <= {args.max_packed_tokens} tokens, tolerance {tolerance:g}"
+        f"{len(samples)} samples in {len(packs)} pack(s) of <= {args.max_packed_tokens} tokens, "
+        f"tolerance {tolerance:g}"
     )
 
     checks: list[SampleCheck] = []
@@ -253,8 +254,8 @@ def verify(args: argparse.Namespace) -> int:
     bad = [c for c in checks if c.loss_diff > tolerance]
     if bad:
         print(
-            f"FAILED: {len(bad)} of {len(checks)} samples get another loss when packed ({', '.join(c.sample_id for c in bad[:5])}"
-            f"{', ...' if len(bad) > 5 else ''}). Packed training would change what they learn: use "
+            f"FAILED: {len(bad)} of {len(checks)} samples get another loss when packed "
+            f"({', '.join(c.sample_id for c in bad[:5])}{', ...' if len(bad) > 5 else ''}). Packed training would change what they learn: use "
             "--attn_implementation sdpa or flash_attention_2, keep use_cache off, or train with --data_packing False.",
             file=sys.stderr,
         )
