@@ -25,6 +25,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -111,12 +112,10 @@ def vision_spans(types: torch.Tensor) -> list[dict[str, Any]]:
     return spans
 
 
-def pack_layout(samples: list[EncodedSample], batch: dict[str, Any], merge_size: int) -> dict[str, Any]:
-    """The layout of one packed row: where each sample sits, its vision token spans (with the grid of the image or
-    video they belong to; a Qwen3-VL video is several spans, timestamps between them) and the position ids."""
-    cu = [0]
-    for n in sample_lengths(batch):
-        cu.append(cu[-1] + n)
+def pack_layout(samples: list[EncodedSample], batch: dict[str, Any], cu: list[int], merge_size: int) -> dict[str, Any]:
+    """The layout of one packed row: where each sample sits (``cu``: its start offsets, then the row length), its
+    vision token spans (with the grid of the image or video they belong to; a Qwen3-VL video is several spans,
+    timestamps between them) and the position ids."""
     layout = []
     for s, start in zip(samples, cu):
         grids = {
@@ -194,9 +193,9 @@ def verify(args: argparse.Namespace) -> int:
         if args.use_cache:
             batch["use_cache"] = True
         logits = _forward(model, batch, device)
-        layouts.append(pack_layout(members, batch, merge_size))
-        start = 0
-        for s in members:
+        cu = [0, *itertools.accumulate(sample_lengths(batch))]  # where each sample starts in the row
+        layouts.append(pack_layout(members, batch, cu, merge_size))
+        for s, start in zip(members, cu):
             n = len(s["input_ids"])
             alone = _forward(model, alone_inputs(s), device)
             checks.append(
@@ -211,18 +210,14 @@ def verify(args: argparse.Namespace) -> int:
                     max_logit_diff=(logits[start : start + n] - alone).abs().max().item(),
                 )
             )
-            start += n
         if p == 0 and len(members) > 1 and not args.no_control:
             broken = dict(batch)
             broken["position_ids"] = batch["position_ids"].clone()
             broken["position_ids"][0, 0] = torch.arange(batch["position_ids"].shape[-1])
             leaked = _forward(model, broken, device)
-            offsets = [0]
-            for s in members:
-                offsets.append(offsets[-1] + len(s["input_ids"]))
             diffs = [
                 abs(sample_loss(leaked[a:b], s["labels"]) - sample_loss(logits[a:b], s["labels"]))
-                for s, a, b in zip(members, offsets, offsets[1:])
+                for s, a, b in zip(members, cu, cu[1:])
             ]
             control = max((d for d in diffs if not math.isnan(d)), default=0.0)
 
