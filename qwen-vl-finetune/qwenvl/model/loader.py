@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from typing import Any, Literal
 
 from qwenvl.model.families import Family, get_family, transformers_attr
@@ -20,10 +21,27 @@ DType = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 def read_family(model_name_or_path: str, **hub_kwargs: Any) -> Family:
-    """The family of a checkpoint, read from its config (no weights are loaded)."""
+    """The family of a checkpoint, read from its config (no weights are loaded). A path or hub id that does not
+    lead to a config raises :class:`qwenvl.cli.UserError` with one readable line."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    from qwenvl.cli import UserError
+
+    local = os.path.expanduser(model_name_or_path)
+    if model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(local):
+        raise UserError(f"model folder {model_name_or_path} does not exist; give a checkpoint folder or a hub id")
+    if os.path.isdir(local) and not os.path.isfile(os.path.join(local, "config.json")):
+        raise UserError(f"{model_name_or_path} has no config.json: it is not a model checkpoint folder")
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = " (HF_HUB_OFFLINE is set: hub ids must be in the local cache)" if os.environ.get(
+            "HF_HUB_OFFLINE", "") not in ("", "0") else ""  # fmt: skip
+        raise UserError(
+            f"cannot load a model config from {model_name_or_path!r}: {first[:300]}. Give a local checkpoint folder "
+            f"(with config.json) or a hub id such as Qwen/Qwen3-VL-8B-Instruct{offline}"
+        ) from None
     return get_family(config.model_type)
 
 

@@ -1,16 +1,30 @@
 """Argument dataclasses of ``train_qwen.py`` (upstream's flag names), their cross-flag checks, and ``--config``.
 
-Every flag can also come from a YAML file: ``--config recipe.yaml`` with keys named like the flags; flags given
-on the command line win over the file.
+Every flag can also come from a YAML file: ``--config recipe.yaml`` (or the YAML file as first argument) with keys
+named like the flags; flags given on the command line win over the file.
+
+Flags are checked in two steps, so that ``--help`` and usage mistakes answer in well under two seconds: a light
+parser that knows every flag name (ours, and transformers' ``TrainingArguments`` read from its source without
+importing it) refuses abbreviations and unknown flags or YAML keys, naming the closest valid flag; only then is
+transformers imported and the values parsed into the dataclasses. ``TrainingArguments`` (transformers' class plus
+our fields) is therefore built on first use.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import importlib.util
+import logging
 import sys
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
 
-import transformers
+from qwenvl.cli import StrictParser, UserError, closest
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +51,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset_use: str = field(
-        default="", metadata={"help": "comma-separated registry names or annotation files; name%N samples N%"}
+        default="",
+        metadata={"help": "comma-separated registry names or annotation files; name%%N samples N%% (see README)"},
     )
     eval_dataset_use: str = field(default="", metadata={"help": "datasets for evaluation during training (eval loss)"})
     dataset_registry: str | None = field(default=None, metadata={"help": "YAML file registering more datasets"})
@@ -59,11 +74,17 @@ class DataArguments:
     bad_media: Literal["error", "skip"] = field(
         default="error", metadata={"help": "what to do with samples whose media fail to load (skip: quarantine.jsonl)"}
     )
-    data_seed_sampling: int = field(default=42, metadata={"help": "seed of name%N sampling (the same on every rank)"})
+    data_seed_sampling: int = field(default=42, metadata={"help": "seed of name%%N sampling (the same on every rank)"})
+    base_interval: float | None = field(
+        default=None,
+        metadata={"help": "accepted for upstream's scripts and ignored (it only served upstream's offline packer)"},
+    )
 
 
 @dataclass
-class TrainingArguments(transformers.TrainingArguments):
+class QwenTrainingFields:
+    """Our fields of ``TrainingArguments`` (added to transformers' own; see :func:`training_arguments_class`)."""
+
     cache_dir: str | None = field(default=None, metadata={"help": "hub cache folder"})
     optim: str = field(default="adamw_torch", metadata={"help": "optimizer name (transformers)"})
     model_max_length: int = field(default=8192, metadata={"help": "longest sample in tokens (see --overlong)"})
@@ -83,13 +104,17 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_vision: bool = field(default=False, metadata={"help": "LoRA also on the vision tower's linear layers"})
     lora_merger: bool = field(default=False, metadata={"help": "LoRA also on the merger's linear layers"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False for multimodal batches"})
+    warmup_ratio: float | None = field(
+        default=None,
+        metadata={"help": "upstream's flag: warm-up steps = ceil(ratio x total steps); or give --warmup_steps"},
+    )
 
 
-def resolve_components(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+def resolve_components(model_args: ModelArguments, training_args: Any) -> None:
     """Fill the tune_* defaults and check every cross-flag rule, naming the flags (before any weights load)."""
     lora = training_args.lora_enable
     if lora and model_args.tune_mm_llm:
-        raise ValueError(
+        raise UserError(
             "--tune_mm_llm True and --lora_enable True both train the LLM; drop --tune_mm_llm (LoRA trains the LLM) "
             "or drop --lora_enable for a full fine-tune"
         )
@@ -100,74 +125,230 @@ def resolve_components(model_args: ModelArguments, training_args: TrainingArgume
     if model_args.tune_mm_llm is None:
         model_args.tune_mm_llm = not lora
     if training_args.vision_tower_lr is not None and not (model_args.tune_mm_vision or training_args.lora_vision):
-        raise ValueError(
+        raise UserError(
             "--vision_tower_lr is set but the vision tower is frozen; add --tune_mm_vision True or --lora_vision True"
         )
     if training_args.mm_projector_lr is not None and not (model_args.tune_mm_mlp or training_args.lora_merger):
-        raise ValueError(
+        raise UserError(
             "--mm_projector_lr is set but the merger is frozen; add --tune_mm_mlp True or --lora_merger True"
         )
     if (training_args.lora_vision or training_args.lora_merger) and not lora:
-        raise ValueError("--lora_vision / --lora_merger need --lora_enable True")
+        raise UserError("--lora_vision / --lora_merger need --lora_enable True")
     if lora and model_args.tune_mm_vision and training_args.lora_vision:
-        raise ValueError(
+        raise UserError(
             "--tune_mm_vision True (full) and --lora_vision True (LoRA) both target the vision tower; pick one"
         )
     if lora and model_args.tune_mm_mlp and training_args.lora_merger:
-        raise ValueError("--tune_mm_mlp True (full) and --lora_merger True (LoRA) both target the merger; pick one")
+        raise UserError("--tune_mm_mlp True (full) and --lora_merger True (LoRA) both target the merger; pick one")
     if not (lora or model_args.tune_mm_vision or model_args.tune_mm_mlp or model_args.tune_mm_llm):
-        raise ValueError(
+        raise UserError(
             "nothing would be trained: set --tune_mm_llm / --tune_mm_mlp / --tune_mm_vision True or --lora_enable True"
         )
     if lora and training_args.lora_r <= 0:
-        raise ValueError(f"--lora_r must be positive, got {training_args.lora_r}")
+        raise UserError(f"--lora_r must be positive, got {training_args.lora_r}")
     if not 0.0 <= training_args.lora_dropout < 1.0:
-        raise ValueError(f"--lora_dropout must be in [0, 1), got {training_args.lora_dropout}")
+        raise UserError(f"--lora_dropout must be in [0, 1), got {training_args.lora_dropout}")
 
 
-def check_data_args(data_args: DataArguments, training_args: TrainingArguments) -> None:
+def check_data_args(data_args: DataArguments, training_args: Any) -> None:
     if not data_args.dataset_use:
-        raise ValueError("--dataset_use is empty; name the datasets to train on (e.g. --dataset_use demo_images)")
+        raise UserError("--dataset_use is empty; name the datasets to train on (e.g. --dataset_use demo_images)")
     if data_args.data_packing and data_args.max_packed_tokens < training_args.model_max_length:
-        raise ValueError(
+        raise UserError(
             f"--max_packed_tokens ({data_args.max_packed_tokens}) is smaller than --model_max_length "
             f"({training_args.model_max_length}); a sample that fits the limit would not fit a pack"
         )
     if training_args.eval_strategy != "no" and not data_args.eval_dataset_use:
         strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
-        raise ValueError(f"--eval_strategy {strategy} needs --eval_dataset_use")
+        raise UserError(f"--eval_strategy {strategy} needs --eval_dataset_use")
     if training_args.remove_unused_columns:
-        raise ValueError("--remove_unused_columns True would drop the image tensors from batches; leave it False")
+        raise UserError("--remove_unused_columns True would drop the image tensors from batches; leave it False")
 
 
-def config_file_args(argv: list[str]) -> list[str]:
-    """Expand ``--config file.yaml`` into flags placed before the other command-line flags (which then win)."""
+def _transformers_training_fields() -> list[tuple[str, str, Any, str]]:
+    """``(name, annotation, default, help)`` of every field of transformers' ``TrainingArguments``, read from its
+    source with ``ast`` (importing it costs seconds). Defaults that are not literals come back as None."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("transformers is not installed; pip install 'qwenvl[train]'")
+    source = Path(list(spec.submodule_search_locations)[0]) / "training_args.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
+    out = []
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        default, help_text = None, ""
+        value = node.value
+        if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "field":
+            for kw in value.keywords:
+                try:
+                    if kw.arg == "default":
+                        default = ast.literal_eval(kw.value)
+                    elif kw.arg == "metadata":
+                        help_text = ast.literal_eval(kw.value).get("help", "")
+                except (ValueError, TypeError, SyntaxError):
+                    pass
+        elif value is not None:
+            try:
+                default = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError):
+                pass
+        out.append((node.target.id, ast.unparse(node.annotation), default, help_text))
+    return out
+
+
+OURS = (ModelArguments, DataArguments, QwenTrainingFields)
+
+
+def light_parser(prog: str | None = None) -> StrictParser:
+    """A parser that knows every flag's name (and help) without importing transformers: values are taken as text
+    and parsed for real afterwards."""
+    parser = StrictParser(
+        prog=prog,
+        usage="%(prog)s [--config YAML] --model_name_or_path M --dataset_use D --output_dir OUT [flags]",
+        description="Fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) with the HF Trainer."
+        "\n\nRun: torchrun --nproc_per_node N qwenvl/train/train_qwen.py "
+        "--model_name_or_path ... --dataset_use ... --output_dir ...  (or qwenvl train recipe.yaml)",
+    )
+    parser.add_argument("--config", metavar="YAML", help="read flags from a YAML file (command-line flags win)")
+    ours: set[str] = set()
+    for group_name, dtype in zip(("model", "data", "training (qwenvl)"), OURS):
+        group = parser.add_argument_group(group_name)
+        for f in fields(dtype):
+            ours.add(f.name)
+            default = f.default if f.default is not MISSING else None
+            text = f.metadata.get("help", "") + (f" (default {default})" if default not in (None, "") else "")
+            _add_flag(group, f.name, text.replace("%", "%%") if "%%" not in text else text, default is True)
+    group = parser.add_argument_group("training (transformers.TrainingArguments)")
+    for name, annotation, default, help_text in _transformers_training_fields():
+        if name in ours:
+            continue
+        text = " ".join(help_text.split()) + (f" (default {default})" if default not in (None, "") else "")
+        _add_flag(group, name, text.replace("%", "%%"), default is True and annotation.startswith("bool"))
+    return parser
+
+
+def _add_flag(group: Any, name: str, help_text: str, bool_default_true: bool) -> None:
+    options = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*options, dest=name, nargs="*", metavar="V", help=help_text)
+    if bool_default_true:  # transformers' parser adds --no_<flag> for booleans that default to True
+        group.add_argument(f"--no_{name}", f"--no-{name.replace('_', '-')}", dest=f"no_{name}",
+                           action="store_const", const=True, help=argparse.SUPPRESS)  # fmt: skip
+
+
+def config_file_args(argv: list[str], known: list[str] | None = None) -> list[str]:
+    """Expand ``--config file.yaml`` (or a YAML file given as the first argument) into flags placed before the
+    other command-line flags, which then win. Keys must be flag names (``known``): an unknown or misspelt key is
+    refused, naming the closest valid flag."""
+    if argv and argv[0].endswith((".yaml", ".yml")) and not argv[0].startswith("-"):
+        argv = ["--config", *argv]
     if "--config" not in argv:
         return argv
     import yaml
 
     i = argv.index("--config")
     if i + 1 >= len(argv):
-        raise ValueError("--config needs a YAML file path")
+        raise UserError("--config needs a YAML file path")
     path = argv[i + 1]
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of flag names to values")
+        raise UserError(f"{path}: expected a mapping of flag names to values")
     expanded: list[str] = []
     for key, value in data.items():
+        key = str(key).replace("-", "_")
+        if known is not None and f"--{key}" not in known:
+            hint = closest(f"--{key}", known)
+            raise UserError(
+                f"{path}: unknown key {key!r}" + (f"; did you mean {hint[2:]!r}?" if hint else "; see --help")
+            )
+        if value is None:
+            continue
         if isinstance(value, (list, tuple)):
             expanded += [f"--{key}", *[str(v) for v in value]]
+        elif isinstance(value, dict):
+            import json
+
+            expanded += [f"--{key}", json.dumps(value)]
         else:
             expanded += [f"--{key}", str(value)]
     return expanded + argv[:i] + argv[i + 2 :]
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse flags (and ``--config``) into the three dataclasses and run the cross-flag checks."""
-    argv = config_file_args(list(sys.argv[1:] if argv is None else argv))
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+_TRAINING_CLASS: type | None = None
+
+
+def training_arguments_class() -> type:
+    """transformers' ``TrainingArguments`` with the fields of :class:`QwenTrainingFields` (built once, on first use,
+    so that importing this module does not import transformers). Picklable as
+    ``qwenvl.train.arguments.TrainingArguments``."""
+    global _TRAINING_CLASS
+    if _TRAINING_CLASS is not None:
+        return _TRAINING_CLASS
+    import transformers
+
+    def __post_init__(self) -> None:
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise UserError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps:
+                raise UserError("--warmup_ratio and --warmup_steps are both set; keep one")
+            self.warmup_steps = self.warmup_ratio  # transformers reads a value below 1 as a ratio (rounded up)
+        transformers.TrainingArguments.__post_init__(self)
+
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": "TrainingArguments",
+        "__doc__": "transformers.TrainingArguments plus the fields of QwenTrainingFields.",
+        "__annotations__": {},
+        "__post_init__": __post_init__,
+    }
+    for f in fields(QwenTrainingFields):
+        namespace["__annotations__"][f.name] = f.type
+        namespace[f.name] = field(default=f.default, metadata=dict(f.metadata))
+    _TRAINING_CLASS = dataclass(type("TrainingArguments", (transformers.TrainingArguments,), namespace))
+    return _TRAINING_CLASS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrainingArguments":
+        return training_arguments_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[Any, Any, Any]:
+    """Parse flags (and ``--config``) into ``(ModelArguments, DataArguments, TrainingArguments)`` and run the
+    cross-flag checks. Usage mistakes exit with status 2 and one line naming the fix (before transformers is
+    imported); a value that fails a check raises :class:`UserError`."""
+    light = light_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = config_file_args(argv, light.known_flags())
+    except UserError as e:
+        light.error(str(e))
+    seen = light.parse_args(argv)
+    if not seen.output_dir:
+        light.error("--output_dir is required (checkpoints, logs and the final model go there)")
+    if seen.base_interval is not None:
+        logger.warning("--base_interval is accepted for upstream's scripts and ignored (frames follow --video_fps)")
+
+    import transformers
+
+    class _Parser(transformers.HfArgumentParser):
+        def error(self, message: str):  # noqa: D102 - same short error as the light parser
+            light.error(message)
+
+    parser = _Parser((ModelArguments, DataArguments, training_arguments_class()), allow_abbrev=False)
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except ValueError as e:  # a value transformers' own checks refuse
+        raise UserError(str(e)) from None
     resolve_components(model_args, training_args)
     check_data_args(data_args, training_args)
     return model_args, data_args, training_args

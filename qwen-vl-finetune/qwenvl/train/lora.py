@@ -35,20 +35,29 @@ def lora_target_modules(
 
 
 def modules_to_save(model: torch.nn.Module, vision_tower: bool, merger: bool) -> list[str]:
-    """Names of the parts trained fully next to LoRA (their weights are saved with the adapter)."""
+    """Names of the parts trained fully next to LoRA (their weights are saved with the adapter).
+
+    peft wraps each named module in a trainable copy, which it cannot do for a ``ModuleList`` (Qwen3-VL's
+    ``deepstack_merger_list``, every family's vision ``blocks``): a list is named by its children instead.
+    Modules without parameters (rotary tables) are left out.
+    """
     out: list[str] = []
     visual_name = next((n for n, m in model.named_modules() if n.endswith("visual") and hasattr(m, "merger")), None)
     if visual_name is None:
         return out
     visual = model.get_submodule(visual_name)
+    parts = []
     if merger:
-        out.append(f"{visual_name}.merger")
-        if hasattr(visual, "deepstack_merger_list"):
-            out.append(f"{visual_name}.deepstack_merger_list")
+        parts += [n for n in ("merger", "deepstack_merger_list") if hasattr(visual, n)]
     if vision_tower:
-        out += [
-            f"{visual_name}.{n}" for n, _ in visual.named_children() if n not in ("merger", "deepstack_merger_list")
-        ]
+        parts += [n for n, _ in visual.named_children() if n not in ("merger", "deepstack_merger_list")]
+    for part in parts:
+        module = visual.get_submodule(part)
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            children = [f"{part}.{c}" for c, m in module.named_children() if any(True for _ in m.parameters())]
+        else:
+            children = [part] if any(True for _ in module.parameters()) else []
+        out += [f"{visual_name}.{c}" for c in children]
     return out
 
 

@@ -16,49 +16,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
-
-from qwenvl.data.collate import DummyMedia, PackedCollator, PaddedCollator
-from qwenvl.data.dataset import (
-    LengthCache,
-    PackedDataset,
-    Quarantine,
-    SupervisedDataset,
-    prefilter_overlong,
-)
-from qwenvl.data.encode import MediaBudget, SampleEncoder
-from qwenvl.data.registry import load_records
-from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary
-from qwenvl.model.loader import load_model, load_processor, read_family
-from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
-from qwenvl.train.arguments import DataArguments, TrainingArguments, parse_args
-from qwenvl.train.trainer import QwenVLTrainer, causal_lm_loss
+from qwenvl.cli import UserError
+from qwenvl.train.arguments import DataArguments, parse_args
 
 
 logger = logging.getLogger("qwenvl.train")
 
 
-class SavePreprocessingCallback(TrainerCallback):
-    """Writes qwenvl_preprocessing.json into every checkpoint, so each one is usable on its own."""
-
-    def __init__(self, settings: PreprocessingSettings) -> None:
-        self.settings = settings
-
-    def on_save(self, args, state, control, **kwargs):  # noqa: D102
-        if state.is_world_process_zero:
-            save_preprocessing(self.settings, Path(args.output_dir) / f"checkpoint-{state.global_step}")
-
-
-def _init_deepspeed_comm(training_args: TrainingArguments) -> None:
+def _init_deepspeed_comm(training_args: Any) -> None:
     """ZeRO-3 enters ``deepspeed.zero.Init`` inside ``from_pretrained``; it needs deepspeed.comm set up. On GPU
     accelerate does this; on CPU (gloo) it does not, so wrap the existing process group (a no-op otherwise)."""
+    import torch
+
     if not training_args.deepspeed or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return
     import deepspeed
@@ -66,9 +40,10 @@ def _init_deepspeed_comm(training_args: TrainingArguments) -> None:
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
-def build_datasets(
-    data_args: DataArguments, training_args: TrainingArguments, encoder: SampleEncoder, quarantine: Quarantine
-) -> tuple[Any, Any]:
+def build_datasets(data_args: DataArguments, training_args: Any, encoder: Any, quarantine: Any) -> tuple[Any, Any]:
+    from qwenvl.data.dataset import LengthCache, PackedDataset, SupervisedDataset, prefilter_overlong
+    from qwenvl.data.registry import load_records
+
     def make(dataset_use: str, packed: bool) -> Any:
         records = load_records(dataset_use, data_args.dataset_registry, seed=data_args.data_seed_sampling)
         # One cache per output dir: a resumed run skips reading every media header again.
@@ -95,6 +70,18 @@ def build_datasets(
 def train(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags and run training; returns the final metrics."""
     model_args, data_args, training_args = parse_args(argv)
+    import torch
+    import transformers
+
+    from qwenvl.data.collate import DummyMedia, PackedCollator, PaddedCollator
+    from qwenvl.data.dataset import Quarantine
+    from qwenvl.data.encode import MediaBudget, SampleEncoder
+    from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary
+    from qwenvl.model.loader import load_model, load_processor, read_family
+    from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
+    from qwenvl.train.checkpoints import find_resume_checkpoint
+    from qwenvl.train.trainer import QwenVLTrainer, causal_lm_loss
+
     logging.basicConfig(
         level=logging.INFO if training_args.should_log else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -146,7 +133,7 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     }
     empty = [r["component"] for r in summary if wanted[r["component"]] and r["trainable"] == 0]
     if empty:
-        raise ValueError(f"asked to train {empty} but they have no trainable parameters in this model")
+        raise UserError(f"asked to train {empty} but they have no trainable parameters in this model")
     if training_args.should_log:
         logger.info("trainable parameters:\n%s", format_summary(summary))
 
@@ -177,17 +164,20 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[SavePreprocessingCallback(settings)],
         compute_loss_func=causal_lm_loss,
         component_lrs=lrs,
         packed_capacity=data_args.max_packed_tokens if data_args.data_packing else None,
+        preprocessing=settings,
     )
 
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume:
+    if resume is None:
+        found = find_resume_checkpoint(training_args.output_dir)
+        if found is not None:
+            resume = str(found)
             logger.warning("found %s: resuming from it (pass a new --output_dir to start over)", resume)
+    elif not os.path.isdir(resume):
+        raise UserError(f"--resume_from_checkpoint {resume}: no such folder")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     for config in (model.config, getattr(model.config, "text_config", None)):
@@ -207,15 +197,22 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
-def main() -> None:
-    train()
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import torch
+
     # Join the communication threads (gloo / DeepSpeed) before interpreter teardown: left to static destructors
     # they can abort a rank that finished cleanly ("terminate called without an active exception"). Only after
     # success: a rank that raised must exit at once so torchrun stops the others, not wait in a barrier.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,8 @@ statistics.
 
 * Optimizer groups: (vision tower | merger | LLM) x (decay | no decay), learning rates from ``vision_tower_lr`` /
   ``mm_projector_lr`` / ``learning_rate``; every trainable parameter is in exactly one group (asserted).
+* Checkpoints are written under ``output_dir/.partial`` and renamed into place when complete, with
+  ``qwenvl_preprocessing.json`` inside (see :mod:`qwenvl.train.checkpoints`).
 * Ranks calling the vision tower a different number of times (text-only vs image batches) would hang ZeRO-3;
   the collators' ``DummyMedia`` prevents that (see :mod:`qwenvl.data.collate`).
 """
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
 
 from qwenvl.model.freeze import component_of
+from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
+from qwenvl.train import checkpoints
 
 
 logger = logging.getLogger(__name__)
@@ -74,12 +79,52 @@ class QwenVLTrainer(Trainer):
         *args: Any,
         component_lrs: dict[str, float] | None = None,
         packed_capacity: int | None = None,
+        preprocessing: PreprocessingSettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.component_lrs = component_lrs or {}
         self.packed_capacity = packed_capacity
+        self.preprocessing = preprocessing
         self.batch_stats = BatchStats()
+        self._staging = False
+        self._stats_step = 0
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return str(checkpoints.staging_dir(run_dir)) if self._staging else run_dir
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Write the checkpoint into the staging folder on every rank, then publish it atomically (rank 0) once all
+        ranks are done; older checkpoints are rotated out only after that."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staged = checkpoints.staging_dir(run_dir) / name
+        if self.args.should_save:
+            checkpoints.clear_stale(staged)
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation waits for the rename
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.preprocessing is not None:
+                save_preprocessing(self.preprocessing, staged)
+            final = run_dir / name
+            checkpoints.publish(staged, final)
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == staged.parent:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------------ optimizer
 
@@ -134,10 +179,10 @@ class QwenVLTrainer(Trainer):
             logs["tokens_per_s"] = round(stats.real_tokens / elapsed, 1)
             logs["padding_efficiency"] = round(stats.real_tokens / stats.tokens, 4)
             if self.packed_capacity:
-                steps = max(1, self.state.global_step - getattr(self, "_stats_step", 0))
+                steps = max(1, self.state.global_step - self._stats_step)
                 per_step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
                 logs["packing_efficiency"] = round(stats.real_tokens / (steps * per_step * self.packed_capacity), 4)
-            steps = max(1, self.state.global_step - getattr(self, "_stats_step", 0))
+            steps = max(1, self.state.global_step - self._stats_step)
             logs["images_per_step"] = round(stats.images / steps, 2)
             if stats.videos:
                 logs["videos_per_step"] = round(stats.videos / steps, 2)

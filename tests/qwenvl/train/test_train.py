@@ -109,10 +109,53 @@ def test_lora_targets(tiny_checkpoints):
     }
     everything = lora_target_modules(model, llm_mlp=False, vision=True, merger=True)
     assert {component_of(n) for n in everything} == {"llm", "vision_tower", "merger"}
+    # peft cannot wrap a ModuleList: the DeepStack mergers and the vision blocks are named one by one.
     assert modules_to_save(model, vision_tower=False, merger=True) == [
         "model.visual.merger",
-        "model.visual.deepstack_merger_list",
+        "model.visual.deepstack_merger_list.0",
+        "model.visual.deepstack_merger_list.1",
     ]
+    full_vision = modules_to_save(model, vision_tower=True, merger=False)
+    assert "model.visual.blocks.0" in full_vision and "model.visual.patch_embed" in full_vision
+    assert not any(n.endswith(("blocks", "merger", "rotary_pos_emb")) for n in full_vision)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+def test_lora_with_full_merger_and_vision_tower_per_family(tiny_checkpoints, tmp_path, family):
+    """Upstream's LoRA recipe with --tune_mm_mlp / --tune_mm_vision: trains, saves, resumes, merges and reloads on
+    every family (ModuleLists in modules_to_save crashed Qwen3-VL and Qwen2.5-VL)."""
+    from peft import PeftModel
+
+    from qwenvl.train.merge_lora import merge_lora
+    from qwenvl.train.train_qwen import train
+
+    base_path = tiny_checkpoints[family]
+    out = tmp_path / "out"
+    flags = _flags(str(base_path), out, "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
+                   "--tune_mm_mlp", "True", "--tune_mm_vision", "True", "--save_steps", "1",
+                   "--dataset_use", "demo_images", "--per_device_train_batch_size", "1")  # fmt: skip
+    train([*flags, "--max_steps", "2"])
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    resumed = train([*flags, "--max_steps", "3"])  # resumes from checkpoint-2
+    assert resumed["train_runtime"] >= 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+
+    merged = merge_lora(out, tmp_path / "merged")
+    reloaded = AutoModelForImageTextToText.from_pretrained(merged)
+    base = AutoModelForImageTextToText.from_pretrained(base_path)
+    expected = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(base_path), str(out)
+    ).merge_and_unload()
+    got, want, before = reloaded.state_dict(), expected.state_dict(), base.state_dict()
+    assert got.keys() == before.keys()
+    changed = {k for k in got if not torch.equal(got[k], before[k])}
+    assert any(".merger." in k for k in changed) and any(".blocks.0." in k for k in changed)
+    if family.startswith("qwen3"):  # (list.1 feeds the last of 2 LLM layers at image positions: no gradient)
+        assert any("deepstack_merger_list.0." in k for k in changed)
+    for key in got:
+        assert torch.allclose(got[key], want[key], atol=1e-6), key
 
 
 def test_train_lora_packed_checkpoints_and_merge(tiny_checkpoints, tmp_path):

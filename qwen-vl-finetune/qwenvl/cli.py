@@ -1,0 +1,125 @@
+"""Command-line plumbing shared by every tool, and the ``qwenvl`` console script.
+
+Every tool parses its flags with :class:`StrictParser` before importing torch or transformers, so ``--help`` and
+usage mistakes answer in well under two seconds; abbreviated flags are refused (``--max_pixel`` is not
+``--max_pixels``) and an unknown flag names the closest valid one. A :class:`UserError` raised later (a bad path,
+a busy port) ends the tool with its one-line message and exit code 2, never a traceback.
+
+``qwenvl`` gathers the tools under one command, as ``llamafactory-cli`` and ``swift`` do::
+
+    qwenvl train examples/qwen3vl_lora.yaml [--flag value ...]      # or: qwenvl train --model_name_or_path ...
+    torchrun --nproc_per_node 8 --no-python qwenvl train recipe.yaml
+    qwenvl lint | verify-packing | inspect-video | merge-lora | tiny | quickstart  [--help]
+
+The module entry points (``python -m qwenvl.data.lint`` ...) and upstream's ``qwenvl/train/train_qwen.py`` keep
+working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+from typing import Callable, NoReturn, Sequence
+
+
+class UserError(ValueError):
+    """A mistake of the user's (input, path, flag, environment) with a message that names it and the fix."""
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The valid choice most like ``word`` (a flag with its dashes, a YAML key), or None."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_flag_message(flags: Sequence[str], known: Sequence[str]) -> str:
+    """``unknown flag --max_pixel; did you mean --max_pixels?`` for the first unknown flag of ``flags``."""
+    parts = []
+    after_unknown_flag = False
+    for flag in flags:
+        name = flag.split("=", 1)[0]
+        if not name.startswith("-") or _is_number(name):
+            if not after_unknown_flag:  # the values of an unknown flag are not reported again
+                parts.append(f"unexpected argument {flag!r}")
+            continue
+        after_unknown_flag = True
+        hint = closest(name, known)
+        parts.append(f"unknown flag {name}" + (f"; did you mean {hint}?" if hint else ""))
+    return "; ".join(parts)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class StrictParser(argparse.ArgumentParser):
+    """``argparse`` without prefix matching, and with unknown flags answered by the closest valid flag."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def known_flags(self) -> list[str]:
+        return [s for action in self._actions for s in action.option_strings]
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace=None):  # noqa: D102
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(unknown_flag_message(extra, self.known_flags()))
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+def run_tool(body: Callable[[], int | None]) -> int:
+    """Run a tool's body, turning a :class:`UserError` into its message on stderr and exit code 2."""
+    try:
+        return int(body() or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("qwenvl.train.train_qwen", "fine-tune (flags, or a YAML recipe as first argument)"),
+    "lint": ("qwenvl.data.lint", "check annotation files and report lengths, packing and bad records"),
+    "verify-packing": ("qwenvl.data.verify_packing", "packed rows vs the model's unpacked path on real data"),
+    "inspect-video": ("qwenvl.data.inspect_video", "frame sampling, sizes and tokens of one video"),
+    "merge-lora": ("qwenvl.train.merge_lora", "merge a LoRA checkpoint into a full model"),
+    "tiny": ("qwenvl.model.tiny", "write a tiny random checkpoint of a family (offline)"),
+    "quickstart": ("qwenvl.quickstart", "the main job: tiny Qwen3-VL learns to read colours on CPU"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``qwenvl <command> [args]``: dispatch to the tool's own ``main`` (which parses the rest)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: qwenvl <command> [--help | args]\n\ncommands:\n" + "\n".join(
+        f"  {name:15} {text}" for name, (_, text) in COMMANDS.items()
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        hint = closest(command, list(COMMANDS))
+        print(f"qwenvl: error: unknown command {command!r}" + (f"; did you mean {hint!r}?" if hint else ""),
+              file=sys.stderr)  # fmt: skip
+        print(usage, file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"qwenvl {command}", *rest]
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Crash-safe checkpoints: a checkpoint becomes visible only when complete, and resume takes the newest complete one.
+
+Every rank writes ``checkpoint-N`` into ``output_dir/.partial/checkpoint-N`` (same file system, so the final
+``os.replace`` is atomic). When all ranks have written their part, rank 0 adds ``qwenvl_preprocessing.json``,
+flushes the files to disk and renames the folder to ``output_dir/checkpoint-N``; only then may
+``save_total_limit`` delete older checkpoints. A process killed at any moment therefore leaves either the complete
+checkpoint or none under its final name; what it left in ``.partial/`` is named in the log on the next start (and
+replaced when the same step is saved again).
+
+:func:`find_resume_checkpoint` checks every ``checkpoint-N`` for what a resume needs (weights, optimizer,
+scheduler, RNG state, ``trainer_state.json``, ``qwenvl_preprocessing.json``) and skips, naming them, folders that
+lack any of it (written by other tools, or copied half-way).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
+
+STAGING = ".partial"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+           "pytorch_model.bin.index.json", "adapter_model.bin")  # fmt: skip
+
+
+def staging_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / STAGING
+
+
+def missing_parts(folder: str | Path, model_only: bool = False) -> list[str]:
+    """What ``folder`` lacks to be resumed from (empty when it is complete)."""
+    folder = Path(folder)
+    names = set(os.listdir(folder)) if folder.is_dir() else set()
+    missing = []
+    if not names & set(WEIGHTS) and not any(n.startswith("global_step") for n in names):
+        missing.append("model weights")
+    for required in ("trainer_state.json", "qwenvl_preprocessing.json"):
+        if required not in names:
+            missing.append(required)
+    if not model_only:
+        deepspeed = any(n.startswith("global_step") for n in names)
+        if not deepspeed and "optimizer.pt" not in names:
+            missing.append("optimizer.pt")
+        if "scheduler.pt" not in names:
+            missing.append("scheduler.pt")
+        if not any(n.startswith("rng_state") for n in names):
+            missing.append("rng_state*.pth")
+    return missing
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` folder, newest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for entry in output_dir.iterdir():
+        match = CHECKPOINT_RE.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match[1]), entry))
+    return sorted(found, reverse=True)
+
+
+def find_resume_checkpoint(output_dir: str | Path, model_only: bool = False) -> Path | None:
+    """The newest complete checkpoint in ``output_dir``, or None. Incomplete ones and staged leftovers of a crash
+    are named in the log, never deleted here."""
+    partial = staging_dir(output_dir)
+    if partial.is_dir():
+        for leftover in sorted(partial.iterdir()):
+            logger.warning(
+                "ignoring %s: a checkpoint whose save was interrupted (it is replaced if that step is saved again; "
+                "delete it to free the disk)",
+                leftover,
+            )
+    for step, path in list_checkpoints(output_dir):
+        missing = missing_parts(path, model_only)
+        if not missing:
+            return path
+        logger.warning("skipping %s: incomplete, lacks %s", path, ", ".join(missing))
+    return None
+
+
+def clear_stale(path: Path) -> None:
+    """Remove a staged checkpoint left by a crashed save of the same step (logged)."""
+    if path.exists():
+        logger.warning("removing %s, left by an interrupted save of the same step", path)
+        shutil.rmtree(path)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk (so a power loss cannot leave a renamed but
+    empty checkpoint)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Atomically make ``staged`` visible as ``final`` (an older folder of that name is replaced)."""
+    fsync_tree(staged)
+    if final.exists():  # the same step saved again (e.g. a run resumed with other save settings)
+        old = staged.parent / f"{final.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+    fsync_dir(final.parent)
