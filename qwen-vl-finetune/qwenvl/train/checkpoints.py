@@ -29,6 +29,28 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.s
            "pytorch_model.bin.index.json", "adapter_model.bin")  # fmt: skip
 
 
+FAULT_ENV = "QWENVL_FAULT_INJECT"
+FAULT_POINTS = ("step_end", "save_begin", "after_model", "after_optimizer", "after_rng", "before_publish",
+                "after_publish", "after_rotate")  # fmt: skip
+
+
+def crash_point(point: str, step: int, rank: int = 0) -> None:
+    """Fault injection for the crash tests: ``QWENVL_FAULT_INJECT=after_model@3`` (or ``...@3:1`` for rank 1)
+    SIGKILLs this process when it reaches ``point`` at global step ``step``. Unset (always, outside tests): no-op."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    where, _, at = spec.partition("@")
+    at_step, _, at_rank = at.partition(":")
+    if where not in FAULT_POINTS:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: the point must be one of {', '.join(FAULT_POINTS)}")
+    if where == point and int(at_step) == step and int(at_rank or 0) == rank:
+        import signal
+
+        logger.warning("fault injection: SIGKILL at %s, step %d, rank %d", point, step, rank)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def staging_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / STAGING
 

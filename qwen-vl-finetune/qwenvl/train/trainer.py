@@ -99,8 +99,10 @@ class QwenVLTrainer(Trainer):
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """Write the checkpoint into the staging folder on every rank, then publish it atomically (rank 0) once all
         ranks are done; older checkpoints are rotated out only after that."""
+        step, rank = self.state.global_step, self.args.process_index
+        checkpoints.crash_point("save_begin", step, rank)
         run_dir = Path(super()._get_output_dir(trial))
-        name = f"checkpoint-{self.state.global_step}"
+        name = f"checkpoint-{step}"
         staged = checkpoints.staging_dir(run_dir) / name
         if self.args.should_save:
             checkpoints.clear_stale(staged)
@@ -113,11 +115,13 @@ class QwenVLTrainer(Trainer):
             self._staging = False
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
+        checkpoints.crash_point("before_publish", step, rank)
         if self.args.should_save:
             if self.preprocessing is not None:
                 save_preprocessing(self.preprocessing, staged)
             final = run_dir / name
             checkpoints.publish(staged, final)
+            checkpoints.crash_point("after_publish", step, rank)
             best = self.state.best_model_checkpoint
             if best and Path(best).parent == staged.parent:
                 self.state.best_model_checkpoint = str(run_dir / Path(best).name)
@@ -125,6 +129,20 @@ class QwenVLTrainer(Trainer):
 
             rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+        checkpoints.crash_point("after_rotate", step, rank)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:  # noqa: D102
+        super().save_model(output_dir, _internal_call)
+        if _internal_call:
+            checkpoints.crash_point("after_model", self.state.global_step, self.args.process_index)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        checkpoints.crash_point("after_optimizer", self.state.global_step, self.args.process_index)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        checkpoints.crash_point("after_rng", self.state.global_step, self.args.process_index)
 
     # ------------------------------------------------------------------------------------------------ optimizer
 
@@ -171,6 +189,11 @@ class QwenVLTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         self.batch_stats.add(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        # Called after every optimizer step, before the step's save: the "step_end" crash point.
+        checkpoints.crash_point("step_end", self.state.global_step, self.args.process_index)
+        super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         stats = self.batch_stats
