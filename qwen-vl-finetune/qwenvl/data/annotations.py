@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,7 +46,7 @@ class Record:
     id: str
     messages: list[dict[str, Any]]
     dataset: str = ""
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    pack: int | None = None  # pack number in an upstream pre-packed file (its records train in one row)
 
     def media(self) -> list[dict[str, Any]]:
         """The image and video items, in conversation order."""
@@ -59,31 +59,81 @@ class Record:
         ]
 
 
-def read_annotation_file(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_annotation_file(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | AnnotationError]]:
     """Yield ``(location, record)`` from a ``.json`` list or ``.jsonl`` file; location is ``file:line`` or
-    ``file[index]``."""
+    ``file[index]``. A ``.jsonl`` line that is not UTF-8 or not JSON yields an :class:`AnnotationError` naming
+    the line instead of a record, so the caller decides (report, skip or stop) and the other lines still count.
+    A ``.json`` file is one document: such a fault there raises, naming the line."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"annotation file not found: {path}; check annotation_path in the dataset registry")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for line_no, raw_line in enumerate(f, 1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield (
+                        f"{path}:{line_no}",
+                        AnnotationError(
+                            f"{path}:{line_no}: not UTF-8 (byte 0x{raw_line[e.start]:02x} at column {e.start + 1}); "
+                            "re-save the file as UTF-8 or fix the line"
+                        ),
+                    )
+                    continue
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise AnnotationError(f"{path}:{line_no}: not valid JSON ({e})") from e
+                    yield f"{path}:{line_no}", AnnotationError(f"{path}:{line_no}: not valid JSON ({e})")
+                    continue
                 yield f"{path}:{line_no}", record
         return
+    data_bytes = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = data_bytes[: e.start].count(b"\n") + 1
+        raise AnnotationError(
+            f"{path}:{line_no}: not UTF-8 (byte 0x{data_bytes[e.start]:02x}); re-save as UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: not valid JSON ({e}); use a JSON list or a .jsonl file") from e
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     for index, record in enumerate(data):
         yield f"{path}[{index}]", record
+
+
+def iter_records(path: str | Path, packed: bool = False) -> Iterator[tuple[str, Any, int | None]]:
+    """``(location, record or AnnotationError, pack number)`` of a file. Upstream's packed files (written by its
+    ``tools/pack_data.py``: a JSON list whose items are lists of records) are read too: each inner list is one
+    pack, numbered, with locations ``file[i][j]``; ``packed=False`` reads them as plain records."""
+    pack_no = 0
+    for where, item in read_annotation_file(path):
+        if isinstance(item, list):
+            if not item:
+                yield where, AnnotationError(f"{where}: an empty pack"), None
+                continue
+            for j, record in enumerate(item):
+                yield f"{where}[{j}]", record, pack_no if packed else None
+            pack_no += 1
+        else:
+            yield where, item, None
+
+
+def check_text(value: str, where: str, what: str) -> None:
+    """Refuse text that cannot be encoded (a lone surrogate from a ``\\ud800`` escape) with the record's place."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise AnnotationError(
+            f"{where}: {what} contains an invalid character (lone surrogate {value[e.start]!r} at offset "
+            f"{e.start}); fix the escape in the annotation"
+        ) from None
 
 
 def _as_list(value: Any) -> list:
@@ -103,7 +153,8 @@ def _resolve(path: Any, media_root: str, where: str, kind: str, check_exists: bo
     full = os.path.normpath(full)
     if check_exists and not os.path.exists(full):
         raise AnnotationError(
-            f"{where}: {kind} file not found: {full}; fix the path or the dataset's media_root ({media_root!r})"
+            f"{where}: {kind} file not found: {full}; fix the path, or the media root ({media_root!r}): media_root "
+            "(upstream: data_path) in the --dataset_registry YAML, or --media_root DIR for a file given directly"
         )
     return full
 
@@ -124,6 +175,7 @@ def _split_placeholders(
             items.append({"type": kind, kind: pool[counters[kind]]})
             counters[kind] += 1
         elif piece.strip():
+            check_text(piece, where, "a text")
             items.append({"type": "text", "text": piece.strip()})
     return items
 
@@ -139,6 +191,7 @@ def _normalise_content(
             raise AnnotationError(
                 f"{where}: an assistant turn contains an <image>/<video> tag; media go in user turns"
             )
+        check_text(content, where, "an answer")
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
         raise AnnotationError(f"{where}: message content must be a string or a list, got {type(content).__name__}")
@@ -158,6 +211,7 @@ def _normalise_content(
             extra = {k: v for k, v in item.items() if k not in ("type", kind, "image_url")}
             items.append({"type": kind, kind: _resolve(source, media_root, where, kind, check_exists), **extra})
         elif kind == "text":
+            check_text(str(item.get("text", "")), where, "a text")
             items.append({"type": "text", "text": str(item.get("text", ""))})
         else:
             raise AnnotationError(f"{where}: unknown content item {item!r}; use type text, image or video")
@@ -178,6 +232,8 @@ def normalise_record(
         for i, turn in enumerate(turns):
             if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
                 raise AnnotationError(f"{where}: turn {i} needs 'from' and 'value' keys, got {turn!r}")
+            if not isinstance(turn["value"], str):
+                raise AnnotationError(f"{where}: turn {i} 'value' must be a string, got {turn['value']!r}")
             pairs.append((turn["from"], turn["value"]))
         images, videos = _as_list(raw.get("image")), _as_list(raw.get("video"))
     elif "messages" in raw:
@@ -225,4 +281,4 @@ def normalise_record(
     if dialogue[-1] != "assistant":
         raise AnnotationError(f"{where}: the last turn is from the user; a training sample must end with an answer")
     record_id = f"{where} ({raw['id']})" if "id" in raw else where
-    return Record(id=record_id, messages=messages, dataset=dataset, raw=raw)
+    return Record(id=record_id, messages=messages, dataset=dataset)

@@ -136,6 +136,7 @@ class PaddedCollator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     dummy: DummyMedia | None = None
+    with_ids: bool = False  # add "sample_ids" (the trainer pops them for its data report)
 
     def __call__(self, items: Sequence[Any]) -> Batch:
         samples = flatten_samples(items)
@@ -179,6 +180,8 @@ class PaddedCollator:
             "use_cache": False,
         }
         _cat_vision(samples + dummies, batch)
+        if self.with_ids:
+            batch["sample_ids"] = [s.get("sample_id", "") for s in samples]
         return batch
 
 
@@ -192,9 +195,11 @@ class PackedCollator:
     """
 
     dummy: DummyMedia | None = None
+    with_ids: bool = False  # add "sample_ids" (the trainer pops them for its data report)
 
     def __call__(self, items: Sequence[Any]) -> Batch:
         samples = flatten_samples(items)
+        ids = [s.get("sample_id", "") for s in samples]
         if self.dummy:
             samples = samples + self.dummy.missing(samples)
         labels = []
@@ -211,6 +216,8 @@ class PackedCollator:
             "use_cache": False,
         }
         _cat_vision(samples, batch)
+        if self.with_ids:
+            batch["sample_ids"] = ids
         return batch
 
 

@@ -1,11 +1,16 @@
 """Lazy supervised datasets (one sample or one pack per item), token-length estimates from media headers, and the
 policies for bad media and over-long samples.
 
-* Bad media (``bad_media``): ``error`` (default) raises naming the sample; ``skip`` drops the sample, writes
-  ``{"id", "path", "reason"}`` to ``quarantine.jsonl`` in the output dir and counts it. A sample is never retried
-  in a loop nor replaced by its neighbour. The file is also the skip list: a run resumed in the same output dir
-  (or a later epoch) skips the samples it lists without decoding them again, so a file that hung a decoder until
-  its timeout costs that time once; delete the file to retry them.
+* Bad media (``bad_media``): ``error`` (default) raises naming the sample; ``skip`` quarantines the sample (a line
+  ``{"key", "id", "path", "kind", "reason"}`` in ``quarantine.jsonl`` in the output dir) and puts a replacement in
+  its place: another sample drawn with a seed of (data seed, index), so the choice is the same on every rank, in
+  every epoch and after a resume, and steps keep their size (a pack is refilled with a sample that fits its free
+  room). Each replacement is logged and counted in ``replacements.jsonl``.
+* The quarantine is keyed by the record's content (its messages, and each local media file's path, size and
+  mtime), not by its place in a file: an edited or re-ordered annotation file keeps its good records, and a
+  repaired image is tried again. It is the skip list of later epochs and resumed runs: a known-bad record is not
+  decoded again (a file that hung a decoder until its timeout costs that time once), and each one skipped that way
+  is logged once with its reason.
 * Over-long samples (``overlong``, longer than ``model_max_length``): ``error`` raises; ``skip`` drops and
   quarantines them; ``truncate_text`` cuts text after the last vision token and skips samples where that is
   impossible. Vision tokens are never cut.
@@ -17,11 +22,12 @@ import hashlib
 import json
 import logging
 import os
+import random
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -36,76 +42,138 @@ BadMediaPolicy = Literal["error", "skip"]
 OverlongPolicy = Literal["error", "skip", "truncate_text"]
 
 
+def record_key(record: Record) -> str:
+    """A hash of the record's messages and, for each local media file, its path, size and mtime."""
+    stamps = []
+    for item in record.media():
+        source = item.get(item["type"])
+        try:
+            st = os.stat(source) if isinstance(source, str) else None
+            stamps.append([source, st.st_size, st.st_mtime_ns] if st else [repr(source)])
+        except OSError:
+            stamps.append([source, None, None])
+    blob = json.dumps([record.messages, stamps], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class _JsonlLog:
+    """Append-only JSONL, one ``O_APPEND`` write per line (lines from several processes do not interleave), read
+    incrementally (a torn last line is read once complete)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._read_upto = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        if self.path is None:
+            return []
+        try:
+            if os.stat(self.path).st_size <= self._read_upto:
+                return []
+        except FileNotFoundError:
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self._read_upto)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._read_upto += len(complete)
+        out = []
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                logger.warning("%s: ignoring an unreadable line", self.path)
+        return out
+
+    def append(self, entry: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
 class Quarantine:
-    """Append-only JSONL of skipped samples, safe across threads and dataloader worker processes, and the skip list
-    of resumed runs: entries already in the file (from an earlier run, an earlier epoch or another worker) are
-    known and never written twice."""
+    """Records skipped for a reason (``kind``: bad_media, overlong), keyed by :func:`record_key`, shared by threads,
+    dataloader workers and later runs through ``quarantine.jsonl``; replacements are counted in
+    ``replacements.jsonl`` beside it."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
-        self._known: set[tuple[str, str]] = set()
-        self._read_upto = 0
+        self._log = _JsonlLog(self.path)
+        self._events = _JsonlLog(self.path.with_name("replacements.jsonl") if self.path else None)
+        self._known: dict[tuple[str, str], dict[str, Any]] = {}
+        self._announced: set[tuple[str, str]] = set()
+        self.replacements = 0
         self._refresh()
         if self._known:
             logger.warning(
-                "%s lists %d skipped sample(s) from an earlier run; they stay skipped (delete the file to retry them)",
+                "%s lists %d quarantined record(s) from an earlier run; they stay skipped while unchanged (an edited "
+                "record or repaired media file is tried again; delete the file to retry all)",
                 self.path,
                 len(self._known),
             )
 
     def _refresh(self) -> None:
-        """Read the lines appended to the file since the last read (by this or any other process). Called for every
-        sample not known to be bad, so it costs one ``stat`` unless the file grew."""
-        if self.path is None:
-            return
-        try:
-            if os.stat(self.path).st_size <= self._read_upto:
-                return
-        except FileNotFoundError:
-            return
-        with self.path.open("rb") as f:
-            f.seek(self._read_upto)
-            data = f.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a line being written by another process is read next time
-        self._read_upto += len(complete)
-        for line in complete.decode().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                self._known.add((entry["id"], entry["kind"]))
+        for entry in self._log.read_new():
+            if "key" in entry and "kind" in entry:  # lines of older versions (keyed by place) are ignored
+                self._known.setdefault((entry["key"], entry["kind"]), entry)
 
-    def is_known(self, sample_id: str, kind: str) -> bool:
-        """Whether ``sample_id`` was already quarantined for ``kind``."""
+    def is_known(self, key: str, kind: str) -> bool:
+        """Whether the record with ``key`` was quarantined for ``kind`` (here, in another process or earlier)."""
         with self._lock:
-            if (sample_id, kind) not in self._known:
+            if (key, kind) not in self._known:
                 self._refresh()
-            return (sample_id, kind) in self._known
+            return (key, kind) in self._known
 
-    def add(self, sample_id: str, path: str, reason: str, kind: str) -> None:
-        if self.is_known(sample_id, kind):
+    def announce(self, key: str, kind: str, sample_id: str) -> None:
+        """Log, once per process, that a record is skipped because the quarantine lists it."""
+        with self._lock:
+            if (key, kind) in self._announced:
+                return
+            self._announced.add((key, kind))
+            entry = self._known.get((key, kind), {})
+        logger.warning("skipping %s: quarantined (%s: %s)", sample_id, kind, entry.get("reason", "?"))
+
+    def add(self, key: str, sample_id: str, path: str, reason: str, kind: str) -> None:
+        if self.is_known(key, kind):
             return
         logger.warning("skipping %s (%s): %s", sample_id, kind, reason)
-        if self.path is None:
-            with self._lock:
-                self._known.add((sample_id, kind))
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"id": sample_id, "path": path, "kind": kind, "reason": reason}) + "\n"
+        entry = {"key": key, "id": sample_id, "path": path, "kind": kind, "reason": reason}
         with self._lock:
-            # One write of one line with O_APPEND: lines from several processes do not interleave.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+            self._announced.add((key, kind))
+            if self.path is None:
+                self._known[(key, kind)] = entry
+                return
+            self._log.append(entry)
             self._refresh()
 
-    def summary(self) -> dict[str, int]:
-        """Skipped samples by kind, each counted once, read from the file (so it includes what dataloader workers
-        and earlier runs wrote)."""
+    def add_replacement(self, index: int, sample_id: str, by_index: int, by_id: str) -> None:
+        logger.warning("replaced skipped sample %s with %s", sample_id, by_id)
+        with self._lock:
+            self.replacements += 1
+            self._events.append({"index": index, "id": sample_id, "by_index": by_index, "by": by_id})
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every quarantined record (one entry per record and kind)."""
         with self._lock:
             self._refresh()
-            return dict(Counter(kind for _, kind in self._known))
+            return list(self._known.values())
+
+    def summary(self) -> dict[str, int]:
+        """Skipped records by kind, each counted once, read from the file (so it includes what dataloader workers
+        and earlier runs wrote)."""
+        return dict(Counter(entry["kind"] for entry in self.entries()))
+
+    def replacement_events(self) -> list[dict[str, Any]]:
+        """Every replacement written to ``replacements.jsonl`` (all processes, all runs in this output dir)."""
+        if self._events.path is None:
+            return []
+        return _JsonlLog(self._events.path).read_new()
 
 
 # ----------------------------------------------------------------------------------------------- length estimates
@@ -203,18 +271,7 @@ class LengthCache:
                 self.entries = data.get("entries", {})
                 self.loaded = len(self.entries)
 
-    @staticmethod
-    def key(record: Record) -> str:
-        stamps = []
-        for item in record.media():
-            source = item.get(item["type"])
-            try:
-                st = os.stat(source) if isinstance(source, str) else None
-                stamps.append([source, st.st_size, st.st_mtime_ns] if st else [repr(source)])
-            except OSError:
-                stamps.append([source, None, None])
-        blob = json.dumps([record.messages, stamps], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+    key = staticmethod(record_key)
 
     def estimates(self, records: list[Record]) -> list[LengthEstimate]:
         """Estimates of ``records``: from the cache where valid, measured (and added) otherwise."""
@@ -243,7 +300,10 @@ class LengthCache:
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
-    """Encodes one record per item, lazily (media are decoded in ``__getitem__``, i.e. in dataloader workers)."""
+    """Encodes one record per item, lazily (media are decoded in ``__getitem__``, i.e. in dataloader workers).
+
+    With a ``skip`` policy, an item whose record is skipped is replaced (see the module doc); ``encode`` is the
+    raw per-record step that returns ``None`` for a skipped record."""
 
     def __init__(
         self,
@@ -253,25 +313,32 @@ class SupervisedDataset(torch.utils.data.Dataset):
         bad_media: BadMediaPolicy = "error",
         overlong: OverlongPolicy = "error",
         quarantine: Quarantine | None = None,
+        seed: int = 0,
+        max_replacement_tries: int = 64,
     ) -> None:
         if bad_media not in ("error", "skip"):
             raise ValueError(f"--bad_media must be error or skip, got {bad_media!r}")
         if overlong not in ("error", "skip", "truncate_text"):
             raise ValueError(f"--overlong must be error, skip or truncate_text, got {overlong!r}")
         self.records = records
+        self.keys = [record_key(r) for r in records]
         self.encoder = encoder
         self.model_max_length = model_max_length
         self.bad_media = bad_media
         self.overlong = overlong
         self.quarantine = quarantine or Quarantine(None)
+        self.seed = seed
+        self.max_replacement_tries = max_replacement_tries
 
     def __len__(self) -> int:
         return len(self.records)
 
     def encode(self, index: int) -> EncodedSample | None:
-        record = self.records[index]
-        if self.bad_media == "skip" and self.quarantine.is_known(record.id, "bad_media"):
-            return None  # quarantined earlier (this run, another worker, or the run this one resumes)
+        record, key = self.records[index], self.keys[index]
+        for kind in ("bad_media", "overlong"):
+            if self.quarantine.is_known(key, kind) and (kind == "overlong" or self.bad_media == "skip"):
+                self.quarantine.announce(key, kind, record.id)
+                return None  # quarantined earlier (this run, another worker, or the run this one resumes)
         try:
             sample = self.encoder(record.messages, record.id)
         except MediaLoadError as e:
@@ -281,11 +348,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
                     e.path,
                     f"{e.reason}; fix or remove the record, or pass --bad_media skip to quarantine such samples",
                 ) from e
-            self.quarantine.add(record.id, e.path, e.reason, "bad_media")
+            self.quarantine.add(key, record.id, e.path, e.reason, "bad_media")
             return None
-        return self.apply_length_policy(sample)
+        return self.apply_length_policy(sample, key)
 
-    def apply_length_policy(self, sample: EncodedSample) -> EncodedSample | None:
+    def apply_length_policy(self, sample: EncodedSample, key: str = "") -> EncodedSample | None:
         limit = self.model_max_length
         length = len(sample["input_ids"])
         if limit is None or length <= limit:
@@ -303,26 +370,76 @@ class SupervisedDataset(torch.utils.data.Dataset):
             reason = f"{length} tokens > {limit} and truncation would cut vision tokens or all answer tokens"
         else:
             reason = f"{length} tokens > {limit}"
-        self.quarantine.add(sample_id, "", reason, "overlong")
+        self.quarantine.add(key or sample_id, sample_id, "", reason, "overlong")
         return None
 
-    def __getitem__(self, index: int) -> EncodedSample | None:
-        return self.encode(index)
+    def replacement(self, index: int, fits: Callable[[int], bool] | None = None) -> EncodedSample | None:
+        """A good sample in place of the skipped item ``index``: candidates drawn with the seed (data seed, index),
+        so every rank, epoch and resumed run picks the same; ``fits(j)`` restricts the candidates (a pack's free
+        room). None when ``max_replacement_tries`` candidates fail."""
+        rng = random.Random(f"{self.seed}:replace:{index}")
+        n = len(self.records)
+        for _ in range(self.max_replacement_tries):
+            j = rng.randrange(n)
+            if j == index or (fits is not None and not fits(j)):
+                continue
+            sample = self.encode(j)
+            if sample is not None:
+                self.quarantine.add_replacement(index, self.records[index].id, j, self.records[j].id)
+                return sample
+        return None
+
+    def __getitem__(self, index: int) -> EncodedSample:
+        sample = self.encode(index)
+        if sample is not None:
+            return sample
+        sample = self.replacement(index)
+        if sample is None:
+            raise RuntimeError(
+                f"{self.records[index].id} was skipped and {self.max_replacement_tries} seeded replacement candidates "
+                f"were bad too: most of the data fails; see {self.quarantine.path}"
+            )
+        return sample
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """One item per pack planned over estimated lengths; each item is the list of that pack's samples."""
+    """One item per pack planned over estimated lengths; each item is the list of that pack's samples. ``packs``
+    may be given (upstream's pre-packed files); a skipped sample is replaced by one that fits the pack's room."""
 
-    def __init__(self, base: SupervisedDataset, lengths: list[int], max_packed_tokens: int, window: int = 4096):
+    def __init__(
+        self,
+        base: SupervisedDataset,
+        lengths: list[int],
+        max_packed_tokens: int,
+        window: int = 4096,
+        packs: list[list[int]] | None = None,
+    ) -> None:
         self.base = base
         self.lengths = lengths
-        self.packs = plan_packs(lengths, max_packed_tokens, window)
+        self.capacity = max_packed_tokens
+        self.packs = packs if packs is not None else plan_packs(lengths, max_packed_tokens, window)
 
     def __len__(self) -> int:
         return len(self.packs)
 
     def __getitem__(self, index: int) -> list[EncodedSample]:
-        return [s for s in (self.base.encode(i) for i in self.packs[index]) if s is not None]
+        members = self.packs[index]
+        out: list[EncodedSample] = []
+        used = sum(self.lengths[i] for i in members)
+        for i in members:
+            sample = self.base.encode(i)
+            if sample is None:
+                room = self.capacity - used + self.lengths[i]
+                sample = self.base.replacement(i, fits=lambda j: self.lengths[j] <= room)
+                if sample is not None:
+                    used += len(sample["input_ids"]) - self.lengths[i]
+            if sample is not None:
+                out.append(sample)
+        if not out:
+            raise RuntimeError(
+                f"every sample of pack {index} was skipped and no replacement fits; see {self.base.quarantine.path}"
+            )
+        return out
 
 
 def prefilter_overlong(
@@ -349,5 +466,5 @@ def prefilter_overlong(
             "the limit, or pass --overlong skip|truncate_text"
         )
     for record, est in too_long:
-        quarantine.add(record.id, "", f"estimated {est.total} tokens > {limit}", "overlong")
+        quarantine.add(record_key(record), record.id, "", f"estimated {est.total} tokens > {limit}", "overlong")
     return keep_r, keep_e

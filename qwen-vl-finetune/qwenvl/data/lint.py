@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
-from qwenvl.data.dataset import LengthEstimate, estimate_length
-from qwenvl.data.encode import MediaBudget, MediaLoadError, SampleEncoder
+from qwenvl.cli import StrictParser, run_tool
+from qwenvl.data.annotations import Record
+from qwenvl.data.budget import MediaBudget
 from qwenvl.data.packing import packing_efficiency, plan_packs
-from qwenvl.data.registry import load_registry, parse_dataset_use, resolve_spec, sample_indices
+from qwenvl.data.registry import load_records
 from qwenvl.inference.grounding import find_boxes, find_points, find_qwen2_boxes
 from qwenvl.model.families import Family
 
@@ -102,41 +103,38 @@ def check_grounding(record: Record, family: Family, budget: MediaBudget) -> list
 
 
 def lint(args: argparse.Namespace) -> int:
+    from qwenvl.data.dataset import estimate_length
+    from qwenvl.data.encode import MediaLoadError, SampleEncoder
     from qwenvl.model.loader import load_processor, read_family
 
     family = read_family(args.model_name_or_path)
     processor = load_processor(args.model_name_or_path)
     budget = MediaBudget.from_attrs(args)
     encoder = SampleEncoder(processor, family, budget)
-    registry = load_registry(args.dataset_registry)
-
     problems: list[str] = []
-    rows: list[tuple[str, LengthEstimate]] = []
-    for name, rate in parse_dataset_use(args.dataset_use):
-        spec = resolve_spec(name, registry)
-        records = []
-        for where, raw in read_annotation_file(spec.annotation_path):
-            try:
-                records.append(normalise_record(raw, where, spec.media_root, spec.name))
-            except AnnotationError as e:
-                problems.append(str(e))
-        for i in sample_indices(len(records), rate, args.seed, name):
-            record = records[i]
-            try:
-                encoder.check_text(record.messages, record.id)
-            except ValueError as e:
-                problems.append(str(e))
+    rows: list[tuple[str, Any]] = []
+    invalid: list[tuple[str, str]] = []
+    records = load_records(
+        args.dataset_use, args.dataset_registry, seed=args.seed, bad_records="skip", invalid=invalid
+    )  # every invalid record is reported, and the report always finishes
+    problems.extend(reason for _, reason in invalid)
+    for record in records:
+        try:
+            encoder.check_text(record.messages, record.id)
             est = estimate_length(record, encoder)
-            if not est.media_error:
-                problems.extend(check_grounding(record, family, budget))
-            if est.media_error:
-                problems.append(f"{record.id}: media problem: {est.media_error}")
-            elif args.verify_media:
-                try:  # decode every pixel: finds truncated or corrupt bodies that headers do not show
-                    encoder.load_media(record.messages, record.id)
-                except MediaLoadError as e:
-                    problems.append(str(e))
-            rows.append((record.id, est))
+        except (ValueError, TypeError) as e:
+            problems.append(f"{record.id}: {e}")
+            continue
+        if not est.media_error:
+            problems.extend(check_grounding(record, family, budget))
+        if est.media_error:
+            problems.append(f"{record.id}: media problem: {est.media_error}")
+        elif args.verify_media:
+            try:  # decode every pixel: finds truncated or corrupt bodies that headers do not show
+                encoder.load_media(record.messages, record.id)
+            except MediaLoadError as e:
+                problems.append(str(e))
+        rows.append((record.id, est))
 
     lengths = [est.total for _, est in rows]
     limit = args.model_max_length
@@ -192,7 +190,7 @@ def padded_efficiency(lengths: list[int], batch_size: int) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictParser(description=__doc__)
     parser.add_argument(
         "--dataset_use", required=True, help="comma-separated registry names or annotation files, name%%N to sample"
     )
@@ -214,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(lint(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    sys.exit(run_tool(lambda: lint(args)))
 
 
 if __name__ == "__main__":

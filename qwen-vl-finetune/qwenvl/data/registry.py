@@ -7,10 +7,12 @@ A registry is a YAML file::
         annotation_path: data/my_images.jsonl   # relative paths are relative to this YAML file
         media_root: data/media                  # upstream's name "data_path" is accepted too
 
-``--dataset_use my_images,demo_video%50`` picks datasets by name; ``%N`` samples N percent (seeded, the same on
-every rank; N above 100 repeats the data). An entry of ``--dataset_use`` may also be a path to a ``.json`` /
-``.jsonl`` file, whose folder is then its media root. The bundled demo datasets (``demo_images``,
-``demo_video``, ``demo_messages``) are always registered.
+``--dataset_use my_images,demo_video%50`` picks datasets by name; ``%N`` takes ``floor(N% x records)`` of them,
+as upstream does, but seeded (the same subset on every rank and every run; upstream's draw was unseeded per rank).
+Beyond upstream: N may be a decimal (``%12.5``), and N above 100 repeats the data (``%250`` = every record twice
+plus a seeded half), where upstream ignored it. An entry of ``--dataset_use`` may also be a path to a ``.json`` /
+``.jsonl`` file; its media root is then ``--media_root`` if given, else the file's folder. The bundled demo
+datasets (``demo_images``, ``demo_video``, ``demo_messages``) are always registered.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from qwenvl.data.annotations import AnnotationError, Record, normalise_record, read_annotation_file
+from qwenvl.data.annotations import AnnotationError, Record, iter_records, normalise_record
 
 
 logger = logging.getLogger(__name__)
@@ -85,13 +88,15 @@ def parse_dataset_use(dataset_use: str) -> list[tuple[str, float]]:
     return out
 
 
-def resolve_spec(name: str, registry: dict[str, DatasetSpec]) -> DatasetSpec:
+def resolve_spec(name: str, registry: dict[str, DatasetSpec], media_root: str | None = None) -> DatasetSpec:
     if name in registry:
         return registry[name]
     path = Path(name)
-    if path.suffix in (".json", ".jsonl") and path.is_file():
-        return DatasetSpec(name=name, annotation_path=str(path), media_root=str(path.parent))
-    raise ValueError(
+    if path.suffix in (".json", ".jsonl"):
+        if not path.is_file():
+            raise AnnotationError(f"--dataset_use {name}: annotation file not found")
+        return DatasetSpec(name=name, annotation_path=str(path), media_root=media_root or str(path.parent))
+    raise AnnotationError(
         f"dataset {name!r} is not registered (known: {', '.join(sorted(registry))}); add it to a registry YAML "
         "passed with --dataset_registry, or give a path to a .json/.jsonl file"
     )
@@ -101,7 +106,7 @@ def sample_indices(n: int, rate: float, seed: int, name: str) -> list[int]:
     """Indices for sampling ``rate`` of ``n`` items: seeded by (seed, name) so every rank gets the same."""
     whole, frac = int(rate), rate - int(rate)
     indices = list(range(n)) * whole
-    take = int(round(n * frac))
+    take = int(n * frac + 1e-9)  # floor, as upstream's int(len * rate)
     if take:
         rng = random.Random(f"{seed}:{name}")
         indices += sorted(rng.sample(range(n), take))
@@ -110,27 +115,49 @@ def sample_indices(n: int, rate: float, seed: int, name: str) -> list[int]:
 
 def load_records(
     dataset_use: str, registry_path: str | Path | None = None, seed: int = 42, check_exists: bool = True,
+    bad_records: str = "error", media_root: str | None = None, invalid: list[tuple[str, str]] | None = None,
 ) -> list[Record]:  # fmt: skip
-    """Every record of the datasets named in ``dataset_use``, checked, with sampling applied."""
+    """Every record of the datasets named in ``dataset_use``, checked, with sampling applied.
+
+    ``bad_records="error"`` raises one :class:`AnnotationError` listing every invalid record (file:line and
+    reason); ``"skip"`` leaves them out, logs each, and appends ``(location, reason)`` to ``invalid``.
+    Records of an upstream pre-packed file carry their pack number (``Record.pack``); sampling takes whole packs.
+    """
     registry = load_registry(registry_path)
     records: list[Record] = []
-    errors: list[str] = []
+    errors: list[tuple[str, str]] = []
     for name, rate in parse_dataset_use(dataset_use):
-        spec = resolve_spec(name, registry)
-        loaded = []
-        for where, raw in read_annotation_file(spec.annotation_path):
+        spec = resolve_spec(name, registry, media_root)
+        units: dict[Any, list[Record]] = {}  # a record, or a whole upstream pack, is the unit of sampling
+        for where, raw, pack in iter_records(spec.annotation_path, packed=True):
             try:
-                loaded.append(normalise_record(raw, where, spec.media_root, spec.name, check_exists))
+                if isinstance(raw, AnnotationError):
+                    raise raw
+                record = normalise_record(raw, where, spec.media_root, spec.name, check_exists)
             except AnnotationError as e:
-                errors.append(str(e))
-        chosen = sample_indices(len(loaded), rate, seed, name)
-        logger.info("dataset %s: %d records, %d used (rate %.2f)", name, len(loaded), len(chosen), rate)
-        records.extend(loaded[i] for i in chosen)
-    if errors:
-        shown = "\n  ".join(errors[:20])
+                errors.append((where, str(e)))
+                continue
+            record.pack = pack
+            units.setdefault(("pack", pack) if pack is not None else ("record", where), []).append(record)
+        unit_list = list(units.values())
+        chosen = sample_indices(len(unit_list), rate, seed, name)
+        n = sum(len(unit_list[i]) for i in chosen)
+        logger.info("dataset %s: %d records, %d used (rate %.2f)", name, sum(map(len, unit_list)), n, rate)
+        offset = max((r.pack for r in records if r.pack is not None), default=-1) + 1
+        for copy, i in enumerate(chosen):
+            for record in unit_list[i]:
+                if record.pack is not None:  # packs stay distinct across datasets and repeated copies
+                    record = Record(record.id, record.messages, record.dataset, offset + copy)
+                records.append(record)
+    if errors and bad_records != "skip":
+        shown = "\n  ".join(reason for _, reason in errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise AnnotationError(
             f"{len(errors)} invalid record(s):\n  {shown}{more}\n"
-            "Fix them, or run python -m qwenvl.data.lint for a full report."
+            "Fix them, pass --bad_records skip to train on the rest, or run python -m qwenvl.data.lint for a full report."
         )
+    for where, reason in errors:
+        logger.warning("skipping invalid record %s", reason)
+    if invalid is not None:
+        invalid.extend(errors)
     return records

@@ -74,6 +74,14 @@ class DataArguments:
     bad_media: Literal["error", "skip"] = field(
         default="error", metadata={"help": "what to do with samples whose media fail to load (skip: quarantine.jsonl)"}
     )
+    bad_records: Literal["error", "skip"] = field(
+        default="error",
+        metadata={"help": "what to do with invalid annotation records (skip: log each, train on the rest)"},
+    )
+    media_root: str | None = field(
+        default=None,
+        metadata={"help": "media root of annotation files given directly in --dataset_use (default: their folder)"},
+    )
     data_seed_sampling: int = field(default=42, metadata={"help": "seed of name%%N sampling (the same on every rank)"})
     base_interval: float | None = field(
         default=None,

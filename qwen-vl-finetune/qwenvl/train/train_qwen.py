@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,30 +41,59 @@ def _init_deepspeed_comm(training_args: Any) -> None:
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
-def build_datasets(data_args: DataArguments, training_args: Any, encoder: Any, quarantine: Any) -> tuple[Any, Any]:
+def build_datasets(
+    data_args: DataArguments, training_args: Any, encoder: Any, quarantine: Any, report: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """The train (and eval) datasets; ``report`` receives the record counts of the train set."""
     from qwenvl.data.dataset import LengthCache, PackedDataset, SupervisedDataset, prefilter_overlong
+    from qwenvl.data.packing import plan_packs
     from qwenvl.data.registry import load_records
 
-    def make(dataset_use: str, packed: bool) -> Any:
-        records = load_records(dataset_use, data_args.dataset_registry, seed=data_args.data_seed_sampling)
+    def make(dataset_use: str, packed: bool, report: dict[str, Any] | None) -> Any:
+        invalid: list[tuple[str, str]] = []
+        records = load_records(
+            dataset_use, data_args.dataset_registry, seed=data_args.data_seed_sampling,
+            bad_records=data_args.bad_records, media_root=data_args.media_root, invalid=invalid,
+        )  # fmt: skip
+        read = len(records)
         # One cache per output dir: a resumed run skips reading every media header again.
         cache = LengthCache(Path(training_args.output_dir) / "length_cache.json", encoder)
         estimates = cache.estimates(records)
         records, estimates = prefilter_overlong(
             records, estimates, training_args.model_max_length, data_args.overlong, quarantine
         )
+        if report is not None:
+            report.update(records_read=read + len(invalid), invalid_records=[{"where": w, "reason": r} for w, r in invalid],
+                          usable_records=len(records))  # fmt: skip
         if not records:
-            raise ValueError(f"no usable records in --dataset_use {dataset_use!r}")
+            raise UserError(f"no usable records in --dataset_use {dataset_use!r}")
         base = SupervisedDataset(
-            records, encoder, training_args.model_max_length, data_args.bad_media, data_args.overlong, quarantine
-        )
-        if packed:
-            lengths = [min(e.total, training_args.model_max_length) for e in estimates]
+            records, encoder, training_args.model_max_length, data_args.bad_media, data_args.overlong, quarantine,
+            seed=data_args.data_seed_sampling,
+        )  # fmt: skip
+        if not packed:
+            return base
+        lengths = [min(e.total, training_args.model_max_length) for e in estimates]
+        # Upstream's pre-packed files: each inner list stays one pack; the other records are planned.
+        fixed: dict[int, list[int]] = {}
+        free = []
+        for i, record in enumerate(records):
+            (fixed.setdefault(record.pack, []) if record.pack is not None else free).append(i)
+        if not fixed:
             return PackedDataset(base, lengths, data_args.max_packed_tokens)
-        return base
+        for members in fixed.values():
+            total = sum(lengths[i] for i in members)
+            if total > data_args.max_packed_tokens:
+                raise UserError(
+                    f"a pre-packed group starting at {records[members[0]].id} has {total} tokens, more than "
+                    f"--max_packed_tokens {data_args.max_packed_tokens}; raise it or re-pack the file"
+                )
+        planned = plan_packs([lengths[i] for i in free], data_args.max_packed_tokens)
+        packs = list(fixed.values()) + [[free[j] for j in pack] for pack in planned]
+        return PackedDataset(base, lengths, data_args.max_packed_tokens, packs=packs)
 
-    train = make(data_args.dataset_use, data_args.data_packing)
-    evaluation = make(data_args.eval_dataset_use, data_args.data_packing) if data_args.eval_dataset_use else None
+    train = make(data_args.dataset_use, data_args.data_packing, report)
+    evaluation = make(data_args.eval_dataset_use, data_args.data_packing, None) if data_args.eval_dataset_use else None
     return train, evaluation
 
 
@@ -141,15 +171,16 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     budget = MediaBudget.from_attrs(data_args)
     encoder = SampleEncoder(processor, family, budget, tokens_per_second)
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
-    train_dataset, eval_dataset = build_datasets(data_args, training_args, encoder, quarantine)
+    data_report: dict[str, Any] = {}
+    train_dataset, eval_dataset = build_datasets(data_args, training_args, encoder, quarantine, data_report)
     packed = data_args.data_packing or data_args.data_flatten
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # Distributed ranks must all run the vision tower every step (ZeRO-3 hangs otherwise): see DummyMedia.
     dummy = DummyMedia.from_processor(processor, family) if world > 1 or training_args.deepspeed else None
     if packed:
-        collator = PackedCollator(dummy=dummy)
+        collator = PackedCollator(dummy=dummy, with_ids=True)
     else:
-        collator = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id, dummy=dummy)
+        collator = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id, dummy=dummy, with_ids=True)
 
     settings = PreprocessingSettings(
         model_type=family.model_type,
@@ -187,13 +218,32 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = dict(result.metrics)
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
-    skipped = quarantine.summary()
+    trained = trainer.gathered_trained_ids()
+    base = getattr(train_dataset, "base", train_dataset)
+    current = set(base.keys)  # entries of records no longer in the data (edited since) are not counted
+    entries = [e for e in quarantine.entries() if e["key"] in current]
+    skipped = dict(Counter(e["kind"] for e in entries))
     metrics["skipped_samples"] = skipped
+    data_report.update(
+        quarantined=skipped,
+        quarantined_records=[{"id": e["id"], "kind": e["kind"], "reason": e["reason"]} for e in entries],
+        replaced=len(quarantine.replacement_events()),
+        resumed_from=resume,
+        trained_records_this_run=len(trained),
+        trained_samples_this_run=sum(trained.values()),
+        skipped_ids=sorted({e["id"] for e in entries} | {i["where"] for i in data_report.get("invalid_records", [])}),
+    )
     if trainer.is_world_process_zero():
         save_preprocessing(settings, training_args.output_dir)
         (Path(training_args.output_dir) / "train_summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if skipped:
-            logger.warning("skipped samples: %s (see %s)", skipped, quarantine.path)
+        (Path(training_args.output_dir) / "data_report.json").write_text(json.dumps(data_report, indent=2) + "\n")
+        invalid = len(data_report.get("invalid_records", []))
+        logger.warning(
+            "data: %d records read, %d invalid, %d usable, quarantined %s, %d replacement(s), %d distinct records "
+            "trained in this run (see %s)",
+            data_report.get("records_read", 0), invalid, data_report.get("usable_records", 0), skipped or "none",
+            data_report["replaced"], len(trained), Path(training_args.output_dir) / "data_report.json",
+        )  # fmt: skip
     return metrics
 
 

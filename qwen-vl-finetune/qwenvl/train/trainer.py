@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ class QwenVLTrainer(Trainer):
         self.batch_stats = BatchStats()
         self._staging = False
         self._stats_step = 0
+        self.trained_ids: Counter[str] = Counter()  # sample ids of the batches this process trained on
 
     # ------------------------------------------------------------------------------------------------ checkpoints
 
@@ -187,8 +189,24 @@ class QwenVLTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ steps
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
+        self.trained_ids.update(inputs.pop("sample_ids", None) or [])
         self.batch_stats.add(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, *args, **kwargs):  # noqa: D102
+        inputs.pop("sample_ids", None)
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
+    def gathered_trained_ids(self) -> Counter[str]:
+        """``trained_ids`` summed over all ranks."""
+        total = Counter(self.trained_ids)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, dict(self.trained_ids))
+            total = Counter()
+            for part in parts:
+                total.update(part)
+        return total
 
     def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
         # Called after every optimizer step, before the step's save: the "step_end" crash point.

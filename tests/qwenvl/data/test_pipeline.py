@@ -290,46 +290,55 @@ def test_bad_media_error_and_skip_with_quarantine(tmp_path, encoders):
     with pytest.raises(MediaLoadError, match="d.jsonl:2: cannot load .*broken.png.*--bad_media skip"):
         strict[1]
     quarantine = Quarantine(tmp_path / "out" / "quarantine.jsonl")
-    lenient = SupervisedDataset(records, encoder, bad_media="skip", quarantine=quarantine)
+    lenient = SupervisedDataset(records, encoder, bad_media="skip", quarantine=quarantine, seed=5)
     items = [lenient[i] for i in range(3)]
-    # Never swapped for a neighbour: the bad one is None, the others are themselves.
-    assert items[1] is None and [items[0]["sample_id"], items[2]["sample_id"]] == ["d.jsonl:1", "d.jsonl:3"]
+    # The bad one is replaced by a good sample (seeded by index), the others are themselves.
+    assert items[1]["sample_id"] in ("d.jsonl:1", "d.jsonl:3")
+    assert [items[0]["sample_id"], items[2]["sample_id"]] == ["d.jsonl:1", "d.jsonl:3"]
+    again = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(None), seed=5)
+    assert again[1]["sample_id"] == items[1]["sample_id"]  # the same pick on another rank / a resumed run
     lines = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert lines == [
-        {"id": "d.jsonl:2", "path": str(tmp_path / "broken.png"), "kind": "bad_media", "reason": lines[0]["reason"]}
-    ]
+        {"key": lenient.keys[1], "id": "d.jsonl:2", "path": str(tmp_path / "broken.png"), "kind": "bad_media",
+         "reason": lines[0]["reason"]}
+    ]  # fmt: skip
     assert "cannot identify" in lines[0]["reason"]
     assert quarantine.summary() == {"bad_media": 1}
-    assert lenient[1] is None  # a later epoch: skipped again, not written twice
+    assert lenient.encode(1) is None  # a later epoch: skipped again, not written twice
     assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == 1
+    events = quarantine.replacement_events()
+    assert [(e["id"], e["by"]) for e in events] == [("d.jsonl:2", items[1]["sample_id"])]
 
 
-def test_quarantine_is_the_skip_list_of_a_resumed_run(tmp_path, encoders):
+def test_quarantine_is_keyed_by_content_not_by_place(tmp_path, encoders):
     records = _records_with_broken_image(tmp_path)
     encoder = encoders["qwen2_vl"]
     path = tmp_path / "out" / "quarantine.jsonl"
     first = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))
-    assert first[1] is None
-    # The file is repaired before the run resumes: the resumed run still skips the sample without opening it (it
-    # was skipped before the crash too, so the data seen stays the same) ...
+    assert first.encode(1) is None
+    # The file is edited (a line removed, so every later record moves up one line): the good records are kept,
+    # the bad one is still known without being opened.
+    conv = [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "red"}]
+    moved = [normalise_record({"conversations": conv, "image": str(tmp_path / "broken.png")}, "d.jsonl:1"),
+             normalise_record({"conversations": conv, "image": str(IMAGE)}, "d.jsonl:2")]  # fmt: skip
+    edited = SupervisedDataset(moved, encoder, bad_media="skip", quarantine=Quarantine(path))
+    assert edited.encode(0) is None and edited.encode(1)["sample_id"] == "d.jsonl:2"
+    # The image is repaired: its size and mtime change, so the record is tried again and trains.
     shutil.copyfile(IMAGE, tmp_path / "broken.png")
-    resumed = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))
-    assert resumed[1] is None and resumed[0] is not None
-    assert resumed.quarantine.summary() == {"bad_media": 1} and len(path.read_text().splitlines()) == 1
-    # ... --bad_media error still raises nothing for a good file, and deleting the list retries it.
+    repaired = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))
+    assert repaired.encode(1)["sample_id"] == "d.jsonl:2"
+    # --bad_media error ignores the list (a good file raises nothing).
     assert SupervisedDataset(records, encoder, quarantine=Quarantine(path))[1] is not None
-    path.unlink()
-    assert SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))[1] is not None
 
 
 def test_quarantine_sees_entries_other_processes_append(tmp_path):
     path = tmp_path / "q.jsonl"
     mine, other = Quarantine(path), Quarantine(path)  # e.g. the trainer and a dataloader worker
-    other.add("a", "x.png", "broken", "bad_media")
-    mine.add("a", "x.png", "broken", "bad_media")  # already there: not written again
+    other.add("ka", "a", "x.png", "broken", "bad_media")
+    mine.add("ka", "a", "x.png", "broken", "bad_media")  # already there: not written again
     with path.open("a") as f:
-        f.write('{"id": "b", "path": "", "kind": "overlong", "reason": "r"}\n{"id": "c", "pa')  # a torn last line
-    assert mine.is_known("b", "overlong") and not mine.is_known("c", "bad_media")
+        f.write('{"key": "kb", "id": "b", "path": "", "kind": "overlong", "reason": "r"}\n{"key": "kc", "id": "c"')
+    assert mine.is_known("kb", "overlong") and not mine.is_known("kc", "bad_media")
     assert mine.summary() == {"bad_media": 1, "overlong": 1}
     assert len(path.read_text().splitlines()) == 3
 
@@ -352,7 +361,7 @@ def test_overlong_policies(tmp_path, encoders):
     assert len(cut["input_ids"]) == 90 and cut["position_ids"].shape == (4, 90)
     assert (cut["labels"] != IGNORE_INDEX).any()
     q2 = Quarantine(tmp_path / "q2.jsonl")
-    assert SupervisedDataset(pair, encoder, model_max_length=40, overlong="truncate_text", quarantine=q2)[0] is None
+    assert SupervisedDataset(pair, encoder, model_max_length=40, overlong="truncate_text", quarantine=q2).encode(0) is None
     assert q2.summary() == {"overlong": 1}
 
 
