@@ -361,7 +361,10 @@ def test_overlong_policies(tmp_path, encoders):
     assert len(cut["input_ids"]) == 90 and cut["position_ids"].shape == (4, 90)
     assert (cut["labels"] != IGNORE_INDEX).any()
     q2 = Quarantine(tmp_path / "q2.jsonl")
-    assert SupervisedDataset(pair, encoder, model_max_length=40, overlong="truncate_text", quarantine=q2).encode(0) is None
+    assert (
+        SupervisedDataset(pair, encoder, model_max_length=40, overlong="truncate_text", quarantine=q2).encode(0)
+        is None
+    )
     assert q2.summary() == {"overlong": 1}
 
 
