@@ -430,7 +430,8 @@ class PackedDataset(torch.utils.data.Dataset):
             sample = self.base.encode(i)
             if sample is None:
                 room = self.capacity - used + self.lengths[i]
-                sample = self.base.replacement(i, fits=lambda j: self.lengths[j] <= room)
+                # Not a member of this pack: with everything in one pack, a pack trains each good record once.
+                sample = self.base.replacement(i, fits=lambda j: j not in members and self.lengths[j] <= room)
                 if sample is not None:
                     used += len(sample["input_ids"]) - self.lengths[i]
             if sample is not None:

@@ -220,8 +220,10 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         metrics.update(trainer.evaluate())
     trained = trainer.gathered_trained_ids()
     base = getattr(train_dataset, "base", train_dataset)
-    current = set(base.keys)  # entries of records no longer in the data (edited since) are not counted
-    entries = [e for e in quarantine.entries() if e["key"] in current]
+    # Entries of records no longer in the data (edited since) are not counted; the others are named by where the
+    # record is now (an edit above it moves it).
+    current = {key: record.id for key, record in zip(base.keys, base.records)}
+    entries = [{**e, "id": current[e["key"]]} for e in quarantine.entries() if e["key"] in current]
     skipped = dict(Counter(e["kind"] for e in entries))
     metrics["skipped_samples"] = skipped
     data_report.update(
