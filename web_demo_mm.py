@@ -27,20 +27,84 @@ import io
 import logging
 import os
 import queue
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-import gradio as gr
-from PIL import Image, ImageDraw
 
-from qwen_vl_utils import VisionInputError, fetch_image
-from qwenvl.inference.grounding import find_boxes
-from qwenvl.inference.hf import GenerationSettings, apply_budgets
-from qwenvl.model.families import Family
-from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
+    parser.add_argument(
+        "-c", "--checkpoint-path", default="Qwen/Qwen3-VL-8B-Instruct", help="checkpoint (hub id or folder)"
+    )
+    parser.add_argument("--cpu-only", action="store_true", help="run on CPU")
+    parser.add_argument("--flash-attn2", action="store_true", help="use flash-attention 2 (hf backend, GPU)")
+    parser.add_argument("--share", action="store_true", help="create a public Gradio link")
+    parser.add_argument("--inbrowser", action="store_true", help="open a browser tab")
+    parser.add_argument("--server-port", type=int, default=7860)
+    parser.add_argument("--server-name", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--backend",
+        default="hf",
+        choices=["hf", "vllm", "openai"],
+        help="hf (transformers in this process), vllm (vLLM's async engine in this process) or openai (a server)",
+    )
+    parser.add_argument("--api-base", default="http://127.0.0.1:8000/v1", help="openai backend: server URL")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai backend: key")
+    parser.add_argument("--model", default=None, help="openai backend: model name (default: --checkpoint-path)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs (default 1)")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of GPU memory to use"
+    )
+    parser.add_argument(
+        "--compare-checkpoint",
+        default=None,
+        help="A/B mode: a second checkpoint answering every message beside the first (e.g. base vs fine-tuned)",
+    )
+    parser.add_argument(
+        "--compare-backend",
+        default=None,
+        choices=["hf", "vllm", "openai"],
+        help="A/B mode: the second column's backend (default --backend); alone: two backends of one checkpoint",
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
+    parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")
+    return parser.parse_args(argv)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit with one line naming --server-port when ``host:port`` is taken (before any model is loaded)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            print(
+                f"web_demo_mm.py: error: port {port} on {host} is not free ({e.strerror}); pass --server-port with "
+                "a free port, or stop the server using it",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # parse before the heavy imports below: --help and usage errors answer at once
+    _ARGS = parse_args()
+    check_port_free(_ARGS.server_name, _ARGS.server_port)
+
+import gradio as gr  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from qwen_vl_utils import VisionInputError, fetch_image  # noqa: E402
+from qwenvl.inference.grounding import find_boxes  # noqa: E402
+from qwenvl.inference.hf import GenerationSettings, apply_budgets  # noqa: E402
+from qwenvl.model.families import Family  # noqa: E402
+from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing  # noqa: E402
 
 
 logger = logging.getLogger("web_demo_mm")
@@ -474,46 +538,6 @@ def _late_pause() -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "-c", "--checkpoint-path", default="Qwen/Qwen3-VL-8B-Instruct", help="checkpoint (hub id or folder)"
-    )
-    parser.add_argument("--cpu-only", action="store_true", help="run on CPU")
-    parser.add_argument("--flash-attn2", action="store_true", help="use flash-attention 2 (hf backend, GPU)")
-    parser.add_argument("--share", action="store_true", help="create a public Gradio link")
-    parser.add_argument("--inbrowser", action="store_true", help="open a browser tab")
-    parser.add_argument("--server-port", type=int, default=7860)
-    parser.add_argument("--server-name", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
-    parser.add_argument(
-        "--backend",
-        default="hf",
-        choices=["hf", "vllm", "openai"],
-        help="hf (transformers in this process), vllm (vLLM's async engine in this process) or openai (a server)",
-    )
-    parser.add_argument("--api-base", default="http://127.0.0.1:8000/v1", help="openai backend: server URL")
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai backend: key")
-    parser.add_argument("--model", default=None, help="openai backend: model name (default: --checkpoint-path)")
-    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs (default 1)")
-    parser.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of GPU memory to use"
-    )
-    parser.add_argument(
-        "--compare-checkpoint",
-        default=None,
-        help="A/B mode: a second checkpoint answering every message beside the first (e.g. base vs fine-tuned)",
-    )
-    parser.add_argument(
-        "--compare-backend",
-        default=None,
-        choices=["hf", "vllm", "openai"],
-        help="A/B mode: the second column's backend (default --backend); alone: two backends of one checkpoint",
-    )
-    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
-    parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")
-    return parser.parse_args(argv)
-
-
 def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "openai":
         return OpenAIBackend(args.api_base, args.api_key, args.model or args.checkpoint_path, args.checkpoint_path)
@@ -533,8 +557,9 @@ def make_compare_backend(args: argparse.Namespace) -> Backend | None:
     return make_backend(argparse.Namespace(**second))
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> None:
+    args = args if args is not None else parse_args(argv)
+    check_port_free(args.server_name, args.server_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DemoConfig(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency)
     demo = build_demo(make_backend(args), config, compare=make_compare_backend(args))
@@ -548,4 +573,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(args=_ARGS)

@@ -13,7 +13,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -97,7 +96,9 @@ def measure_vllm(model: str, messages: list, repeat: int, tmp: str) -> dict | No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", default=str(HERE / "results" / "demo.json"))
     args = parser.parse_args()

@@ -10,7 +10,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -63,7 +62,9 @@ def run(model: Path, data: Path, out: Path, batch: int, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--questions", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=str(HERE / "results" / "mmmu.json"))

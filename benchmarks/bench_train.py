@@ -26,7 +26,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -34,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-import torch
 
 
 HERE = Path(__file__).resolve().parent
@@ -66,9 +63,11 @@ def make_records(root: Path, n: int, seed: int = 0) -> list:
 
 
 def model_2b(
-    device: str, dtype: torch.dtype, text_layers: int = 28, vision_depth: int = 24, vocab_size: int = 151936
+    device: str, dtype: Any, text_layers: int = 28, vision_depth: int = 24, vocab_size: int = 151936
 ) -> tuple[Any, Any]:
     """A Qwen3-VL-2B-shaped random model, built directly on ``device`` (fewer layers for a smoke run)."""
+    import torch
+
     from qwenvl.model.families import get_family, transformers_attr
     from qwenvl.model.tiny import build_config, build_processor, build_tokenizer
 
@@ -121,6 +120,8 @@ def flop_model(model) -> Callable[[dict, list[int]], float]:
 def run_mode(model, samples: list, collate, batches: list[list[int]], device: str) -> dict:
     """One epoch over ``batches``. Per-batch counts come from the CPU batch before it is moved, and the loss is
     checked once at the end, so nothing in the timed loop waits for the GPU."""
+    import torch
+
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     count_flops = flop_model(model)
@@ -160,6 +161,8 @@ def run_mode(model, samples: list, collate, batches: list[list[int]], device: st
 
 def peak_bf16_flops(device: str) -> float | None:
     """The card's dense bf16 peak, or None when unknown (CPU, other cards)."""
+    import torch
+
     if not device.startswith("cuda"):
         return None
     name = torch.cuda.get_device_name()
@@ -170,7 +173,9 @@ def peak_bf16_flops(device: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gpu", action="store_true", help="same as --shape 2b --device cuda --dtype bfloat16")
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.gpu:
         args.shape, args.device, args.dtype = "2b", "cuda", "bfloat16"
+    import torch
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is visible")
     from qwenvl.data.collate import PackedCollator, PaddedCollator

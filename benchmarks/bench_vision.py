@@ -201,7 +201,9 @@ def measure(python: str, case: dict, repeat: int, env: dict, rss_limit_mb: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="skip the 300 s video")

@@ -86,8 +86,20 @@ def iter_questions(data_dir: str, split: str, subjects: list[str]) -> Iterator[d
         for subject in subjects:
             yield from by_subject.get(subject, [])
         return
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "") not in ("", "0")  # fmt: skip
     for subject in subjects:  # a hub id
-        yield from datasets.load_dataset(data_dir, subject, split=split)
+        try:
+            rows = datasets.load_dataset(data_dir, subject, split=split)
+        except (ConnectionError, OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: the hub is not reached)" if offline else ""
+            raise DataError(
+                f"--data-dir {data_dir}: not a local folder, and the hub dataset could not be loaded{hint}: "
+                f"{first[:200]}. Download it once (huggingface-cli download --repo-type dataset MMMU/MMMU "
+                "--local-dir MMMU) and pass --data-dir with that folder"
+            ) from None
+        yield from rows
 
 
 def question_options(row: dict[str, Any]) -> list[str]:

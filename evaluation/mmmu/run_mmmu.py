@@ -313,7 +313,9 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help="run a model on MMMU and write results.jsonl (resumable)")
     p.add_argument("--model-path", required=True)

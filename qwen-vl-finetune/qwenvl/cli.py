@@ -69,6 +69,18 @@ class StrictParser(argparse.ArgumentParser):
     def known_flags(self) -> list[str]:
         return [s for action in self._actions for s in action.option_strings]
 
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):  # noqa: D102
+        # Unknown long flags are named before argparse complains about missing required ones (a typo in a
+        # required flag would otherwise read "--model-path is required").
+        if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            args = list(sys.argv[1:] if args is None else args)
+            known = self.known_flags()
+            words = args[: args.index("--")] if "--" in args else args
+            unknown = [a for a in words if a.startswith("--") and a.split("=", 1)[0] not in known]
+            if unknown:
+                self.error(unknown_flag_message(unknown, known))
+        return super().parse_known_args(args, namespace)
+
     def parse_args(self, args: Sequence[str] | None = None, namespace=None):  # noqa: D102
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:

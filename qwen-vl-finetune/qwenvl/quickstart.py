@@ -115,10 +115,9 @@ def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qwenvl.model.tiny import write_tiny_checkpoint
-    from qwenvl.train.train_qwen import train
+    from qwenvl.cli import StrictParser
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--out", default="runs/quickstart", help="working folder (reused: training resumes)")
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--eval-size", type=int, default=96)
@@ -126,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from qwenvl.cli import run_tool
+
+    return run_tool(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from qwenvl.model.tiny import check_output_folder, write_tiny_checkpoint
+    from qwenvl.train.train_qwen import train
+
+    check_output_folder(args.out)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "qwen_vl_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
+
 
 PLACEHOLDER_RE = re.compile(r"(<image>|<video>)")
 ROLE_OF = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """A record cannot be used; the message names the record (file:line) and how to fix it."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 import torch
 
+from qwenvl.cli import UserError
 from qwenvl.data.budget import MediaBudget
 from qwenvl.model.families import Family
 from qwenvl.model.rope import mrope_position_ids
@@ -21,7 +22,7 @@ from qwenvl.model.rope import mrope_position_ids
 IGNORE_INDEX = -100
 
 
-class MediaLoadError(ValueError):
+class MediaLoadError(UserError):
     """An image or video of a sample could not be loaded (missing, corrupt, unsupported, too short, timeout)."""
 
     def __init__(self, sample_id: str, path: str, reason: str) -> None:

@@ -9,7 +9,6 @@ Run (the output is committed; re-running reproduces it)::
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -56,7 +55,9 @@ def write_video(path: Path, color: str, frames: int = 16, fps: int = 8, size: tu
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--out", default=str(DEMO_DIR))
     args = parser.parse_args(argv)
     out = Path(args.out)

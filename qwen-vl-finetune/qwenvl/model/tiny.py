@@ -13,9 +13,9 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -331,16 +331,41 @@ def write_tiny_checkpoint(family: str, out: str | Path, seed: int = 0, head_dim:
     return out
 
 
+def check_output_folder(out: str | Path, flag: str = "--out") -> Path:
+    """``out`` as a folder this process can write into (created if missing), or a :class:`UserError`."""
+    from qwenvl.cli import UserError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {out} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".qwenvl-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{flag} {out}: cannot write there ({e.strerror}); give a writable folder") from None
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser, run_tool
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES), help="model family to build")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the tokenizer corpus and the weights")
     parser.add_argument("--head-dim", type=int, default=32, choices=[32, 64], help="64 for vLLM's CPU attention")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    path = write_tiny_checkpoint(args.family, args.out, args.seed, args.head_dim)
-    print(f"tiny {args.family} checkpoint written to {path}")
+
+    def body() -> int:
+        check_output_folder(args.out)
+        path = write_tiny_checkpoint(args.family, args.out, args.seed, args.head_dim)
+        print(f"tiny {args.family} checkpoint written to {path}")
+        return 0
+
+    sys.exit(run_tool(body))
 
 
 if __name__ == "__main__":

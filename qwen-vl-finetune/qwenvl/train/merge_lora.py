@@ -8,12 +8,13 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
+from qwenvl.cli import UserError
 from qwenvl.model.loader import load_model, load_processor
 from qwenvl.model.preprocessing import FILENAME as PREPROCESSING_FILE
 
@@ -28,10 +29,10 @@ def merge_lora(adapter: str | Path, out: str | Path, base: str | None = None, dt
     adapter, out = Path(adapter), Path(out)
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{adapter} has no adapter_config.json; pass the output dir of a --lora_enable run")
+        raise UserError(f"{adapter} has no adapter_config.json; pass the output dir of a --lora_enable run")
     base = base or json.loads(config_path.read_text()).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{config_path} names no base model; pass --base")
+        raise UserError(f"{config_path} names no base model; pass --base")
     model = load_model(base, dtype=dtype, attn_implementation="sdpa")
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.config.use_cache = True
@@ -47,14 +48,21 @@ def merge_lora(adapter: str | Path, out: str | Path, base: str | None = None, dt
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from qwenvl.cli import StrictParser, run_tool
+
+    parser = StrictParser(description=__doc__)
     parser.add_argument("--adapter", required=True, help="folder with adapter_config.json (a training output)")
     parser.add_argument("--out", required=True, help="folder for the merged model")
     parser.add_argument("--base", default=None, help="base model (default: from adapter_config.json)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(f"merged model written to {merge_lora(args.adapter, args.out, args.base, args.dtype)}")
+
+    def body() -> int:
+        print(f"merged model written to {merge_lora(args.adapter, args.out, args.base, args.dtype)}")
+        return 0
+
+    sys.exit(run_tool(body))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""Every command-line tool: ``--help`` works and imports neither torch, transformers nor gradio (so it answers at
+once); an unknown or abbreviated flag is refused in one or two lines naming the closest flag, never a traceback;
+user mistakes found later (bad paths, busy port, missing data) end with one clear line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "gradio")
+
+# (how to run it, a real flag of it, the flag mistyped as a prefix)
+TOOLS = [
+    (("path", "qwen-vl-finetune/qwenvl/train/train_qwen.py"), "--output_dir x --max_pixel 5", "--max_pixels"),
+    (("module", "qwenvl.train.train_qwen"), "--output_dir x --learning_rat 1", "--learning_rate"),
+    (("module", "qwenvl.data.lint"), "--dataset_use a --model_name_or_path m --max_packed 3", "--max_packed_tokens"),
+    (("module", "qwenvl.data.verify_packing"), "--model_name_or_path m --dataset_use a --sampl 2", "--samples"),
+    (("module", "qwenvl.data.inspect_video"), "--model_name_or_path m --video v --questio q", "--question"),
+    (("module", "qwenvl.train.merge_lora"), "--adapter a --out o --bas b", "--base"),
+    (("module", "qwenvl.model.tiny"), "--family qwen3_vl --ou x", "--out"),
+    (("module", "qwenvl.quickstart"), "--train-siz 3", "--train-size"),
+    (("module", "qwenvl.data.make_demo"), "--ou x", "--out"),
+    (("path", "web_demo_mm.py"), "--server-prt 5", "--server-port"),
+    (("path", "evaluation/mmmu/run_mmmu.py"), "infer --model-pat m --output-file o", "--model-path"),
+    (("path", "benchmarks/bench_train.py"), "--sample 3", "--samples"),
+    (("path", "benchmarks/bench_vision.py"), "--nonsense 3", None),
+    (("path", "benchmarks/bench_mmmu.py"), "--nonsense 3", None),
+    (("path", "benchmarks/bench_demo.py"), "--repea 3", "--repeat"),
+    (("module", "qwenvl.cli"), "lint --dataset_use a --model_name_or_path m --seeed 1", "--seed"),
+]
+
+PROBE = """
+import runpy, sys
+kind, target, *argv = sys.argv[1:]
+sys.argv = [target, *argv]
+code = 0
+try:
+    if kind == "module":
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(target, run_name="__main__")
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+heavy = [m for m in {heavy!r} if m in sys.modules]
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _probe(kind: str, target: str, *argv: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "evaluation" / "mmmu")]))
+    return subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), kind, target, *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def _ids(tool) -> str:
+    return tool[0][1]
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=_ids)
+def test_help_works_without_heavy_imports(tool):
+    (kind, target), _, _ = tool
+    result = _probe(kind, target, *(["infer"] if "run_mmmu" in target else []), "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
+    assert "HEAVY=\n" in result.stderr or result.stderr.rstrip().endswith("HEAVY="), result.stderr[-500:]
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=_ids)
+def test_unknown_or_abbreviated_flags_are_refused_in_a_line(tool):
+    (kind, target), argv, closest = tool
+    result = _probe(kind, target, *argv.split())
+    assert result.returncode == 2, result.stderr[-2000:]
+    err = result.stderr.replace(result.stderr[result.stderr.rindex("HEAVY=") :], "")
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "unknown flag" in err
+    if closest:
+        assert f"did you mean {closest}?" in err
+    assert result.stderr.rstrip().endswith("HEAVY=")
+
+
+def _train_error(*flags: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "qwenvl.train.train_qwen", *flags], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr
+
+
+def test_training_mistakes_end_in_one_clear_line(tmp_path, tiny_checkpoints):
+    out = str(tmp_path / "out")
+    assert "--output_dir is required" in _train_error("--dataset_use", "demo_images")
+    err = _train_error("--model_name_or_path", str(tmp_path / "nope"), "--dataset_use", "demo_images",
+                       "--output_dir", out, "--use_cpu", "True")  # fmt: skip
+    assert "does not exist" in err and "nope" in err
+    err = _train_error("--model_name_or_path", "Qwen/Not-A-Real-Model-xyz", "--dataset_use", "demo_images",
+                       "--output_dir", out, "--use_cpu", "True")  # fmt: skip
+    assert "cannot load a model config from 'Qwen/Not-A-Real-Model-xyz'" in err and "HF_HUB_OFFLINE" in err
+    err = _train_error("--model_name_or_path", str(tiny_checkpoints["qwen2_vl"]), "--dataset_use",
+                       str(tmp_path / "missing.jsonl"), "--output_dir", out, "--use_cpu", "True")  # fmt: skip
+    assert "missing.jsonl: annotation file not found" in err
+    err = _train_error("--model_name_or_path", str(tiny_checkpoints["qwen2_vl"]), "--dataset_use", "no_such_set",
+                       "--output_dir", out, "--use_cpu", "True")  # fmt: skip
+    assert "dataset 'no_such_set' is not registered" in err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rat: 0.1\noutput_dir: x\n")
+    assert "unknown key 'learning_rat'; did you mean 'learning_rate'?" in _train_error(str(recipe))
+    assert "--warmup_ratio and --warmup_steps are both set" in _train_error(
+        "--output_dir", out, "--dataset_use", "demo_images", "--warmup_ratio", "0.1", "--warmup_steps", "3"
+    )
+
+
+def test_upstream_flags_are_accepted(tmp_path):
+    from qwenvl.train.arguments import parse_args
+
+    _, data_args, args = parse_args(["--output_dir", str(tmp_path), "--dataset_use", "demo_images",
+                                     "--warmup_ratio", "0.03", "--base_interval", "2", "--use_cpu", "True"])  # fmt: skip
+    assert args.warmup_steps == 0.03 and args.get_warmup_steps(100) == 3  # ceil(0.03 x 100), upstream's meaning
+    assert data_args.base_interval == 2
+
+
+def test_tool_mistakes_end_in_one_clear_line(tmp_path, tiny_checkpoints):
+    def run(*cmd: str) -> str:
+        result = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))  # fmt: skip
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        return result.stderr
+
+    not_a_video = tmp_path / "notes.txt"
+    not_a_video.write_text("hello")
+    err = run("-m", "qwenvl.data.inspect_video", "--model_name_or_path", str(tiny_checkpoints["qwen3_vl"]),
+              "--video", str(not_a_video))  # fmt: skip
+    assert "notes.txt: not a readable video" in err
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert "is a file; give a folder" in run("-m", "qwenvl.model.tiny", "--family", "qwen3_vl", "--out", str(a_file))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere; a folder under a file cannot be made by anyone
+        assert "cannot write there" in run("-m", "qwenvl.model.tiny", "--family", "qwen3_vl", "--out", str(locked))
+    assert "cannot write there" in run("-m", "qwenvl.model.tiny", "--family", "qwen3_vl", "--out", str(a_file / "x"))
+    err = run("evaluation/mmmu/run_mmmu.py", "infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]),
+              "--data-dir", "MMMU/MMMU", "--output-file", str(tmp_path / "r.jsonl"), "--subjects", "art")  # fmt: skip
+    assert "--data-dir MMMU/MMMU: not a local folder" in err and "HF_HUB_OFFLINE" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = run("web_demo_mm.py", "-c", str(tiny_checkpoints["qwen3_vl"]), "--server-port", str(port))
+    assert f"port {port} on 127.0.0.1 is not free" in err and "--server-port" in err
+
+
+def test_qwenvl_console_script(tmp_path):
+    exe = Path(sys.executable).with_name("qwenvl")
+    assert exe.is_file(), "the qwenvl console script is not installed (pip install -e ./qwen-vl-finetune)"
+    listing = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0
+    for command in ("train", "lint", "verify-packing", "inspect-video", "merge-lora", "tiny", "quickstart"):
+        assert command in listing.stdout
+        sub = subprocess.run([str(exe), command, "--help"], capture_output=True, text=True, timeout=60)
+        assert sub.returncode == 0 and "usage:" in sub.stdout, sub.stderr
+    typo = subprocess.run([str(exe), "trian"], capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 2 and "did you mean 'train'?" in typo.stderr
+    made = subprocess.run([str(exe), "tiny", "--family", "qwen2_vl", "--out", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["model_type"] == "qwen2_vl"
