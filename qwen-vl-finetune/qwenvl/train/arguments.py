@@ -245,6 +245,9 @@ def _add_flag(group: Any, name: str, help_text: str, bool_default_true: bool) ->
                            action="store_const", const=True, help=argparse.SUPPRESS)  # fmt: skip
 
 
+PATH_KEYS = ("deepspeed", "dataset_registry")
+
+
 def config_file_args(argv: list[str], known: list[str] | None = None) -> list[str]:
     """Expand ``--config file.yaml`` (or a YAML file given as the first argument) into flags placed before the
     other command-line flags, which then win. Keys must be flag names (``known``): an unknown or misspelt key is
@@ -269,8 +272,13 @@ def config_file_args(argv: list[str], known: list[str] | None = None) -> list[st
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of flag names to values")
     expanded: list[str] = []
+    base = Path(path).resolve().parent
     for key, value in data.items():
         key = str(key).replace("-", "_")
+        if key in PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
+            beside = base / value  # a recipe's paths are relative to the recipe, wherever it is run from
+            if beside.exists() and not Path(value).exists():
+                value = str(beside)
         if known is not None and f"--{key}" not in known:
             hint = closest(f"--{key}", known)
             raise UserError(
