@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="A/B mode: the second column's backend (default --backend); alone: two backends of one checkpoint",
     )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
+    parser.add_argument(
+        "--max-upload-megapixels", type=float, default=64.0, help="largest decoded image accepted, in megapixels"
+    )
+    parser.add_argument(
+        "--max-message-megapixels", type=float, default=256.0, help="all images of one message, in megapixels"
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")
     return parser.parse_args(argv)
 
@@ -100,7 +107,7 @@ if __name__ == "__main__":  # parse before the heavy imports below: --help and u
 import gradio as gr  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from qwen_vl_utils import VisionInputError, fetch_image  # noqa: E402
+from qwen_vl_utils import fetch_image  # noqa: E402
 from qwenvl.inference.grounding import find_boxes  # noqa: E402
 from qwenvl.inference.hf import GenerationSettings, apply_budgets  # noqa: E402
 from qwenvl.model.families import Family  # noqa: E402
@@ -161,12 +168,37 @@ class OpenAIBackend:
         from qwenvl.model.families import get_family
 
         self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY")
+        self.api_base = api_base
         self.model = self.checkpoint = model
         self.settings = load_preprocessing(checkpoint) if checkpoint and os.path.isdir(checkpoint) else None
         family_name = self.settings.model_type if self.settings else _guess_family(model, checkpoint)
         self.family = get_family(family_name)
 
+    def check_server(self, timeout: float = 10.0) -> None:
+        """Raise ``ConnectionError`` naming the URL when the server does not answer (checked at start)."""
+        try:
+            self.client.with_options(timeout=timeout, max_retries=0).models.list()
+        except Exception as e:  # noqa: BLE001 - any failure to list models means the demo cannot work
+            raise ConnectionError(
+                f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
+                "(e.g. vllm serve MODEL) or fix --api-base"
+            ) from None
+
     def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
+        try:
+            yield from self._stream(messages, gen, stop)
+        except ConnectionError:
+            raise
+        except Exception as e:
+            import openai
+
+            if isinstance(e, openai.APIConnectionError):
+                raise ConnectionError(f"cannot reach {self.api_base}: {short_error(e)}") from e
+            if isinstance(e, openai.APIStatusError):
+                raise RuntimeError(f"{self.api_base} answered HTTP {e.status_code}: {short_error(e)}") from e
+            raise
+
+    def _stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
         payload = [_to_openai_message(m, self.family) for m in apply_budgets(messages, self.settings)]
         extra: dict[str, Any] = {}
         if gen.top_k:
@@ -268,6 +300,61 @@ class DemoConfig:
     max_upload_mb: float = 50.0
     concurrency: int = 1
     default_max_new_tokens: int = 512
+    max_upload_megapixels: float = 64.0  # decoded size of one image (a 13000x13000 PNG of 20 KB is 169)
+    max_message_megapixels: float = 256.0  # all images of one message together
+    upload_concurrency: int = 2  # uploads decoded at once (inside Gradio's queue)
+
+    def limits_text(self) -> str:
+        return (
+            f"Uploads: at most {self.max_upload_mb:g} MB each; images up to {self.max_upload_megapixels:g} "
+            f"megapixels each and {self.max_message_megapixels:g} per message."
+        )
+
+
+class SessionFiles:
+    """The uploads of each browser session, deleted when the session ends or is cleared; readable by this user
+    only while they exist."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session: str, path: str) -> None:
+        try:
+            os.chmod(path, 0o600)
+            os.chmod(os.path.dirname(path), 0o700)
+        except OSError:
+            pass
+        with self._lock:
+            self._files.setdefault(session, set()).add(path)
+
+    def delete(self, session: str) -> int:
+        with self._lock:
+            paths = self._files.pop(session, set())
+        for path in paths:
+            try:
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))  # Gradio keeps each upload in a folder of its own
+            except OSError:
+                pass
+        return len(paths)
+
+
+def image_megapixels(path: str) -> float:
+    """Decoded size of an image upload from its header (no pixels are decoded)."""
+    from qwen_vl_utils.image_io import open_image
+
+    with open_image(path) as image:
+        width, height = image.size
+    return width * height / 1e6
+
+
+def short_error(error: BaseException, path: str = "") -> str:
+    """An error message for the chat: one line, with the server's upload folder left out."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if path:
+        text = text.replace(repr(path), repr(Path(path).name)).replace(path, Path(path).name)
+    return text[:300]
 
 
 def check_upload(path: str, max_mb: float) -> str:
@@ -317,9 +404,14 @@ def draw_boxes(image_path: str, boxes: list[tuple[list[float], str]], out_dir: s
     return out
 
 
+_MD_IMAGE = re.compile(r"!(\[[^\]]*\])")
+
+
 def render_answer(text: str) -> str:
-    """Chat display of a raw answer: HTML escaped (the model's raw text stays in the session history)."""
-    return html.escape(text, quote=False)
+    """Chat display of a raw answer: HTML escaped, and Markdown images shown as plain links, so an answer (steered
+    by a prompt injection in an uploaded document, say) can never make the browser fetch a URL by itself. The
+    model's raw text stays in the session history."""
+    return _MD_IMAGE.sub(r"\1", html.escape(text, quote=False))
 
 
 def last_image(history: list[dict[str, Any]]) -> str | None:
@@ -339,6 +431,7 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
     both backends with the same preprocessed uploads and settings, and each answers in its own column, keeping
     its own history (two checkpoints, e.g. base vs fine-tuned, or two backends of one checkpoint)."""
     config = config or DemoConfig()
+    session_files = SessionFiles()
     box_dir = tempfile.mkdtemp(prefix="qwenvl-demo-boxes-")
     lanes: list[Backend] = [backend] + ([compare] if compare is not None else [])
     n = len(lanes)
@@ -347,23 +440,41 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
         """Event inputs are ``n`` histories, ``n`` chats, then the rest: copies of the first two, and the rest."""
         return [list(h or []) for h in state[:n]], [list(c or []) for c in state[n : 2 * n]], state[2 * n :]
 
-    def add_user(message: dict[str, Any], *state: Any):
+    def add_user(message: dict[str, Any], *state: Any, request: gr.Request = None):
         """Inputs: the textbox, then ``n`` histories, ``n`` chats and the upload info."""
         histories, chats, (info,) = split(state)
         text = (message or {}).get("text") or ""
         files = (message or {}).get("files") or []
         items: list[dict[str, Any]] = []
         notes: list[str] = []
+        message_mp = 0.0
+        session = getattr(request, "session_hash", None) or "-"
         for f in files:
             path = f if isinstance(f, str) else f.get("path")
+            session_files.add(session, path)
             try:
                 kind = check_upload(path, config.max_upload_mb)
+                if kind == "image":
+                    mp = image_megapixels(path)
+                    if mp > config.max_upload_megapixels:
+                        raise ValueError(
+                            f"{Path(path).name}: {mp:.0f} megapixels is over the {config.max_upload_megapixels:g} "
+                            "megapixel limit per image (--max-upload-megapixels)"
+                        )
+                    if message_mp + mp > config.max_message_megapixels:
+                        raise ValueError(
+                            f"{Path(path).name}: the images of this message would exceed "
+                            f"{config.max_message_megapixels:g} megapixels (--max-message-megapixels); send fewer"
+                        )
+                    message_mp += mp
                 # Each column's own budgets and patch size (they differ between families and fine-tunes).
                 costs = [describe_upload(path, kind, lane) for lane in lanes]
                 notes.append(costs[0] if n == 1 else " | ".join(f"{'AB'[i]}: {c}" for i, c in enumerate(costs)))
-            except (ValueError, VisionInputError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - every refusal is one line in the chat; the session goes on
                 for chat in chats:
-                    chat.append({"role": "assistant", "content": f"Upload refused: {html.escape(str(e))}"})
+                    chat.append(
+                        {"role": "assistant", "content": f"Upload refused: {html.escape(short_error(e, path))}"}
+                    )
                 continue
             items.append({"type": kind, kind: path})
             for chat in chats:
@@ -424,7 +535,7 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
                 answers[lane] += piece
                 shown = render_answer(answers[lane])
                 if error is not None:
-                    shown += f"\n\n**Error:** {html.escape(str(error))}"
+                    shown += f"\n\n**Error:** {html.escape(short_error(error))}"
                 chats[lane][-1] = {"role": "assistant", "content": shown}
                 yield *histories, *chats
         finally:
@@ -450,10 +561,15 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
                 chat.pop()
         return *histories, *chats, gr.Button(interactive=False)
 
-    def reset():
+    def reset(request: gr.Request = None):
+        session_files.delete(getattr(request, "session_hash", None) or "-")
         return *([[]] * (2 * n)), "", gr.MultimodalTextbox(value=None, interactive=True), gr.Button(interactive=True)
 
-    with gr.Blocks(title="Qwen-VL chat") as demo:
+    def end_session(request: gr.Request = None) -> None:
+        session_files.delete(getattr(request, "session_hash", None) or "-")
+
+    # delete_cache: Gradio also removes what is left (e.g. sessions that never said goodbye) hourly and at exit.
+    with gr.Blocks(title="Qwen-VL chat", delete_cache=(3600, 3600)) as demo:
         if compare is None:
             gr.Markdown(f"## Qwen-VL chat ({backend.name} backend, {backend.family.model_type})")
         else:
@@ -487,6 +603,7 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
             regen_btn = gr.Button("Regenerate", elem_id="regen_btn")
             clear_btn = gr.Button("Clear", elem_id="clear_btn")
         upload_info = gr.Markdown("", elem_id="upload_info")
+        gr.Markdown(config.limits_text(), elem_id="upload_limits")
         with gr.Accordion("Settings", open=False):
             system_prompt = gr.Textbox(label="System prompt", value="")
             max_new_tokens = gr.Slider(1, 8192, value=config.default_max_new_tokens, step=1, label="Max new tokens")
@@ -497,7 +614,14 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
         controls = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
 
         state = [*histories, *chatbots]
-        submit = textbox.submit(add_user, [textbox, *state, upload_info], [textbox, *state, upload_info], queue=False)
+        # Uploads are decoded inside the queue, a few at a time: large images cannot pile up outside it.
+        submit = textbox.submit(
+            add_user,
+            [textbox, *state, upload_info],
+            [textbox, *state, upload_info],
+            concurrency_limit=config.upload_concurrency,
+            concurrency_id="uploads",
+        )
         answer = submit.then(lambda: gr.Button(interactive=False), None, regen_btn, queue=False).then(
             bot, [*state, *controls], state, api_name="chat", concurrency_id="model"
         )
@@ -523,6 +647,7 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
         cleared = [*state, upload_info, textbox, regen_btn]
         clear = clear_btn.click(reset, None, cleared, cancels=[answer, regen_run], queue=False)
         clear.then(_late_pause, None, None, queue=False).then(reset, None, cleared, queue=False)
+        demo.unload(end_session)
     demo.queue(default_concurrency_limit=config.concurrency, max_size=32)
     return demo
 
@@ -540,7 +665,13 @@ def _late_pause() -> None:
 
 def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "openai":
-        return OpenAIBackend(args.api_base, args.api_key, args.model or args.checkpoint_path, args.checkpoint_path)
+        backend = OpenAIBackend(args.api_base, args.api_key, args.model or args.checkpoint_path, args.checkpoint_path)
+        try:
+            backend.check_server()
+        except ConnectionError as e:
+            print(f"web_demo_mm.py: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return backend
     if args.backend == "vllm":
         return VLLMBackend(args.checkpoint_path, args.tensor_parallel_size, args.gpu_memory_utilization, args.cpu_only)
     return HFBackend(args.checkpoint_path, cpu_only=args.cpu_only, flash_attn2=args.flash_attn2)
@@ -561,7 +692,14 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     args = args if args is not None else parse_args(argv)
     check_port_free(args.server_name, args.server_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = DemoConfig(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency)
+    config = DemoConfig(
+        max_upload_mb=args.max_upload_mb,
+        concurrency=args.concurrency,
+        max_upload_megapixels=args.max_upload_megapixels,
+        max_message_megapixels=args.max_message_megapixels,
+    )
+    # The demo fetches only uploads, but a fine-tuned model's answer can be asked to open URLs; never private ones.
+    os.environ.setdefault("QWENVL_HTTP_BLOCK_PRIVATE", "1")
     demo = build_demo(make_backend(args), config, compare=make_compare_backend(args))
     demo.launch(
         server_name=args.server_name,

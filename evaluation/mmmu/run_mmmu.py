@@ -89,16 +89,82 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def write_manifest(output: Path, settings: dict[str, Any]) -> Path:
-    path = output.with_name(output.name + ".manifest.json")
-    manifest = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": sys.argv,
-        **settings,
-        "versions": _versions(),
-    }
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + ".manifest.json")
+
+
+def read_manifest(output: Path) -> dict[str, Any] | None:
+    path = manifest_path(output)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def write_manifest(output: Path, settings: dict[str, Any], segment: bool = False) -> Path:
+    """Write ``<output>.manifest.json``: this run's settings at the top level and, with ``segment``, appended to the
+    ``segments`` list that keeps one entry per run that wrote into the file (a resumed ``infer``)."""
+    path = manifest_path(output)
+    entry = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv, **settings, "versions": _versions()}
+    manifest = dict(entry)
+    if segment:
+        old = read_manifest(output) or {}
+        segments = old.get("segments") or ([{k: v for k, v in old.items() if k != "segments"}] if old else [])
+        manifest["segments"] = [*segments, entry]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
     return path
+
+
+# Settings that change answers: a resumed infer must not mix answers made under different ones in one file.
+ANSWER_SETTINGS = ("model_path", "model_config_sha256", "prompt", "image_placement", "pixel_budgets", "decoding",
+                   "backend", "dtype")  # fmt: skip
+
+
+def settings_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each answer-changing setting that differs."""
+    changes = []
+    for key in ANSWER_SETTINGS:
+        before, after = old.get(key), new.get(key)
+        if key == "pixel_budgets":  # compare the budgets in effect, not where they came from
+            before = {k: v for k, v in (before or {}).items() if k in ("max_pixels", "min_pixels")}
+            after = {k: v for k, v in (after or {}).items() if k in ("max_pixels", "min_pixels")}
+        if key in old and before != after:
+            changes.append(f"{key}: {before} -> {after}")
+    return changes
+
+
+class OutputLock:
+    """An exclusive lock on ``<output>.lock`` for the life of an ``infer`` (two writers would duplicate ids)."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"{self.path.with_suffix('')} is being written by another infer (pid {holder}); wait for it to "
+                "finish, or write to another --output-file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
 
 
 def config_hash(model_path: str) -> str | None:
@@ -122,11 +188,16 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def infer(args: argparse.Namespace) -> int:
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(output):
+        return _infer(args, output)
+
+
+def _infer(args: argparse.Namespace, output: Path) -> int:
     from qwenvl.inference.hf import GenerationSettings, HFGenerator
     from qwenvl.model.preprocessing import load_preprocessing
 
-    output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in read_results(output, repair=True)}
     subjects = resolve_subjects(args.subjects)
 
@@ -160,23 +231,32 @@ def infer(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     prompt_settings = {"prompt": args.prompt, "image_placement": args.image_placement}
-    write_manifest(
-        output,
-        {
-            "mode": "infer",
-            "model_path": args.model_path,
-            "model_config_sha256": config_hash(args.model_path),
-            "data_dir": args.data_dir,
-            "split": args.split,
-            "subjects": subjects,
-            "limit_per_subject": args.limit,
-            **prompt_settings,
-            "pixel_budgets": budgets,
-            "decoding": vars(gen),
-            "backend": args.backend,
-            "batch_size": args.batch_size,
-        },
-    )
+    run_settings = {
+        "mode": "infer",
+        "model_path": args.model_path,
+        "model_config_sha256": config_hash(args.model_path),
+        "data_dir": args.data_dir,
+        "split": args.split,
+        "subjects": subjects,
+        "limit_per_subject": args.limit,
+        **prompt_settings,
+        "pixel_budgets": budgets,
+        "decoding": vars(gen),
+        "backend": args.backend,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+    }
+    previous = read_manifest(output) if done else None
+    if previous is not None:
+        changes = settings_changes(previous, run_settings)
+        if changes and not args.allow_settings_change:
+            raise ValueError(
+                f"{output} holds {len(done)} answers made with other settings ({'; '.join(changes)}); resuming would "
+                "mix them. Use another --output-file, or pass --allow-settings-change to mix on purpose"
+            )
+        if changes:
+            print(f"warning: mixing answers made with other settings: {'; '.join(changes)}", file=sys.stderr)
+    write_manifest(output, run_settings, segment=True)
 
     todo: list[dict[str, Any]] = []
     per_subject: dict[str, int] = {}
@@ -343,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--allow-settings-change",
+        action="store_true",
+        help="resume into a file whose answers were made with other answer-changing settings (recorded per segment)",
+    )
     p.set_defaults(func=infer)
     e = sub.add_parser("eval", help="score results.jsonl")
     e.add_argument("--input-file", required=True)

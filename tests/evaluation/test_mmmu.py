@@ -315,6 +315,31 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
         and manifest["pixel_budgets"]["drift_from_checkpoint"] == {"max_pixels": {"flag": 4096, "trained": 8192}}
     )
     assert "transformers" in manifest["versions"]
+    assert len(manifest["segments"]) == 2  # one entry per run that wrote into the file
+
+    # A resume with settings that change answers is refused, naming them; the manifest is left as it was.
+    changed = _run(*common, "--prompt", "qwen", "--image-placement", "first", "--max-new-tokens", "5")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "prompt: official -> qwen" in changed.stderr and "image_placement: interleaved -> first" in changed.stderr
+    assert "max_new_tokens" in changed.stderr and "--allow-settings-change" in changed.stderr
+    assert json.loads(Path(str(results) + ".manifest.json").read_text())["prompt"] == "official"
+    allowed = _run(*common, "--prompt", "qwen", "--allow-settings-change")
+    assert allowed.returncode == 0 and "mixing answers" in allowed.stderr
+    manifest = json.loads(Path(str(results) + ".manifest.json").read_text())
+    assert [seg["prompt"] for seg in manifest["segments"]] == ["official", "official", "qwen"]
+
+    # Two infer processes on one output: the second exits at once naming the first one's pid.
+    import fcntl
+
+    with open(str(results) + ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0)
+        held.truncate()
+        held.write("4242")
+        held.flush()
+        busy = _run(*common)
+    assert busy.returncode == 2 and "being written by another infer (pid 4242)" in busy.stderr
+    assert len(results.read_text().splitlines()) == 10  # nothing written twice
 
     scores = tmp_path / "scores.json"
     ev = _run("eval", "--input-file", str(results), "--output-file", str(scores))

@@ -64,6 +64,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/slow.png":
             time.sleep(2.0)
             self._send(200, _Handler.payload)
+        elif path == "/trickle.png":  # one byte every 0.3 s: each read is quick, the whole never ends
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(200):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+        elif path == "/redirect-local.png":
+            self.send_response(302)
+            self.send_header("Location", "/img.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/big.png":
             self._send(200, b"\0" * (2 * 1024 * 1024))
         elif path == "/big-nolength.png":
@@ -219,3 +235,90 @@ def test_bad_inputs_raise_naming_the_input(tmp_path):
         fetch_image({"type": "image"})
     with pytest.raises(VisionInputError, match="'url' key"):
         fetch_image({"image_url": {"href": "x"}})
+
+
+def test_a_callers_lazy_jpeg_is_not_mutated(tmp_path):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_jpeg_bytes(_photo(640, 480)))
+    lazy = Image.open(path)  # not loaded yet: draft() would shrink this very object
+    first = fetch_image({"image": lazy, "max_pixels": 160 * 120})
+    assert lazy.size == (640, 480)
+    second = fetch_image({"image": lazy, "max_pixels": 160 * 120})
+    assert first.size == second.size and np.array_equal(np.asarray(first), np.asarray(second))
+    assert fetch_image({"image": lazy}).size == fetch_image({"image": str(path)}).size == (644, 476)
+
+
+def test_a_trickling_server_is_cut_off_at_the_total_deadline(server):
+    before = http_config()
+    configure_http(connect_timeout=2.0, read_timeout=5.0, total_timeout=1.5, retries=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(VisionInputError, match="timed out fetching .*trickle.png.*1.5 s in all"):
+            fetch_image({"image": f"{server}/trickle.png"})
+        assert time.monotonic() - started < 5.0  # per-read timeouts alone would never end it
+    finally:
+        configure_http(**before.__dict__)
+
+
+def test_default_total_deadline_is_30_seconds_and_set_by_the_environment(monkeypatch):
+    import qwen_vl_utils.image_io as image_io
+
+    assert image_io.HttpConfig().total_timeout == 30.0
+    monkeypatch.setenv("QWENVL_HTTP_TOTAL_TIMEOUT", "7")
+    monkeypatch.setenv("QWENVL_HTTP_BLOCK_PRIVATE", "1")
+    cfg = image_io._env_http_config()
+    assert cfg.total_timeout == 7.0 and cfg.block_private is True
+
+
+def test_private_addresses_can_be_refused_redirects_included(server, fast_http):
+    assert fetch_image({"image": f"{server}/img.png"}).size == (196, 112)  # off by default (a drop-in)
+    configure_http(block_private=True)
+    with pytest.raises(VisionInputError, match="non-public address 127.0.0.1"):
+        fetch_image({"image": f"{server}/img.png"})
+    with pytest.raises(VisionInputError, match="non-public address 127.0.0.1"):
+        fetch_image({"image": f"{server}/redirect-local.png"})
+    with pytest.raises(VisionInputError, match="non-public address"):
+        fetch_image({"image": "http://169.254.169.254/latest/meta-data"})
+    configure_http(block_private=False)
+    assert fetch_image({"image": f"{server}/redirect-local.png"}).size == (196, 112)  # redirects still followed
+
+
+def test_decompression_bombs_are_vision_input_errors(tmp_path):
+    from qwen_vl_utils import ImageTooLargeError
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (30000, 30000)).save(bomb)  # a small file that claims 900 megapixels
+    assert bomb.stat().st_size < 500_000
+    with pytest.raises(ImageTooLargeError, match="bomb.png.*too large to decode safely.*MAX_IMAGE_PIXELS"):
+        fetch_image({"image": str(bomb)})
+    header = bytearray(_jpeg_bytes(_photo(16, 16)))
+    sof = header.index(b"\xff\xc0")  # baseline frame header: height and width follow the precision byte
+    header[sof + 5 : sof + 9] = (65000).to_bytes(2, "big") * 2
+    with pytest.raises(VisionInputError, match="too large to decode safely|cannot"):
+        fetch_image({"image": bytes(header)})
+
+
+@pytest.mark.slow
+def test_many_huge_images_stay_bounded_in_memory(tmp_path):
+    """8 copies of a 12000x12000 PNG (a few KB each) through process_vision_info with the default settings: the
+    decoded-pixel gate keeps the peak under 2 GB (8 concurrent full decodes took 7.3 GB), same outputs."""
+    import subprocess
+    import sys
+
+    Image.new("RGB", (12000, 12000), (200, 30, 60)).save(tmp_path / "huge.png")
+    script = f"""
+import resource, numpy as np
+path = {str(tmp_path / "huge.png")!r}
+from qwen_vl_utils import process_vision_info, fetch_image
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+messages = [{{"role": "user", "content": [{{"type": "image", "image": path}} for _ in range(8)]}}]
+images, _ = process_vision_info(messages)
+alone = fetch_image({{"image": path}})
+assert len(images) == 8 and all(np.array_equal(np.asarray(i), np.asarray(alone)) for i in images)
+print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "QWENVL_FETCH_WORKERS": "8"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak = int(result.stdout.split("PEAK_MB")[1])
+    assert peak < 2048, f"peak RSS {peak} MB"

@@ -1,6 +1,6 @@
 """qwen_vl_utils: image and video inputs for Qwen-VL models (drop-in for upstream qwen-vl-utils 0.0.14)."""
 
-from qwen_vl_utils.image_io import HttpConfig, VisionInputError, configure_http, http_config
+from qwen_vl_utils.image_io import HttpConfig, ImageTooLargeError, VisionInputError, configure_http, http_config
 from qwen_vl_utils.vision_process import (
     extract_vision_info,
     fetch_image,
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HttpConfig",
+    "ImageTooLargeError",
     "VisionInputError",
     "configure_http",
     "extract_vision_info",

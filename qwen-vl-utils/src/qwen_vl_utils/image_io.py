@@ -36,6 +36,10 @@ class HttpConfig:
     Attributes:
         connect_timeout: seconds to wait for the TCP/TLS connection.
         read_timeout: seconds to wait between bytes of the response.
+        total_timeout: seconds for the whole fetch (connection, retries, headers and body); a server that trickles
+            bytes or never answers costs at most this.
+        block_private: refuse URLs whose host resolves to a loopback, private, link-local or otherwise
+            non-public address, redirects included (for servers that fetch URLs given by users).
         retries: retries on connection errors and 5xx / 429 responses (0 disables).
         backoff: base of the exponential backoff between retries, in seconds.
         max_bytes: largest body accepted; a larger one raises instead of filling memory.
@@ -44,6 +48,8 @@ class HttpConfig:
 
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    total_timeout: float = 30.0
+    block_private: bool = False
     retries: int = 3
     backoff: float = 0.5
     max_bytes: int = 256 * 1024 * 1024
@@ -55,6 +61,8 @@ def _env_http_config() -> HttpConfig:
     env = {
         "QWENVL_HTTP_CONNECT_TIMEOUT": ("connect_timeout", float),
         "QWENVL_HTTP_READ_TIMEOUT": ("read_timeout", float),
+        "QWENVL_HTTP_TOTAL_TIMEOUT": ("total_timeout", float),
+        "QWENVL_HTTP_BLOCK_PRIVATE": ("block_private", lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
         "QWENVL_HTTP_RETRIES": ("retries", int),
         "QWENVL_HTTP_MAX_BYTES": ("max_bytes", int),
     }
@@ -112,17 +120,42 @@ def _session() -> Any:
         return _http_session
 
 
-def fetch_url_bytes(url: str) -> bytes:
-    """GET ``url`` with the configured timeouts, retries and size cap.
+def check_public_url(url: str) -> None:
+    """Raise :class:`VisionInputError` unless every address ``url``'s host resolves to is public (not loopback,
+    private, link-local, multicast, reserved or unspecified)."""
+    import ipaddress
+    import socket
 
-    Raises:
-        VisionInputError: unreachable, an http error status, a timeout, or a body over ``max_bytes``.
-    """
-    import requests
-
-    cfg = http_config()
+    parsed = urllib.parse.urlparse(url)
+    host = parsed.hostname
+    if not host:
+        raise VisionInputError(f"URL {url!r} has no host")
     try:
-        with _session().get(url, stream=True, timeout=(cfg.connect_timeout, cfg.read_timeout)) as resp:
+        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except OSError as e:
+        raise VisionInputError(f"could not fetch {url}: cannot resolve {host!r} ({e})") from e
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise VisionInputError(
+                f"refused to fetch {url}: {host} resolves to the non-public address {address} "
+                "(QWENVL_HTTP_BLOCK_PRIVATE is on)"
+            )
+
+
+def _fetch_once(url: str, cfg: HttpConfig, holder: dict[str, Any]) -> bytes:
+    current = url
+    for _ in range(6):  # redirects are followed here, so each hop is checked when private hosts are refused
+        if cfg.block_private:
+            check_public_url(current)
+        resp = _session().get(
+            current, stream=True, timeout=(cfg.connect_timeout, cfg.read_timeout), allow_redirects=False
+        )
+        holder["resp"] = resp
+        with resp:
+            if resp.is_redirect:
+                current = urllib.parse.urljoin(current, resp.headers["Location"])
+                continue
             if resp.status_code >= 400:
                 raise VisionInputError(f"could not fetch {url}: HTTP {resp.status_code} {resp.reason}")
             declared = resp.headers.get("Content-Length")
@@ -140,12 +173,67 @@ def fetch_url_bytes(url: str) -> bytes:
                         "qwen_vl_utils.configure_http(max_bytes=...) or QWENVL_HTTP_MAX_BYTES"
                     )
             return bytes(buf)
-    except requests.RequestException as e:
-        if not (isinstance(e, requests.Timeout) or "timed out" in str(e)):
-            raise VisionInputError(f"could not fetch {url}: {e}") from e
+    raise VisionInputError(f"could not fetch {url}: more than 5 redirects")
+
+
+def _abort(resp: Any) -> None:
+    """Shut down the socket under a response that another thread is reading: its blocked read returns at once
+    (closing the response instead would wait for the read, which holds the buffer's lock)."""
+    import socket
+
+    raw = getattr(resp, "raw", None)
+    connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def fetch_url_bytes(url: str) -> bytes:
+    """GET ``url`` with the configured timeouts, retries and size cap, within ``total_timeout`` in all.
+
+    The fetch runs in a helper thread; when the total deadline passes, its connection is closed and the caller
+    gets the error at once (a thread still waiting to connect ends by itself within its connect timeout).
+
+    Raises:
+        VisionInputError: unreachable, an http error status, a timeout, a body over ``max_bytes``, or (with
+            ``block_private``) a non-public address.
+    """
+    import requests
+
+    cfg = http_config()
+    holder: dict[str, Any] = {}
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["data"] = _fetch_once(url, cfg, holder)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, name="qwen-vl-utils-fetch", daemon=True)
+    worker.start()
+    worker.join(cfg.total_timeout)
+    if worker.is_alive():
+        _abort(holder.get("resp"))
         raise VisionInputError(
-            f"timed out fetching {url} (connect {cfg.connect_timeout}s, read {cfg.read_timeout}s): {e}"
-        ) from e
+            f"timed out fetching {url}: no complete answer within {cfg.total_timeout:g} s in all "
+            "(raise QWENVL_HTTP_TOTAL_TIMEOUT or configure_http(total_timeout=...))"
+        )
+    error = outcome.get("error")
+    if error is None:
+        return outcome["data"]
+    if isinstance(error, VisionInputError):
+        raise error
+    if isinstance(error, requests.RequestException):
+        if not (isinstance(error, requests.Timeout) or "timed out" in str(error)):
+            raise VisionInputError(f"could not fetch {url}: {error}") from error
+        raise VisionInputError(
+            f"timed out fetching {url} (connect {cfg.connect_timeout}s, read {cfg.read_timeout}s): {error}"
+        ) from error
+    raise VisionInputError(f"could not fetch {url}: {type(error).__name__}: {error}") from error
 
 
 def file_url_to_path(url: str) -> str:
@@ -223,8 +311,21 @@ def open_image(source: Any) -> Image.Image:
         return Image.open(path)
     except UnidentifiedImageError as e:
         raise VisionInputError(f"cannot identify image {describe(source)}: not a supported image format") from e
+    except Image.DecompressionBombError as e:
+        raise _bomb_error(source, e) from e
     except OSError as e:
         raise VisionInputError(f"cannot open image {describe(source)}: {e}") from e
+
+
+class ImageTooLargeError(VisionInputError):
+    """The image's declared size is over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""
+
+
+def _bomb_error(source: Any, error: Exception) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image {describe(source)} is too large to decode safely ({error}); if you trust it, raise "
+        "PIL.Image.MAX_IMAGE_PIXELS"
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -258,9 +359,81 @@ def decode_image(image: Image.Image, source: Any, target: tuple[int, int] | None
             if target[0] * 2 <= w and target[1] * 2 <= h:
                 image.draft("RGB", target)
         image.load()
+    except Image.DecompressionBombError as e:
+        raise _bomb_error(source, e) from e
     except OSError as e:
         raise VisionInputError(f"cannot decode image {describe(source)} (corrupt or truncated?): {e}") from e
     return to_rgb(image)
+
+
+class PixelGate:
+    """Bounds the decoded pixels in flight across threads: ``hold(n)`` waits until ``n`` more pixels fit under
+    ``limit`` (an item larger than the limit waits until it is alone). ``limit <= 0`` disables the gate."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._cond = threading.Condition()
+
+    def hold(self, pixels: int) -> Any:
+        gate = self
+
+        class _Hold:
+            def __enter__(self_inner) -> None:
+                if gate.limit <= 0:
+                    return
+                need = min(pixels, gate.limit)
+                with gate._cond:
+                    gate._cond.wait_for(lambda: gate.in_flight + need <= gate.limit)
+                    gate.in_flight += need
+                self_inner.need = need
+
+            def __exit__(self_inner, *exc: Any) -> None:
+                if gate.limit <= 0:
+                    return
+                if pixels >= TRIM_AFTER_PIXELS:
+                    release_free_memory()
+                with gate._cond:
+                    gate.in_flight -= self_inner.need
+                    gate._cond.notify_all()
+
+        return _Hold()
+
+
+TRIM_AFTER_PIXELS = 16_000_000
+_libc: Any = None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere). Each decoding thread has its
+    own malloc arena, and the large blocks of a freed image stay in it: without this, 8 threads decoding huge
+    images one after the other still end with 8 arenas of that size."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_gate_lock = threading.Lock()
+_gate: PixelGate | None = None
+
+
+def decode_gate() -> PixelGate:
+    """The process-wide gate on decoded pixels in flight (``QWENVL_MAX_PIXELS_IN_FLIGHT``, default 64 million:
+    a few 12-megapixel photos decode at once, a 144-megapixel PNG decodes alone)."""
+    global _gate
+    with _gate_lock:
+        limit = int(os.environ.get("QWENVL_MAX_PIXELS_IN_FLIGHT", str(64_000_000)))
+        if _gate is None or _gate.limit != limit:
+            _gate = PixelGate(limit)
+        return _gate
 
 
 def fetch_image(ele: dict[str, Any], image_patch_size: int = 14) -> Image.Image:
@@ -285,9 +458,13 @@ def fetch_image(ele: dict[str, Any], image_patch_size: int = 14) -> Image.Image:
         resized_height, resized_width = image_target_size(height, width, ele, image_patch_size)
     except ValueError as e:
         raise VisionInputError(f"image {describe(source)}: {e}") from e
-    image = decode_image(header, source, (resized_width, resized_height))
-    if image.size != (resized_width, resized_height):
-        image = image.resize((resized_width, resized_height), Image.Resampling.BICUBIC)
-    elif image is source:
+    # A caller's own PIL image is never decoded at reduced scale: draft() would shrink the caller's object.
+    target = None if header is source else (resized_width, resized_height)
+    with decode_gate().hold(width * height):  # the full-size pixels live until the resize is done
+        image = decode_image(header, source, target)
+        header = None  # (it holds the full-size pixels too: drop it before the gate trims the heap)
+        if image.size != (resized_width, resized_height):
+            image = image.resize((resized_width, resized_height), Image.Resampling.BICUBIC)
+    if image is source:
         image = image.copy()  # never hand back the caller's own object
     return image

@@ -61,6 +61,10 @@ class VideoProbe:
     rotation: int
 
 
+class DecodeTimeoutError(VisionInputError):
+    """Decoding a video took longer than ``decode_timeout`` (or ``QWENVL_VIDEO_DECODE_TIMEOUT``)."""
+
+
 class _Deadline:
     """A cooperative decode timeout, checked between frames."""
 
@@ -71,7 +75,7 @@ class _Deadline:
 
     def check(self) -> None:
         if self.end is not None and time.monotonic() > self.end:
-            raise TimeoutError(
+            raise DecodeTimeoutError(
                 f"decoding {self.what} took longer than {self.seconds}s; raise ele['decode_timeout'] or "
                 "QWENVL_VIDEO_DECODE_TIMEOUT"
             )
@@ -371,6 +375,12 @@ def plan_video(path: str, ele: dict[str, Any], image_patch_size: int = 14) -> Vi
     return VideoPlan(probe, start, end, count, nframes, frame_indices(start, end, nframes), height, width)
 
 
+def _first_line(error: BaseException) -> str:
+    """``Type: first line`` of an error, without the C++ source paths some decoders append."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
 def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, dict[str, Any], float]:
     """Decode the sampled frames of ``ele['video']`` (a path or URL), resized, as float32 TCHW.
 
@@ -392,15 +402,23 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
         started = time.monotonic()
         try:
             video = _decode_resized(path, indices, probe, backend, (height, width), deadline)
-        except (VisionInputError, TimeoutError):
+        except VisionInputError:
             raise
         except Exception as e:  # noqa: BLE001 - a decoder failure, not a user error (those were checked above)
             fallback = None if requested or os.environ.get("FORCE_QWENVL_VIDEO_READER") else _fallback_backend(backend)
             if fallback is None:
-                raise VisionInputError(f"{backend} failed to decode {source!r}: {e}") from e
+                raise VisionInputError(f"{backend} failed to decode {source!r}: {_first_line(e)}") from e
             logger.warning("%s failed to decode %r (%s); decoding with %s instead", backend, source, e, fallback)
+            try:
+                video = _decode_resized(path, indices, probe, fallback, (height, width), deadline)
+            except DecodeTimeoutError:
+                raise
+            except Exception as e2:  # noqa: BLE001 - both decoders failed: one error naming both
+                raise VisionInputError(
+                    f"cannot decode video {source!r}: {backend} failed ({_first_line(e)}), and {fallback} failed "
+                    f"too ({_first_line(e2)})"
+                ) from e2
             backend = fallback
-            video = _decode_resized(path, indices, probe, backend, (height, width), deadline)
         logger.debug(
             "%s: video=%s total_frames=%d fps=%.3f nframes=%d size=%dx%d time=%.3fs",
             backend, describe(source), probe.total_frames, probe.fps, nframes, width, height,

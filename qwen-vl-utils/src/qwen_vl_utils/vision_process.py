@@ -116,7 +116,7 @@ def fetch_video(
 
     Raises:
         VisionInputError (a ``ValueError``): missing/corrupt/unsupported input; ``ValueError`` for bad
-            sampling options; ``TimeoutError`` when decoding exceeds ``decode_timeout``.
+            sampling options; ``DecodeTimeoutError`` (a ``VisionInputError``) when decoding exceeds ``decode_timeout``.
     """
     source = ele.get("video")
     if isinstance(source, (list, tuple)):
