@@ -372,3 +372,104 @@ def test_openai_backend_against_transformers_serve(transformers_server, tiny_che
     assert "".join(pieces)
     # The same resize on both backends: the hf backend's answer to the same request matches.
     assert "".join(pieces).strip() == "".join(hf_backend.stream(messages, gen, threading.Event())).strip()
+
+
+# ----------------------------------------------------------------------------------------------- hostile input
+
+
+class _CannedBackend:
+    """A backend whose answer is fixed text (the UI is under test here, not the model)."""
+
+    name = "canned"
+
+    def __init__(self, answer: str, family) -> None:
+        self.answer, self.family, self.settings, self.checkpoint = answer, family, None, "canned"
+
+    def stream(self, messages, gen, stop):
+        for word in self.answer.split(" "):
+            yield word + " "
+
+
+def _handlers(demo) -> dict:
+    return {fn.name: fn for fn in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns)}
+
+
+def test_markdown_images_in_answers_are_links():
+    shown = demo_mod.render_answer("look ![secret](http://127.0.0.1:9/leak-md?secret=abc) and [a](http://x)")
+    assert "![" not in shown and "[secret](http://127.0.0.1:9/leak-md?secret=abc)" in shown
+
+
+def test_hostile_uploads_are_refused_in_one_line_and_the_session_goes_on(hf_backend, tmp_path, image_file):
+    config = demo_mod.DemoConfig(max_upload_megapixels=1.0, max_message_megapixels=1.5)
+    demo = demo_mod.build_demo(hf_backend, config)
+    handlers = _handlers(demo)
+    add_user, reset = handlers["add_user"].fn, handlers["reset"].fn
+    assert handlers["add_user"].queue is not False and handlers["add_user"].concurrency_limit == 2  # in the queue
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (30000, 30000)).save(bomb)  # 110 KB, 900 megapixels
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1500, 1000)).save(wide)  # 1.5 megapixels: over the per-image cap
+    small = [tmp_path / f"s{i}.png" for i in range(3)]
+    for path in small:
+        Image.new("RGB", (1000, 600), (10, 200, 10)).save(path)  # 0.6 megapixels each; the third tops 1.5
+    files = [str(bomb), str(wide), *map(str, small)]
+    box, history, chat, info = add_user({"text": "hi", "files": files}, [], [], "")
+    refusals = [m["content"] for m in chat if m["role"] == "assistant"]
+    assert len(refusals) == 3
+    assert "bomb.png" in refusals[0] and "too large to decode safely" in refusals[0]
+    assert "wide.png: 2 megapixels is over the 1 megapixel limit per image" in refusals[1]
+    assert "s2.png" in refusals[2] and "would exceed 1.5 megapixels" in refusals[2]
+    assert all(str(tmp_path) not in r and "\n" not in r for r in refusals)  # no server paths, one line each
+    assert [item["type"] for item in history[0]["content"]] == ["image", "image", "text"]  # the rest went through
+    assert box.interactive is False  # (re-enabled by the chain after the answer, as for any message)
+    # Uploads are readable by the server user only, and Clear deletes this session's files.
+    assert oct(os.stat(small[0]).st_mode & 0o777) == "0o600"
+    reset()
+    assert not any(Path(f).exists() for f in files)
+
+
+def test_unreachable_openai_server_is_named_at_start(tiny_checkpoints, capsys):
+    port = _free_port()
+    args = demo_mod.parse_args(["-c", str(tiny_checkpoints["qwen3_vl"]), "--backend", "openai",
+                                "--api-base", f"http://127.0.0.1:{port}/v1"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        demo_mod.make_backend(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1" in err and "--api-base" in err
+
+
+@pytest.mark.browser
+def test_browser_never_fetches_images_named_in_answers(browser, hf_backend):
+    import http.server
+
+    hits: list[str] = []
+
+    class Trap(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    trap = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trap)
+    threading.Thread(target=trap.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{trap.server_address[1]}"
+    answer = f"Here: ![chart]({url}/leak-md?secret=abc) and <img src='{url}/leak-html'> done"
+    port = _free_port()
+    demo = demo_mod.build_demo(_CannedBackend(answer, hf_backend.family))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        _ask(page, "Summarise the document.")
+        page.get_by_text("done").first.wait_for(timeout=30000)
+        time.sleep(1.0)
+        assert hits == [], f"the browser fetched {hits}"
+        assert page.locator("[data-testid=bot] a").count() >= 1  # shown as a link instead
+    finally:
+        demo.close()
+        trap.shutdown()

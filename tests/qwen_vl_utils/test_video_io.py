@@ -289,3 +289,29 @@ def test_a_failed_auto_backend_is_retried_with_the_next_one_in_order():
     for failed, expected in zip(usable, usable[1:] + [None]):
         assert _fallback_backend(failed) == expected
     assert _fallback_backend("torchvision") is None  # only ever forced, never retried
+
+
+def test_a_retry_that_fails_too_reports_both_decoders_as_one_vision_input_error(videos, monkeypatch):
+    """Decoders (the dependency) fail as torchcodec does, with a RuntimeError carrying a C++ source path; what
+    read_video makes of it (retry, then one VisionInputError naming both) is what is tested."""
+    import qwen_vl_utils.video_io as video_io
+
+    calls: list[str] = []
+
+    def failing(path, indices, probe, backend, size, deadline):
+        calls.append(backend)
+        raise RuntimeError(f"{backend} could not seek\nException raised from seek at /src/{backend}/Decoder.cpp:512")
+
+    monkeypatch.delenv("FORCE_QWENVL_VIDEO_READER", raising=False)
+    monkeypatch.setattr(video_io, "_decode_resized", failing)
+    first = video_io.get_video_reader_backend()
+    second = video_io._fallback_backend(first)
+    if second is None:
+        pytest.skip("only one video backend is usable here")
+    with pytest.raises(VisionInputError) as info:
+        fetch_video({"video": str(videos["plain"]), "nframes": 4})
+    message = str(info.value)
+    assert calls == [first, second]
+    assert f"{first} failed (RuntimeError: {first} could not seek)" in message
+    assert f"{second} failed too (RuntimeError: {second} could not seek)" in message
+    assert ".cpp" not in message and "plain.mp4" in message
