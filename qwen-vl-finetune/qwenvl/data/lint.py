@@ -115,8 +115,9 @@ def lint(args: argparse.Namespace) -> int:
     rows: list[tuple[str, Any]] = []
     invalid: list[tuple[str, str]] = []
     records = load_records(
-        args.dataset_use, args.dataset_registry, seed=args.seed, bad_records="skip", invalid=invalid
-    )  # every invalid record is reported, and the report always finishes
+        args.dataset_use, args.dataset_registry, seed=args.seed, bad_records="skip", invalid=invalid,
+        media_root=args.media_root,
+    )  # fmt: skip  # every invalid record is reported, and the report always finishes
     problems.extend(reason for _, reason in invalid)
     for record in records:
         try:
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model_name_or_path", required=True, help="checkpoint whose processor and family to use")
     parser.add_argument("--dataset_registry", default=None, help="YAML registry with more datasets")
+    parser.add_argument(
+        "--media_root", default=None, help="media root of annotation files given directly (default: their folder)"
+    )
     parser.add_argument("--model_max_length", type=int, default=None, help="longest sample accepted")
     parser.add_argument("--overlong", choices=["error", "skip", "truncate_text"], default="error")
     parser.add_argument(

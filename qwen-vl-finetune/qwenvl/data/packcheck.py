@@ -137,7 +137,7 @@ def verify(args: argparse.Namespace) -> int:
     encoder = SampleEncoder(processor, family, budget, tokens_per_second)
     merge_size = getattr(processor.image_processor, "merge_size", 2)
 
-    records = load_records(args.dataset_use, args.dataset_registry, seed=args.seed)
+    records = load_records(args.dataset_use, args.dataset_registry, seed=args.seed, media_root=args.media_root)
     if args.pick == "random" and len(records) > args.samples:
         chosen = sorted(random.Random(args.seed).sample(range(len(records)), args.samples))  # across the whole mix
         records = [records[i] for i in chosen]

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name_or_path", required=True)
     parser.add_argument("--dataset_use", required=True, help="as for train_qwen.py: registry names or files, name%%N")
     parser.add_argument("--dataset_registry", default=None)
+    parser.add_argument(
+        "--media_root", default=None, help="media root of annotation files given directly (default: their folder)"
+    )
     parser.add_argument("--samples", type=int, default=8, help="how many records to check")
     parser.add_argument(
         "--pick", choices=["random", "first"], default="random", help="seeded draw across the mix, or the first ones"

@@ -204,3 +204,17 @@ def test_two_ranks_batch_two(tiny_checkpoints, mix, tmp_path, packed):
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     if not packed:
         assert state["global_step"] == 4  # 15 items over 2 ranks x 2 per batch
+
+
+def test_lint_reports_every_fault_by_line_and_always_finishes(tiny_checkpoints, mix):
+    data, expected = mix
+    result = subprocess.run(
+        [sys.executable, "-m", "qwenvl.data.lint", "--dataset_use", str(data), "--model_name_or_path",
+         str(tiny_checkpoints["qwen2_5_vl"]), "--verify_media", "--media_root", str(data.parent / "media")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{len(expected['records']) + len(expected['media'])} problem(s):" in result.stdout
+    for where in expected["records"] | expected["media"]:
+        assert f"{where}:" in result.stdout or f"{where} (" in result.stdout, where
+    assert f"{N_GOOD + len(expected['media'])} samples" in result.stdout  # the report covers every usable record
