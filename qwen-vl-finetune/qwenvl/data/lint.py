@@ -173,6 +173,11 @@ def lint(args: argparse.Namespace) -> int:
             f"efficiency {packing_efficiency(fit, packs, args.max_packed_tokens):.1%} "
             f"(padded batches of {args.batch_size}: {padded_efficiency(fit, args.batch_size):.1%})"
         )
+        if args.world_size > 1:
+            units = [sum(fit[i] for i in pack) for pack in packs] if args.data_packing else fit
+            per_step = 1 if args.data_packing else args.batch_size
+            for line in rank_balance(units, args.world_size, per_step, args.seed):
+                print(line)
     if problems:
         print(f"\n{len(problems)} problem(s):")
         for p in problems:
@@ -180,6 +185,36 @@ def lint(args: argparse.Namespace) -> int:
         return 1
     print("\nno problems found")
     return 0
+
+
+def rank_balance(units: list[int], world_size: int, per_rank: int, seed: int = 42) -> list[str]:
+    """How unequal the ranks' token loads are over one epoch: items (packs or samples, with their token counts) in
+    a seeded shuffled order, dealt to ``world_size`` ranks ``per_rank`` at a time per step as the distributed
+    sampler does (the last step's missing items repeat the first ones). A step lasts as long as its slowest rank."""
+    import random
+
+    if not units:
+        return ["rank balance: no items"]
+    order = list(range(len(units)))
+    random.Random(seed).shuffle(order)
+    per_step = world_size * per_rank
+    steps = -(-len(order) // per_step)
+    order += order[: steps * per_step - len(order)]  # padding, as even_batches does
+    slowest, mean, totals = [], [], [0] * world_size
+    for step in range(steps):
+        chunk = order[step * per_step : (step + 1) * per_step]
+        loads = [sum(units[i] for i in chunk[r * per_rank : (r + 1) * per_rank]) for r in range(world_size)]
+        for r, load in enumerate(loads):
+            totals[r] += load
+        slowest.append(max(loads))
+        mean.append(sum(loads) / world_size)
+    waste = 1 - sum(mean) / sum(slowest)
+    ratios = sorted(s / m for s, m in zip(slowest, mean) if m)
+    return [
+        f"rank balance over {world_size} ranks ({len(units)} items, {steps} steps of {per_rank} per rank): ranks wait "
+        f"{waste:.1%} of the step time for the slowest one; slowest/mean tokens per step median "
+        f"{ratios[len(ratios) // 2]:.2f}x, max {ratios[-1]:.2f}x; epoch tokens per rank {min(totals)}-{max(totals)}"
+    ]
 
 
 def padded_efficiency(lengths: list[int], batch_size: int) -> float:
@@ -206,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_packed_tokens", type=int, default=8192, help="pack capacity for the efficiency estimate"
     )
     parser.add_argument("--batch_size", type=int, default=4, help="batch size for the padded-efficiency comparison")
+    parser.add_argument(
+        "--world_size", type=int, default=1, help="report how unequal the ranks' token loads are for this many ranks"
+    )
+    parser.add_argument(
+        "--data_packing", action="store_true", help="with --world_size: ranks take packs (one per step), not samples"
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of %%N sampling")
     parser.add_argument(
         "--verify_media", action="store_true", help="also decode all media (slower; finds corrupt files)"

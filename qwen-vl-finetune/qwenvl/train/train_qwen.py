@@ -233,6 +233,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         resumed_from=resume,
         trained_records_this_run=len(trained),
         trained_samples_this_run=sum(trained.values()),
+        # {times trained: records}, over all ranks: {epochs: n} when the ranks' shards are disjoint and complete
+        trained_counts_histogram={str(k): v for k, v in sorted(Counter(trained.values()).items())},
         skipped_ids=sorted({e["id"] for e in entries} | {i["where"] for i in data_report.get("invalid_records", [])}),
     )
     if trainer.is_world_process_zero():
@@ -249,12 +251,37 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
+def _lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank (or node) went away."""
+    import torch
+
+    text = str(error)
+    dist_error = getattr(torch.distributed, "DistBackendError", ())
+    return isinstance(error, dist_error) or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                      "NCCL communicator was aborted", "Timed out waiting", "Socket Timeout")
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         train(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        import torch
+
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized() and _lost_peer(e)):
+            raise
+        rank = torch.distributed.get_rank()
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(
+            f"error: rank {rank} lost contact with another rank ({first}); a process or node died or the network "
+            "failed. Rerun the same command on every node: training resumes from the newest complete checkpoint.",
+            file=sys.stderr,
+        )
+        return 3
     import torch
 
     # Join the communication threads (gloo / DeepSpeed) before interpreter teardown: left to static destructors

@@ -76,3 +76,16 @@ def test_annotation_file_given_directly_uses_its_folder_or_media_root(tmp_path):
     with pytest.raises(AnnotationError, match="image file not found.*--media_root DIR for a file given directly"):
         load_records(str(path))
     assert len(load_records(str(path), media_root=str(DEMO))) == 1
+
+
+def test_rank_balance_reports_the_wait_for_the_slowest_rank():
+    from qwenvl.data.lint import rank_balance
+
+    (even,) = rank_balance([500] * 8, world_size=4, per_rank=1)
+    assert "ranks wait 0.0%" in even and "median 1.00x" in even and "epoch tokens per rank 1000-1000" in even
+    # one long pack among short ones, 4 ranks, one step: the step lasts 1000 while the mean rank has 257.5 to do
+    (skewed,) = rank_balance([1000, 10, 10, 10], world_size=4, per_rank=1)
+    assert "ranks wait 74.2%" in skewed and "max 3.88x" in skewed and "epoch tokens per rank 10-1000" in skewed
+    # 3 items on 2 ranks: 2 steps, the last one padded with a repeated item, as the sampler does
+    (padded,) = rank_balance([100, 100, 100], world_size=2, per_rank=1)
+    assert "2 steps of 1 per rank" in padded and "epoch tokens per rank 200-200" in padded
