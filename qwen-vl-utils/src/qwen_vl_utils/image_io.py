@@ -436,6 +436,30 @@ def decode_gate() -> PixelGate:
         return _gate
 
 
+_big_lock = threading.Lock()
+_big_pool: Any = None
+
+
+def _big_decoder() -> Any:
+    global _big_pool
+    with _big_lock:
+        if _big_pool is None:
+            import concurrent.futures
+
+            _big_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-vl-utils-big")
+        return _big_pool
+
+
+def _decode_and_resize(
+    header: Image.Image, source: Any, target: tuple[int, int] | None, size: tuple[int, int]
+) -> Image.Image:
+    image = decode_image(header, source, target)
+    del header  # the decoded pixels are referenced by ``image`` alone from here
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return image
+
+
 def fetch_image(ele: dict[str, Any], image_patch_size: int = 14) -> Image.Image:
     """Load the image of a message item and resize it for a Qwen-VL model.
 
@@ -460,11 +484,16 @@ def fetch_image(ele: dict[str, Any], image_patch_size: int = 14) -> Image.Image:
         raise VisionInputError(f"image {describe(source)}: {e}") from e
     # A caller's own PIL image is never decoded at reduced scale: draft() would shrink the caller's object.
     target = None if header is source else (resized_width, resized_height)
-    with decode_gate().hold(width * height):  # the full-size pixels live until the resize is done
-        image = decode_image(header, source, target)
-        header = None  # (it holds the full-size pixels too: drop it before the gate trims the heap)
-        if image.size != (resized_width, resized_height):
-            image = image.resize((resized_width, resized_height), Image.Resampling.BICUBIC)
+    size = (resized_width, resized_height)
+    gate = decode_gate()
+    with gate.hold(width * height):  # the full-size pixels live until the resize is done
+        if gate.limit > 0 and width * height * 2 >= gate.limit:
+            # Images too large to share the gate decode on one dedicated thread, so their memory is reused from
+            # one malloc arena instead of growing one arena per fetch thread.
+            image = _big_decoder().submit(_decode_and_resize, header, source, target, size).result()
+        else:
+            image = _decode_and_resize(header, source, target, size)
+        header = None
     if image is source:
         image = image.copy()  # never hand back the caller's own object
     return image
