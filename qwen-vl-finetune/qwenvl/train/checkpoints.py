@@ -35,7 +35,8 @@ FAULT_POINTS = ("step_end", "save_begin", "after_model", "after_optimizer", "aft
 
 
 def crash_point(point: str, step: int, rank: int = 0) -> None:
-    """Fault injection for the crash tests: ``QWENVL_FAULT_INJECT=after_model@3`` (or ``...@3:1`` for rank 1)
+    """Fault injection for the crash tests: ``QWENVL_FAULT_INJECT=after_model@3`` (or ``...@3:1`` for rank 1, ``:*``
+    for whichever rank this process is)
     SIGKILLs this process when it reaches ``point`` at global step ``step``. Unset (always, outside tests): no-op."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -44,7 +45,7 @@ def crash_point(point: str, step: int, rank: int = 0) -> None:
     at_step, _, at_rank = at.partition(":")
     if where not in FAULT_POINTS:
         raise ValueError(f"{FAULT_ENV}={spec!r}: the point must be one of {', '.join(FAULT_POINTS)}")
-    if where == point and int(at_step) == step and int(at_rank or 0) == rank:
+    if where == point and int(at_step) == step and (at_rank == "*" or int(at_rank or 0) == rank):
         import signal
 
         logger.warning("fault injection: SIGKILL at %s, step %d, rank %d", point, step, rank)
