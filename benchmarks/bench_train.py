@@ -10,9 +10,13 @@ CPU (default): the tiny Qwen3-VL test checkpoint. ``--gpu``: a Qwen3-VL-2B-shape
 FLOP rate and MFU too.
 
 MFU counts useful work only: 6 x (LLM parameters without the embedding lookup) per real text token, 6 x (vision
-block parameters) per real image patch and 6 x (merger parameters) per merged token, and causal attention
-6 x layers x width x length^2 per sample (the PaLM convention). Padding computed in padded batches is waste, so it is not counted; packed batches are charged only
-for each sample's own attention, although sdpa with a block-diagonal mask computes the full square. The peak is
+block parameters) per real image patch and 6 x (merger parameters) per merged token, and attention by the standard
+convention of PaLM (appendix B) and nanoGPT, 12 x layers x heads x head_dim x T per token with T the length of the
+token's own sample (12 = 2 matmuls, QK^T and AV, x 2 FLOPs per multiply-add x 3 for forward + backward). That counts
+the full T x T score matrix, although a causal kernel computes about half of it: the convention MFU figures are
+usually quoted in, so ours compare with published ones. Padding computed in padded batches is waste, so it is not
+counted; packed batches are charged only for each sample's own attention, although sdpa with a block-diagonal mask
+computes the full square of the row. The peak is
 the card's dense bf16 figure (H100/H200 SXM 989 TFLOP/s).
 
 Run::
@@ -107,7 +111,8 @@ def flop_model(model) -> Callable[[dict, list[int]], float]:
         elif not name.startswith("pos_embed"):
             per_patch += p.numel()
     merge = model.config.vision_config.spatial_merge_size**2
-    attention_width = 6 * t.num_hidden_layers * t.num_attention_heads * t.head_dim
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    attention_width = 12 * t.num_hidden_layers * t.num_attention_heads * head_dim  # per token, per token of context
 
     def flops(batch: dict, sample_lengths: list[int]) -> float:
         patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
