@@ -17,6 +17,14 @@ FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 ARTIFACTS = Path(os.environ.get("QWENVL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 
+def missing_prerequisite(reason: str) -> None:
+    """Skip a test whose prerequisite (Chromium, ffmpeg, the vLLM virtualenv, ...) is missing here; under CI
+    (``CI=true``) fail instead, so a broken set-up can never turn a tier into skips."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI prerequisite missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import torch
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import missing_prerequisite
+
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +29,7 @@ ENV = dict(
 @pytest.fixture(scope="module")
 def vllm_checkpoint(tmp_path_factory):
     if not VLLM_PYTHON.exists():
-        pytest.skip("no .venv-vllm: run scripts/setup_vllm.sh (scripts/test.sh does)")
+        missing_prerequisite("no .venv-vllm: run scripts/setup_vllm.sh (scripts/test.sh does)")
     from qwenvl.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint("qwen3_vl", tmp_path_factory.mktemp("vllm") / "tiny64", head_dim=64)

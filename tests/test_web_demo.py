@@ -18,6 +18,7 @@ from PIL import Image
 
 import web_demo_mm as demo_mod
 from qwenvl.inference.hf import GenerationSettings
+from tests.conftest import missing_prerequisite
 
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -58,7 +59,9 @@ def test_build_demo_returns_blocks_without_a_server(hf_backend):
 
     demo = demo_mod.build_demo(hf_backend)
     assert isinstance(demo, gr.Blocks)
-    assert not getattr(demo, "is_running", False)
+    ids = {c.get("props", {}).get("elem_id") for c in demo.config["components"]}
+    assert {"chatbot", "chat_input", "stop_btn", "regen_btn", "clear_btn", "upload_info", "upload_limits"} <= ids
+    assert getattr(demo, "local_url", None) is None and getattr(demo, "server", None) is None  # nothing serves
 
 
 def test_backend_streams_per_token(hf_backend, image_file):
@@ -127,7 +130,7 @@ def running_demo(hf_backend):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (scripts/setup.sh installs Debian's chromium)")
+        missing_prerequisite(f"{CHROMIUM} not installed (scripts/setup.sh installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -238,6 +241,13 @@ def test_browser_refuses_oversized_upload(running_demo, browser, tmp_path):
     page.locator("#chat_input textarea").press("Enter")
     time.sleep(2)
     assert page.locator("[data-testid=user] img").count() == 0
+    # The control: a small upload in the same page does arrive, so the big one was refused, not lost.
+    small = tmp_path / "small.png"
+    Image.new("RGB", (60, 40), (0, 0, 250)).save(small)
+    _ask(page, "and this?", str(small))
+    page.locator("[data-testid=user] img").first.wait_for(timeout=20000)
+    assert page.locator("[data-testid=user] img").count() == 1
+    _wait_idle(page)
     page.close()
 
 
@@ -335,7 +345,7 @@ def test_browser_ab_mode_shows_two_columns(hf_backend, second_backend, browser, 
 def transformers_server(tiny_checkpoints):
     exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
     if exe is None:
-        pytest.skip("the transformers CLI is not installed")
+        missing_prerequisite("the transformers CLI is not installed")
     port = _free_port()
     model = str(tiny_checkpoints["qwen3_vl"])
     proc = subprocess.Popen(

@@ -76,8 +76,10 @@ def test_gpu_benchmark_path_runs_on_cpu(tmp_path):
     assert report["packed"]["padding_efficiency"] == 1.0 and report["padded"]["padding_efficiency"] < 1.0
 
 
-def test_cuda_without_a_gpu_is_a_clear_error():
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         bench_train.main(["--gpu"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: no CUDA device is visible" in capsys.readouterr().err

@@ -354,8 +354,17 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
     assert (
         _run("eval", "--input-file", str(results), "--output-file", str(strict), "--scoring", "strict").returncode == 0
     )
-    cmp = _run("compare", str(results), str(results))
-    assert cmp.returncode == 0 and "parse changed: 0" in cmp.stdout and "answer changed: 0" in cmp.stdout
+    # compare (strict scoring: no random fall-backs, so one edit changes one result): a copy whose answer to one
+    # wrongly answered multiple-choice question is made right differs in exactly that question.
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    wrong = {q["id"] for q in json.loads(strict.read_text())["questions"] if not q["correct"]}
+    target = next(x for x in lines if x["question_type"] == "multiple-choice" and x["id"] in wrong)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps({**x, "response": x["answer"]} if x is target else x) + "\n" for x in lines))
+    cmp = _run("compare", str(results), str(edited), "--scoring", "strict")
+    assert cmp.returncode == 0, cmp.stderr
+    assert "parse changed: 0" in cmp.stdout and "answer changed: 1" in cmp.stdout
+    assert f"  {target['id']}: A wrong" in cmp.stdout and "-> B right" in cmp.stdout
 
 
 def test_compare_splits_parse_and_answer_changes(tmp_path):

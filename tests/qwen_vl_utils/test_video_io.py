@@ -16,6 +16,7 @@ from PIL import Image
 
 from qwen_vl_utils import VisionInputError, fetch_video, get_video_reader_backend, process_vision_info
 from qwen_vl_utils.video_io import is_backend_available
+from tests.conftest import missing_prerequisite
 
 
 BACKENDS = [b for b in ("torchcodec", "decord", "pyav") if is_backend_available(b)]
@@ -23,7 +24,7 @@ BACKENDS = [b for b in ("torchcodec", "decord", "pyav") if is_backend_available(
 
 def _ffmpeg(*args: str) -> None:
     if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed (scripts/setup.sh installs it)")
+        missing_prerequisite("ffmpeg is not installed (scripts/setup.sh installs it)")
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *args], check=True)
 
 
