@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # web_demo_mm.py lives at the repository root
+sys.path.insert(0, str(HERE))  # timing.py
 
 
 def free_port() -> int:
@@ -37,26 +37,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(backend, messages, gen, repeat: int, tokenizer) -> dict:
-    """Median time to first streamed text and generated tokens/s (tokens counted by re-tokenising the answer,
-    the same way for every backend, since servers may merge tokens into one chunk)."""
-    ttft, rates = [], []
-    for run in range(repeat + 1):  # the first run warms up and is not counted
-        start = time.perf_counter()
-        first = None
-        text = ""
-        for piece in backend.stream(messages, gen, threading.Event()):
-            text += piece
-            if first is None:
-                first = time.perf_counter() - start
-        total = time.perf_counter() - start
-        if run > 0:
-            ttft.append(first)
-            rates.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]) / total)
+def one_request(backend, messages, gen, tokenizer) -> dict:
+    """One streamed answer: wall time, time to first streamed text, generated tokens/s (tokens counted by
+    re-tokenising the answer, the same way for every backend, since servers may merge tokens into one chunk)."""
+    start = time.perf_counter()
+    first = None
+    text = ""
+    for piece in backend.stream(messages, gen, threading.Event()):
+        text += piece
+        if first is None:
+            first = time.perf_counter() - start
+    total = time.perf_counter() - start
     return {
-        "ttft_s_median": statistics.median(ttft),
-        "tokens_per_s_median": statistics.median(rates),
-        "runs": len(ttft),
+        "seconds": total,
+        "ttft_s": first,
+        "tokens_per_s": len(tokenizer(text, add_special_tokens=False)["input_ids"]) / total,
+    }
+
+
+def measure(backend, messages, gen, repeat: int, tokenizer) -> dict:
+    """One backend alone (for vLLM, whose engine lives in its own virtualenv): one warm-up, ``repeat`` timed."""
+    from timing import compare
+
+    result = compare({"vllm": lambda: one_request(backend, messages, gen, tokenizer)}, repeats=repeat)
+    return _side_report(result["sides"]["vllm"]) | {"load_start": result["load_start"], "load_end": result["load_end"]}
+
+
+def _side_report(side: dict) -> dict:
+    from timing import summary
+
+    runs = side["runs"]
+    return {
+        "ttft_s": summary([r["ttft_s"] for r in runs]),
+        "tokens_per_s": summary([r["tokens_per_s"] for r in runs]),
+        "seconds": side["seconds"],
+        "runs": len(runs),
     }
 
 
@@ -118,14 +133,14 @@ def main() -> None:
             {"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": "Colour?"}]}
         ]
 
+        from timing import compare
+
         hf = demo.HFBackend(model, cpu_only=True)
         tokenizer = hf.processor.tokenizer
-        results["hf"] = measure(hf, messages, gen, args.repeat, tokenizer)
-        print("hf", results["hf"], flush=True)
 
         vllm_result = measure_vllm(model, messages, args.repeat, tmp)
         if vllm_result:
-            results["vllm (in-process async engine)"] = vllm_result
+            results["vllm (in-process async engine, its own venv; measured alone)"] = vllm_result
             print("vllm", vllm_result, flush=True)
 
         exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
@@ -143,8 +158,16 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.5)
             backend = demo.OpenAIBackend(f"http://127.0.0.1:{port}/v1", "EMPTY", model, checkpoint=model)
-            results["openai (transformers serve)"] = measure(backend, messages, gen, args.repeat, tokenizer)
-            print("openai", results["openai (transformers serve)"], flush=True)
+            # hf and openai alternate in one run (one warm-up each, then A B, B A, ...).
+            both = compare(
+                {"hf": lambda: one_request(hf, messages, gen, tokenizer),
+                 "openai (transformers serve)": lambda: one_request(backend, messages, gen, tokenizer)},
+                repeats=args.repeat,
+            )  # fmt: skip
+            for name, side in both["sides"].items():
+                results[name] = _side_report(side)
+                print(name, results[name], flush=True)
+            load = {"load_start": both["load_start"], "load_end": both["load_end"]}
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -154,6 +177,7 @@ def main() -> None:
         "model": "tiny Qwen3-VL (random, head_dim 64), fp32",
         "request": "one 256x192 image + question, greedy, 64 new tokens",
         "results": results,
+        **load,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

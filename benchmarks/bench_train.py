@@ -33,10 +33,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 
 
 HERE = Path(__file__).resolve().parent
@@ -190,7 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text-layers", type=int, default=28, help="2b shape only")
     parser.add_argument("--vision-depth", type=int, default=24, help="2b shape only")
     parser.add_argument("--vocab-size", type=int, default=151936, help="2b shape only")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per mode; the median is reported")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternating timed runs per mode after a warm-up (fewer: a smoke run)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.gpu:
@@ -233,17 +239,24 @@ def main(argv: list[str] | None = None) -> dict:
         "padded": (PaddedCollator(processor.tokenizer.pad_token_id), padded_batches),
         "packed": (PackedCollator(), packs),
     }
-    # The modes alternate, repeats times; each reports its median run, so drift in the machine's load hits both.
-    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
-    for _ in range(args.repeats):
-        for mode, (collate, batches) in modes.items():
-            runs[mode].append(run_mode(model, samples, collate, batches, device))
+    # One warm-up epoch per mode, then the modes alternate (A B, B A, ...) --repeats times (benchmarks/timing.py);
+    # each mode reports its median run and the spread of its runs.
+    from timing import compare, summary
+
+    timed = compare(
+        {mode: (lambda c=collate, b=batches: run_mode(model, samples, c, b, device)) for mode, (collate, batches) in
+         modes.items()},
+        repeats=args.repeats,
+        smoke=args.repeats < 5,
+    )  # fmt: skip
     results = {}
-    for mode, mode_runs in runs.items():
+    for mode, side in timed["sides"].items():
+        mode_runs = side["runs"]
         ranked = sorted(mode_runs, key=lambda r: r["real_tokens_per_s"])
         results[mode] = {
             **ranked[len(ranked) // 2],
             "runs_real_tokens_per_s": [r["real_tokens_per_s"] for r in mode_runs],
+            "real_tokens_per_s_summary": summary([r["real_tokens_per_s"] for r in mode_runs]),
         }
     results["packed"]["packing_efficiency"] = packing_efficiency(lengths, packs, capacity)
     ratio = results["packed"]["real_tokens_per_s"] / results["padded"]["real_tokens_per_s"]
@@ -252,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
         results[mode]["mfu"] = results[mode]["model_tflops_per_s"] * 1e12 / peak if peak else None
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_start": timed["load_start"],
+        "load_end": timed["load_end"],
+        "repeats": timed["repeats"],
+        "smoke": timed.get("smoke", False),
         "device": torch.cuda.get_device_name(device)
         if device.startswith("cuda")
         else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} thread)",
@@ -262,7 +279,6 @@ def main(argv: list[str] | None = None) -> dict:
         "length_min_median_max": [min(lengths), sorted(lengths)[len(lengths) // 2], max(lengths)],
         "batch_size": args.batch_size,
         "pack_capacity": capacity,
-        "repeats": args.repeats,
         **results,
         "packed_vs_padded": ratio,
     }

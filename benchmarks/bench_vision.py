@@ -3,8 +3,13 @@
 It generates its own corpus (JPEG photos 4032x3024 and 8192x5464, a PNG with alpha, H.264 1080p videos of
 10 s, 60 s and 300 s; cached under --corpus), installs upstream 0.0.14 into a separate virtualenv
 (benchmarks/.upstream-venv, reusing this environment's torch/torchvision/av/decord/torchcodec through a
-.pth file so both sides run the same libraries), then times each case in a fresh process per implementation
-and reports median wall time, peak RSS and the ratio upstream/ours.
+.pth file so both sides run the same libraries), then times each case with benchmarks/timing.py: one warm-up
+process per side, then --repeats (>= 5) rounds alternating which side runs first, each measurement a fresh process
+(imports excluded: for videos both sides import torch and the decoder before the timed call; image cases make one
+untimed call first). It reports the median, min and max per side, the ratio of medians, peak RSS, and whether the
+outputs are bit-identical (images: compared pixel by pixel in a separate untimed run, with the mean absolute
+difference where they differ; videos: by a digest of the output tensor). A caller who has not imported torch pays
+that import (about a second) in its first video call; the figures here exclude it on both sides.
 
 Run::
 
@@ -21,12 +26,14 @@ import os
 import platform
 import shutil
 import site
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 
 
 HERE = Path(__file__).resolve().parent
@@ -109,8 +116,9 @@ def ensure_upstream_venv() -> Path:
 # ---------------------------------------------------------------------------------------------- worker
 
 
-def worker(case: dict, repeat: int) -> dict:
-    """Runs inside the measured process: import the implementation, run the case `repeat` times."""
+def worker(case: dict) -> dict:
+    """Runs inside the measured process: import the implementation (not timed), make ``warmup_calls`` untimed calls,
+    then one timed call; returns its time, the process's peak RSS and a digest of the output pixels."""
     t0 = time.perf_counter()
     import qwen_vl_utils as q
 
@@ -132,26 +140,33 @@ def worker(case: dict, repeat: int) -> dict:
         if kind == "pvi":
             content = [{"type": "image", "image": p, "max_pixels": case["max_pixels"]} for p in case["paths"]]
             images, _ = q.process_vision_info([{"role": "user", "content": content}])
-            return [im.size for im in images]
+            return images
         if kind == "image":
-            return list(q.fetch_image({"image": case["paths"][0]}).size)
+            return [q.fetch_image({"image": case["paths"][0]})]
         if kind == "video":
-            video = q.fetch_video({"video": case["paths"][0], "fps": 2.0})
-            return list(video.shape)
+            return [q.fetch_video({"video": case["paths"][0], "fps": 2.0})]
         raise ValueError(kind)
 
-    times, result = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = run_once()
-        times.append(time.perf_counter() - t)
+    for _ in range(case.get("warmup_calls", 0)):  # in-process warm-up (first-call costs), not timed
+        run_once()
+    t = time.perf_counter()
+    outputs = run_once()
+    seconds = time.perf_counter() - t
+    import hashlib
+
+    import numpy as np
+
+    arrays = [np.asarray(o) if not hasattr(o, "numpy") else o.numpy() for o in outputs]
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
+    if case.get("dump"):
+        np.savez(case["dump"], *arrays)
     return {
         "import_s": import_s,
-        "times_s": times,
-        "median_s": statistics.median(times),
+        "seconds": seconds,
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent process.
         "peak_rss_mb": _proc_status_mb(os.getpid(), "VmHWM:"),
-        "output": result,
+        "shapes": [list(a.shape) for a in arrays],
+        "digest": digest,
         "backend": backend if kind == "video" else None,
         "module": q.__file__,
     }
@@ -168,8 +183,8 @@ def _proc_status_mb(pid: int, key: str = "VmRSS:") -> float:
     return 0.0
 
 
-def measure(python: str, case: dict, repeat: int, env: dict, rss_limit_mb: float, timeout_s: float) -> dict:
-    cmd = [python, __file__, "--worker", json.dumps(case), "--repeat", str(repeat)]
+def measure(python: str, case: dict, env: dict, rss_limit_mb: float, timeout_s: float) -> dict:
+    cmd = [python, __file__, "--worker", json.dumps(case)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak, killed = 0.0, None
     started = time.monotonic()
@@ -200,82 +215,144 @@ def measure(python: str, case: dict, repeat: int, env: dict, rss_limit_mb: float
     return result
 
 
+def compare_outputs(python_a: str, python_b: str, case: dict, envs: tuple[dict, dict], tmp: Path) -> dict:
+    """Run each side once more, outside the timing, writing its output pixels; compare them exactly (and the mean
+    absolute difference in 0-255 units where they differ). Videos are compared by digest only (their float32
+    outputs are hundreds of MB)."""
+    import numpy as np
+
+    dumps = []
+    for name, python, env in (("a", python_a, envs[0]), ("b", python_b, envs[1])):
+        path = tmp / f"{name}.npz"
+        result = measure(python, {**case, "dump": str(path)}, env, 1e9, 1800)
+        if "error" in result:
+            return {"error": result["error"]}
+        dumps.append(np.load(path))
+    a, b = ([d[k] for k in sorted(d.files, key=lambda k: int(k.split("_")[1]))] for d in dumps)
+    if [x.shape for x in a] != [x.shape for x in b]:
+        return {"same_shapes": False}
+    exact = all(np.array_equal(x, y) for x, y in zip(a, b))
+    mad = float(np.mean([np.abs(x.astype(np.float64) - y.astype(np.float64)).mean() for x, y in zip(a, b)]))
+    return {"same_shapes": True, "bit_exact": exact, "mean_abs_diff": mad}
+
+
 def main() -> None:
     from qwenvl.cli import StrictParser
 
     parser = StrictParser(description=__doc__)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternated, after one warm-up")
     parser.add_argument("--quick", action="store_true", help="skip the 300 s video")
+    parser.add_argument("--all-backends", action="store_true", help="also torchcodec and decord on both sides")
     parser.add_argument("--corpus", default=str(HERE / ".corpus"))
     parser.add_argument("--out", default=str(HERE / "results" / "vision.json"))
     parser.add_argument("--rss-limit-gb", type=float, default=12.0)
     parser.add_argument("--only", nargs="*", help="case names to run")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker), args.repeat)))
+        print(json.dumps(worker(json.loads(args.worker))))
         return
+    import tempfile
+
+    from timing import compare, load_average, ratio
 
     corpus = build_corpus(Path(args.corpus), args.quick)
     upstream_python = str(ensure_upstream_venv())
     ours_python = sys.executable
+    photos = {"kind": "pvi", "paths": corpus["photos"], "max_pixels": MAX_PIXELS_8, "warmup_calls": 1}
     cases = [
-        ("pvi_8_photos_max1M", {"kind": "pvi", "paths": corpus["photos"], "max_pixels": MAX_PIXELS_8}, 3, None),
-        ("fetch_image_12MP_default", {"kind": "image", "paths": corpus["photos"][:1]}, 5, None),
-        ("fetch_image_png_alpha_default", {"kind": "image", "paths": corpus["alpha"]}, 5, None),
+        ("pvi_8_photos_max1M", photos, None, {}),
+        ("pvi_8_photos_max1M_no_draft (bit-exact)", photos, None, {"QWENVL_JPEG_DRAFT": "0"}),
+        ("fetch_image_12MP_default", {"kind": "image", "paths": corpus["photos"][:1], "warmup_calls": 1}, None, {}),
+        ("fetch_image_png_alpha_default", {"kind": "image", "paths": corpus["alpha"], "warmup_calls": 1}, None, {}),
     ]
     for video in corpus["videos"]:
         name = Path(video).stem
-        repeat = 1 if "300s" in name else 2
         # Both sides on their own default backend (ours: pyav; upstream: torchcodec when installed, as here).
-        cases.append((f"fetch_video_{name}_fps2_default", {"kind": "video", "paths": [video]}, repeat, None))
-        for backend in ("torchcodec", "decord"):
-            cases.append((f"fetch_video_{name}_fps2_{backend}", {"kind": "video", "paths": [video]}, repeat, backend))
+        cases.append((f"fetch_video_{name}_fps2_default", {"kind": "video", "paths": [video]}, None, {}))
+        if args.all_backends and "300s" not in name:
+            for backend in ("torchcodec", "decord"):
+                cases.append((f"fetch_video_{name}_fps2_{backend}", {"kind": "video", "paths": [video]}, backend, {}))
 
     results = []
-    for name, case, repeat, backend in cases:
+    load_start = load_average()
+    for name, case, backend, ours_env in cases:
         if args.only and name not in args.only:
             continue
-        row = {"case": name, "backend": backend}
-        for impl, python in (("upstream", upstream_python), ("ours", ours_python)):
+        envs = {}
+        for impl in ("upstream", "ours"):
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
             env.pop("PYTHONPATH", None)
             env.pop("FORCE_QWENVL_VIDEO_READER", None)
             if backend:
                 env["FORCE_QWENVL_VIDEO_READER"] = backend
-            timeout = 1800 if "300s" in name else 900
-            row[impl] = measure(python, case, repeat, env, args.rss_limit_gb * 1024, timeout)
-            print(name, impl, json.dumps({k: v for k, v in row[impl].items() if k != "output"}), flush=True)
-        up, ours = row.get("upstream", {}), row.get("ours", {})
-        if "median_s" in up and "median_s" in ours:
-            row["speedup"] = up["median_s"] / ours["median_s"]
-            row["rss_ratio"] = ours["peak_rss_mb"] / up["peak_rss_mb"]
-            row["same_output"] = up.get("output") == ours.get("output")
+            envs[impl] = {**env, **(ours_env if impl == "ours" else {})}
+        timeout = 1800 if "300s" in name else 900
+        limit = args.rss_limit_gb * 1024
+        sides = {
+            "upstream": lambda: measure(upstream_python, case, envs["upstream"], limit, timeout),
+            "ours": lambda: measure(ours_python, case, envs["ours"], limit, timeout),
+        }
+        timed = compare(sides, repeats=args.repeats, on_result=lambda side, r, x: print(
+            name, side, r, json.dumps({k: v for k, v in x.items() if k not in ("module", "shapes")}), flush=True))  # fmt: skip
+        row = {
+            "case": name,
+            "backend": backend,
+            "ours_env": ours_env,
+            **timed,
+            "speedup": ratio(timed, "upstream", "ours"),
+        }
+        for impl in ("upstream", "ours"):
+            runs = timed["sides"][impl]["runs"]
+            rss = [r["peak_rss_mb"] for r in runs] or [
+                timed["sides"][impl].get("failed_run", {}).get("peak_rss_mb", 0)
+            ]
+            row[f"{impl}_peak_rss_mb"] = max(rss)
+        if timed["sides"]["upstream"].get("runs"):
+            row["rss_ratio"] = row["ours_peak_rss_mb"] / row["upstream_peak_rss_mb"]
+            with tempfile.TemporaryDirectory() as tmp:
+                if case["kind"] == "video":
+                    digests = {
+                        impl: {r["digest"] for r in timed["sides"][impl]["runs"]} for impl in ("upstream", "ours")
+                    }
+                    row["output"] = {"bit_exact": digests["upstream"] == digests["ours"] and len(digests["ours"]) == 1}
+                else:
+                    row["output"] = compare_outputs(upstream_python, ours_python, case,
+                                                    (envs["upstream"], envs["ours"]), Path(tmp))  # fmt: skip
         results.append(row)
 
     report = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "load_before": os.getloadavg(),
+        "load_start": load_start,
+        "load_end": load_average(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "2"),
+        "method": "per case: one warm-up process per side, then --repeats rounds alternating which side runs first; "
+        "each measurement is a fresh process (imports excluded; image cases make one untimed call first); "
+        "median, min and max of the timed calls; peak RSS = the largest VmHWM of the timed processes",
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print()
     print(
-        f"{'case':58} {'upstream s':>10} {'ours s':>8} {'speedup':>8} {'up RSS MB':>10} {'our RSS MB':>10} {'RSS ratio':>9}"
+        f"{'case':50} {'upstream s (min-max)':>24} {'ours s (min-max)':>22} {'speedup':>8} {'RSS up/ours MB':>15} {'ratio':>6}"
     )
     for row in results:
-        up, ours = row.get("upstream", {}), row.get("ours", {})
-        fmt = lambda r, k, f: (f % r[k]) if k in r else (r.get("error", "-")[:10] if r else "-")
+        cell = []
+        for impl in ("upstream", "ours"):
+            side = row["sides"][impl]
+            sec = side.get("seconds")
+            cell.append(
+                f"{sec['median']:.3f} ({sec['min']:.2f}-{sec['max']:.2f})" if sec else side.get("error", "-")[:22]
+            )
+        speed = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
+        rss = f"{row['upstream_peak_rss_mb']:.0f}/{row['ours_peak_rss_mb']:.0f}"
         print(
-            f"{row['case']:58} {fmt(up, 'median_s', '%.3f'):>10} {fmt(ours, 'median_s', '%.3f'):>8} "
-            f"{row.get('speedup', float('nan')):>8.2f} {fmt(up, 'peak_rss_mb', '%.0f'):>10} "
-            f"{fmt(ours, 'peak_rss_mb', '%.0f'):>10} {row.get('rss_ratio', float('nan')):>9.2f}"
+            f"{row['case']:50} {cell[0]:>24} {cell[1]:>22} {speed:>8} {rss:>15} {row.get('rss_ratio', float('nan')):>6.2f}"
         )
-    print(f"\nwritten to {args.out}")
+    print(f"\nload {report['load_start']} -> {report['load_end']}; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -319,7 +319,7 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
     if progress:
         progress.close()
     elapsed = time.monotonic() - started
-    print(f"{count} question(s) in {elapsed:.1f}s ({count / max(elapsed, 1e-9):.2f} q/s) -> {output}")
+    print(f"{count} question(s) in {elapsed:.3f}s ({count / max(elapsed, 1e-9):.2f} q/s) -> {output}")
     return 0
 
 

@@ -354,7 +354,8 @@ def decode_image(image: Image.Image, source: Any, target: tuple[int, int] | None
     source, which is several times faster and stays within about 0.7/255 (mean) of a full decode + resize.
     """
     try:
-        if target is not None and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        draft = os.environ.get("QWENVL_JPEG_DRAFT", "1").strip().lower() not in ("0", "false", "no", "off")
+        if draft and target is not None and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
             w, h = image.size
             if target[0] * 2 <= w and target[1] * 2 <= h:
                 image.draft("RGB", target)
