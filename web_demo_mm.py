@@ -108,9 +108,9 @@ import gradio as gr  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from qwen_vl_utils import fetch_image  # noqa: E402
-from qwenvl.inference.grounding import find_boxes  # noqa: E402
 from qwenvl.inference.hf import GenerationSettings, apply_budgets  # noqa: E402
 from qwenvl.model.families import Family  # noqa: E402
+from qwenvl.model.grounding import find_boxes  # noqa: E402
 from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing  # noqa: E402
 
 

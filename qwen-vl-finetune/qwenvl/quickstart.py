@@ -23,11 +23,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from qwenvl.data.make_demo import COLORS, SHAPES  # one palette for the demo data and the main job
+
 
 logger = logging.getLogger(__name__)
 
-COLORS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 215), "yellow": (225, 200, 30)}
-SHAPES = ("circle", "square", "triangle")
 QUESTION = "What color is the shape?"
 
 

@@ -165,10 +165,10 @@ class PaddedCollator:
         # video is in this batch, so feature order still matches token order.
         start = len(samples[0]["input_ids"])
         for d in dummies:
-            n = len(d["input_ids"])
-            input_ids[0, start : start + n] = d["input_ids"]
-            types[0, start : start + n] = d["mm_token_type_ids"]
-            start += n
+            width = len(d["input_ids"])
+            input_ids[0, start : start + width] = d["input_ids"]
+            types[0, start : start + width] = d["mm_token_type_ids"]
+            start += width
         # The first label is never predicted (the loss shifts by one) but Trainer counts it in num_items_in_batch.
         labels[:, 0] = IGNORE_INDEX
         batch: Batch = {

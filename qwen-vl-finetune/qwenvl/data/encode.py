@@ -45,7 +45,6 @@ class EncodedSample(TypedDict, total=False):
     pixel_values_videos: torch.Tensor
     video_grid_thw: torch.Tensor
     second_per_grid_ts: torch.Tensor
-    num_images: int
 
 
 class SampleEncoder:
@@ -127,7 +126,6 @@ class SampleEncoder:
             "input_ids": input_ids,
             "labels": self.labels(input_ids, messages, sample_id),
             "mm_token_type_ids": enc["mm_token_type_ids"][0],
-            "num_images": len(images),
         }
         for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
             if key in enc and enc[key] is not None:

@@ -26,8 +26,8 @@ from qwenvl.data.annotations import Record
 from qwenvl.data.budget import MediaBudget
 from qwenvl.data.packing import packing_efficiency, plan_packs
 from qwenvl.data.registry import load_records
-from qwenvl.inference.grounding import find_boxes, find_points, find_qwen2_boxes
 from qwenvl.model.families import Family
+from qwenvl.model.grounding import find_boxes, find_points, find_qwen2_boxes
 
 
 def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:

@@ -347,6 +347,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _draft_enabled() -> bool:
+    return os.environ.get("QWENVL_JPEG_DRAFT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _uses_draft(image: Image.Image, target: tuple[int, int] | None) -> bool:
+    if not (_draft_enabled() and target is not None and image.format == "JPEG"):
+        return False
+    if image.mode not in ("RGB", "L", "CMYK", "YCbCr"):
+        return False
+    return target[0] * 2 <= image.size[0] and target[1] * 2 <= image.size[1]
+
+
+def decoded_pixels(image: Image.Image, target: tuple[int, int] | None) -> int:
+    """Pixels :func:`decode_image` will hold: a reduced-scale JPEG decode holds the source divided by the largest
+    DCT scale (2, 4 or 8) that still covers ``target``; everything else, the full source."""
+    width, height = image.size
+    if not _uses_draft(image, target):
+        return width * height
+    scale = next(s for s in (8, 4, 2, 1) if -(-width // s) >= target[0] and -(-height // s) >= target[1])
+    return -(-width // scale) * -(-height // scale)
+
+
 def decode_image(image: Image.Image, source: Any, target: tuple[int, int] | None = None) -> Image.Image:
     """Decode an opened image to RGB; ``source`` is only used in error messages.
 
@@ -354,11 +376,8 @@ def decode_image(image: Image.Image, source: Any, target: tuple[int, int] | None
     source, which is several times faster and stays within about 0.7/255 (mean) of a full decode + resize.
     """
     try:
-        draft = os.environ.get("QWENVL_JPEG_DRAFT", "1").strip().lower() not in ("0", "false", "no", "off")
-        if draft and target is not None and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
-            w, h = image.size
-            if target[0] * 2 <= w and target[1] * 2 <= h:
-                image.draft("RGB", target)
+        if _uses_draft(image, target):
+            image.draft("RGB", target)
         image.load()
     except Image.DecompressionBombError as e:
         raise _bomb_error(source, e) from e
@@ -427,11 +446,12 @@ _gate: PixelGate | None = None
 
 
 def decode_gate() -> PixelGate:
-    """The process-wide gate on decoded pixels in flight (``QWENVL_MAX_PIXELS_IN_FLIGHT``, default 64 million:
-    a few 12-megapixel photos decode at once, a 144-megapixel PNG decodes alone)."""
+    """The process-wide gate on decoded pixels in flight (``QWENVL_MAX_PIXELS_IN_FLIGHT``, default 128 million,
+    about 0.5 GB of RGB: two 45-megapixel photos or ten 12-megapixel ones decode at once, a 144-megapixel PNG
+    alone). A reduced-scale JPEG decode counts the pixels it really holds."""
     global _gate
     with _gate_lock:
-        limit = int(os.environ.get("QWENVL_MAX_PIXELS_IN_FLIGHT", str(64_000_000)))
+        limit = int(os.environ.get("QWENVL_MAX_PIXELS_IN_FLIGHT", str(128_000_000)))
         if _gate is None or _gate.limit != limit:
             _gate = PixelGate(limit)
         return _gate
@@ -487,8 +507,9 @@ def fetch_image(ele: dict[str, Any], image_patch_size: int = 14) -> Image.Image:
     target = None if header is source else (resized_width, resized_height)
     size = (resized_width, resized_height)
     gate = decode_gate()
-    with gate.hold(width * height):  # the full-size pixels live until the resize is done
-        if gate.limit > 0 and width * height * 2 >= gate.limit:
+    pixels = decoded_pixels(header, target)
+    with gate.hold(pixels):  # the decoded pixels live until the resize is done
+        if gate.limit > 0 and pixels * 2 >= gate.limit:
             # Images too large to share the gate decode on one dedicated thread, so their memory is reused from
             # one malloc arena instead of growing one arena per fetch thread.
             image = _big_decoder().submit(_decode_and_resize, header, source, target, size).result()
