@@ -1,0 +1,112 @@
+"""Print the Markdown tables of RESULTS.md from the JSON files the benchmarks write (so no figure is typed by hand).
+
+Run::
+
+    .venv/bin/python benchmarks/tables.py [--results benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def _s(summary: dict | None, digits: int = 3) -> str:
+    if not summary:
+        return "-"
+    return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}-{summary['max']:.{digits}f})"
+
+
+def vision(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    lines = [
+        f"{path.name}: {data['date']}, load {data['load_start']} -> {data['load_end']}, "
+        f"OMP_NUM_THREADS={data['omp_num_threads']}",
+        "",
+        "| case | upstream s, median (min-max) | ours s, median (min-max) | speed-up | peak RSS MB upstream / ours "
+        "(ratio) | output |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in data["results"]:
+        up, ours = row["sides"]["upstream"], row["sides"]["ours"]
+        speed = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
+        up_cell = _s(up.get("seconds")) if up.get("seconds") else up.get("error", "-")
+        rss = f"{row['upstream_peak_rss_mb']:.0f} / {row['ours_peak_rss_mb']:.0f}"
+        if "rss_ratio" in row:
+            rss += f" ({row['rss_ratio']:.2f})"
+        out = row.get("output", {})
+        if out.get("bit_exact"):
+            output = "bit-identical"
+        elif "mean_abs_diff" in out:
+            output = f"differs: mean abs diff {out['mean_abs_diff']:.3f} / 255"
+        else:
+            output = "-" if not out else json.dumps(out)
+        lines.append(f"| {row['case']} | {up_cell} | {_s(ours.get('seconds'))} | {speed} | {rss} | {output} |")
+    return lines
+
+
+def train(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    lines = [
+        f"{path.name}: {data['date']}, load {data.get('load_start')} -> {data.get('load_end')}, {data['device']}, "
+        f"{data['model']}, {data['repeats']} timed epochs per mode after a warm-up",
+        "",
+        "| mode | real tokens/s, median (min-max) | padding efficiency |",
+        "|---|---:|---:|",
+    ]
+    for mode in ("padded", "packed"):
+        r = data[mode]
+        lines.append(f"| {mode} | {_s(r['real_tokens_per_s_summary'], 0)} | {r['padding_efficiency']:.2f} |")
+    lines.append(f"| **packed / padded** (medians) | **{data['packed_vs_padded']:.2f}x** | |")
+    return lines
+
+
+def mmmu(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    n = data["questions"]
+    lines = [
+        f"{path.name}: {data['date']}, load {data['load_start']} -> {data['load_end']}, {data['machine']}, "
+        f"{n} questions, {data['repeats']} timed runs per side after a warm-up",
+        "",
+        "| batch size | seconds for all questions, median (min-max) | questions/s (median) |",
+        "|---:|---:|---:|",
+    ]
+    for name, side in data["sides"].items():
+        sec = side["seconds"]
+        lines.append(f"| {name.split('_')[1]} | {_s(sec)} | {n / sec['median']:.1f} |")
+    lines.append(f"| **speed-up** (medians) | **{data['speedup_median']:.2f}x** | |")
+    return lines
+
+
+def demo(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    lines = [
+        f"{path.name}: {data['date']}, load {data.get('load_start')} -> {data.get('load_end')}, {data['machine']}, "
+        f"{data['model']}, {data['request']}",
+        "",
+        "| backend | time to first token s, median (min-max) | tokens/s, median (min-max) | runs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in data["results"].items():
+        lines.append(f"| {name} | {_s(r['ttft_s'])} | {_s(r['tokens_per_s'], 0)} | {r['runs']} |")
+    return lines
+
+
+def main() -> None:
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
+    parser.add_argument("--results", default=str(HERE / "results"))
+    args = parser.parse_args()
+    root = Path(args.results)
+    for name, fn in (("vision.json", vision), ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):
+        path = root / name
+        if path.is_file():
+            print("\n".join(fn(path)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
