@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.qwenvl.train.launch import run_training
 
 
 pytestmark = pytest.mark.slow
@@ -105,16 +106,9 @@ def _run(model: Path, data: Path, out: Path, *extra: str, nproc: int = 1) -> sub
         "--model_max_length", "1024", "--logging_steps", "1", "--seed", "3", "--dataloader_num_workers", "0",
         "--save_strategy", "no", "--bad_media", "skip", "--bad_records", "skip", "--num_train_epochs", "1", *extra,
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "qwenvl.train.train_qwen", *flags]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
-               "-m", "qwenvl.train.train_qwen", *flags, "--ddp_find_unused_parameters", "False"]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if nproc > 1:
+        flags.append("--ddp_find_unused_parameters=False")
+    result = run_training(flags, nproc)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from qwenvl.train.checkpoints import FAULT_ENV, find_resume_checkpoint, missing_parts
+from tests.qwenvl.train.launch import run_training
 
 
 pytestmark = pytest.mark.slow
@@ -31,19 +30,10 @@ def _flags(model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(flags: list[str], fault: str | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
-    env.pop(FAULT_ENV, None)
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     if fault:
         env[FAULT_ENV] = fault
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "qwenvl.train.train_qwen", *flags]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
-               "-m", "qwenvl.train.train_qwen", *flags]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_training(flags, nproc, env)
 
 
 def _history(out: Path) -> dict[int, float]:
