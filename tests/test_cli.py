@@ -59,7 +59,7 @@ sys.exit(code)
 
 
 def _probe(kind: str, target: str, *argv: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "evaluation" / "mmmu")]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, "-c", PROBE.format(heavy=HEAVY), kind, target, *argv],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from mmmu_data import build_messages, iter_questions, prompt_text
-from mmmu_scoring import (
+
+from qwenvl.evaluation.mmmu.data import build_messages, iter_questions, prompt_text
+from qwenvl.evaluation.mmmu.scoring import (
     ScoringInputError,
     aggregate,
     eval_open,
@@ -22,7 +23,6 @@ from mmmu_scoring import (
     score,
     validate_line,
 )
-
 from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
 
 

@@ -20,7 +20,7 @@ import os
 import re
 from typing import Any, Iterator, Literal
 
-from mmmu_scoring import SHORT_NAMES, SUBJECT_ORDER, choice_letters, parse_gold, subject_of
+from qwenvl.evaluation.mmmu.scoring import SHORT_NAMES, SUBJECT_ORDER, choice_letters, parse_gold, subject_of
 
 
 PromptStyle = Literal["official", "qwen"]

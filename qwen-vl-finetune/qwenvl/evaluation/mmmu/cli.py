@@ -1,0 +1,462 @@
+"""MMMU inference and scoring with the official rules, resumable and explained.
+
+Run::
+
+    python evaluation/mmmu/run_mmmu.py infer --model-path Qwen/Qwen3-VL-8B-Instruct --data-dir MMMU/MMMU \\
+        --output-file results.jsonl [--split validation] [--subjects acc,bio] [--limit N] [--batch-size 8] \\
+        [--prompt official|qwen] [--image-placement interleaved|first] [--max-pixels N] [--min-pixels N] \\
+        [--max-new-tokens 128] [--temperature 0] [--top-p 1] [--top-k 0] [--repetition-penalty 1] [--seed 42] \\
+        [--backend hf|vllm] [--tensor-parallel-size N]
+    python evaluation/mmmu/run_mmmu.py eval --input-file results.jsonl --output-file scores.json \\
+        [--scoring official|strict|lenient]
+    python evaluation/mmmu/run_mmmu.py compare A.jsonl B.jsonl [--scoring official]
+
+``infer`` appends one JSON line per question (id, subject, question_type, options, gold answer, raw and
+stripped response, prompt settings; never images) and resumes: re-running with the same output file skips the
+ids already there. ``--limit N`` takes at most N questions per subject. Every output gets a
+``<output>.manifest.json`` with the settings, the model's config hash and the package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenvl.evaluation.mmmu.data import build_messages, gold_answer, iter_questions, question_options, resolve_subjects
+from qwenvl.evaluation.mmmu.scoring import (
+    ScoringInputError,
+    aggregate,
+    format_report,
+    score,
+    subject_of,
+    validate_line,
+)
+
+
+THINK_END = "</think>"
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer after the last ``</think>`` (reasoning models), stripped."""
+    return text.split(THINK_END)[-1].strip()
+
+
+# ----------------------------------------------------------------------------------------------- results file
+
+
+def read_results(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete lines of a results file. A torn last line (a crash mid-write) is dropped, and with ``repair``
+    cut from the file, so appending continues cleanly."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines, good_end = [], 0
+    for chunk in raw.split(b"\n"):
+        end = good_end + len(chunk) + 1
+        if not chunk.strip():
+            good_end = min(end, len(raw))
+            continue
+        try:
+            lines.append(json.loads(chunk))
+        except json.JSONDecodeError:
+            if end < len(raw):  # a bad line in the middle is not a torn write: refuse to guess
+                raise ValueError(f"{path}: line {len(lines) + 1} is not valid JSON; fix or remove it") from None
+            break
+        good_end = min(end, len(raw))
+    if repair and good_end < len(raw):
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+    return lines
+
+
+def append_results(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append whole lines in one write, then fsync: a crash leaves at most one torn last line."""
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    with path.open("ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "qwen-vl-utils", "qwenvl", "datasets", "vllm"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + ".manifest.json")
+
+
+def read_manifest(output: Path) -> dict[str, Any] | None:
+    path = manifest_path(output)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def write_manifest(output: Path, settings: dict[str, Any], segment: bool = False) -> Path:
+    """Write ``<output>.manifest.json``: this run's settings at the top level and, with ``segment``, appended to the
+    ``segments`` list that keeps one entry per run that wrote into the file (a resumed ``infer``)."""
+    path = manifest_path(output)
+    entry = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv, **settings, "versions": _versions()}
+    manifest = dict(entry)
+    if segment:
+        old = read_manifest(output) or {}
+        segments = old.get("segments") or ([{k: v for k, v in old.items() if k != "segments"}] if old else [])
+        manifest["segments"] = [*segments, entry]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# Settings that change answers: a resumed infer must not mix answers made under different ones in one file.
+ANSWER_SETTINGS = ("model_path", "model_config_sha256", "prompt", "image_placement", "pixel_budgets", "decoding",
+                   "backend", "dtype")  # fmt: skip
+
+
+def settings_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each answer-changing setting that differs."""
+    changes = []
+    for key in ANSWER_SETTINGS:
+        before, after = old.get(key), new.get(key)
+        if key == "pixel_budgets":  # compare the budgets in effect, not where they came from
+            before = {k: v for k, v in (before or {}).items() if k in ("max_pixels", "min_pixels")}
+            after = {k: v for k, v in (after or {}).items() if k in ("max_pixels", "min_pixels")}
+        if key in old and before != after:
+            changes.append(f"{key}: {before} -> {after}")
+    return changes
+
+
+class OutputLock:
+    """An exclusive lock on ``<output>.lock`` for the life of an ``infer`` (two writers would duplicate ids)."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"{self.path.with_suffix('')} is being written by another infer (pid {holder}); wait for it to "
+                "finish, or write to another --output-file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+
+
+def config_hash(model_path: str) -> str | None:
+    config = Path(model_path) / "config.json"
+    if config.is_file():
+        return hashlib.sha256(config.read_bytes()).hexdigest()
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hashlib.sha256(Path(hf_hub_download(model_path, "config.json")).read_bytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - offline or not a hub id: the manifest says unknown
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- infer
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def infer(args: argparse.Namespace) -> int:
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(output):
+        return _infer(args, output)
+
+
+def _infer(args: argparse.Namespace, output: Path) -> int:
+    from qwenvl.inference.hf import GenerationSettings, HFGenerator
+    from qwenvl.model.preprocessing import load_preprocessing
+
+    done = {r["id"] for r in read_results(output, repair=True)}
+    subjects = resolve_subjects(args.subjects)
+
+    settings = load_preprocessing(args.model_path)
+    image_keys: dict[str, Any] = {}
+    if args.max_pixels is not None:
+        image_keys["max_pixels"] = args.max_pixels
+    if args.min_pixels is not None:
+        image_keys["min_pixels"] = args.min_pixels
+    drift = {k: (v, getattr(settings, k)) for k, v in image_keys.items() if settings and v != getattr(settings, k)}
+    for key, (flag, trained) in drift.items():
+        print(
+            f"warning: --{key} {flag} differs from the {trained} this checkpoint was trained with "
+            f"({args.model_path}/qwenvl_preprocessing.json); scores may not reflect the trained model",
+            file=sys.stderr,
+        )
+    budgets = {
+        "drift_from_checkpoint": {k: {"flag": f, "trained": t} for k, (f, t) in drift.items()},
+        "source": "flags"
+        if image_keys
+        else ("checkpoint qwenvl_preprocessing.json" if settings else "qwen_vl_utils defaults"),
+        **({"max_pixels": settings.max_pixels, "min_pixels": settings.min_pixels} if settings else {}),
+        **image_keys,
+    }
+    gen = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    prompt_settings = {"prompt": args.prompt, "image_placement": args.image_placement}
+    run_settings = {
+        "mode": "infer",
+        "model_path": args.model_path,
+        "model_config_sha256": config_hash(args.model_path),
+        "data_dir": args.data_dir,
+        "split": args.split,
+        "subjects": subjects,
+        "limit_per_subject": args.limit,
+        **prompt_settings,
+        "pixel_budgets": budgets,
+        "decoding": vars(gen),
+        "backend": args.backend,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+    }
+    previous = read_manifest(output) if done else None
+    if previous is not None:
+        changes = settings_changes(previous, run_settings)
+        if changes and not args.allow_settings_change:
+            raise ValueError(
+                f"{output} holds {len(done)} answers made with other settings ({'; '.join(changes)}); resuming would "
+                "mix them. Use another --output-file, or pass --allow-settings-change to mix on purpose"
+            )
+        if changes:
+            print(f"warning: mixing answers made with other settings: {'; '.join(changes)}", file=sys.stderr)
+    write_manifest(output, run_settings, segment=True)
+
+    todo: list[dict[str, Any]] = []
+    per_subject: dict[str, int] = {}
+    for row in iter_questions(args.data_dir, args.split, subjects):
+        subject = subject_of(row["id"])
+        if args.limit is not None and per_subject.get(subject, 0) >= args.limit:
+            continue
+        per_subject[subject] = per_subject.get(subject, 0) + 1
+        if row["id"] not in done:
+            todo.append(row)
+    print(f"{len(done)} question(s) already in {output}, {len(todo)} to run", file=sys.stderr)
+    if not todo:
+        return 0
+
+    # Flags go into every image item and win over the checkpoint's saved settings (see apply_budgets).
+    if args.backend == "vllm":
+        from qwenvl.inference.vllm_backend import VLLMGenerator
+
+        generator = VLLMGenerator(
+            args.model_path,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            dtype=args.dtype,
+            seed=args.seed,
+            limit_images=args.max_images_per_prompt,
+            enforce_eager=args.enforce_eager,
+        )
+    else:
+        generator = HFGenerator(args.model_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
+    started, count = time.monotonic(), 0
+    try:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(todo), desc="mmmu", unit="q")
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        progress = None
+    for batch in _batches(todo, args.batch_size):
+        conversations = [build_messages(row, args.prompt, args.image_placement, image_keys)[0] for row in batch]
+        raw = generator.generate(conversations, gen)
+        records = []
+        for row, conversation, text in zip(batch, conversations, raw):
+            records.append(
+                {
+                    "id": row["id"],
+                    "subject": subject_of(row["id"]),
+                    "question_type": row["question_type"],
+                    "options": question_options(row),
+                    "answer": gold_answer(row),
+                    "response": strip_reasoning(text),
+                    "raw_response": text,
+                    "num_images": sum(1 for item in conversation[0]["content"] if item["type"] == "image"),
+                    **prompt_settings,
+                }
+            )
+        append_results(output, records)
+        count += len(batch)
+        if progress:
+            progress.update(len(batch))
+    if progress:
+        progress.close()
+    elapsed = time.monotonic() - started
+    print(f"{count} question(s) in {elapsed:.3f}s ({count / max(elapsed, 1e-9):.2f} q/s) -> {output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- eval / compare
+
+
+def load_questions(path: Path) -> list:
+    lines = read_results(path)
+    if not lines:
+        raise SystemExit(f"{path}: no results to score")
+    seen: set[str] = set()
+    questions = []
+    for i, line in enumerate(lines):
+        q = validate_line(line, i)
+        if q.id in seen:
+            raise ScoringInputError(f"{q.id}: appears twice in {path}")
+        seen.add(q.id)
+        questions.append(q)
+    return questions
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    questions = load_questions(Path(args.input_file))
+    records = score(questions, args.scoring)
+    report = aggregate(records)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        json.dumps({"scoring": args.scoring, "input_file": args.input_file, **report, "questions": records}, indent=1)
+        + "\n"
+    )
+    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "seed": 42})
+    print(f"scoring: {args.scoring}")
+    print(format_report(report))
+    print(f"-> {output}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    a_questions, b_questions = load_questions(Path(args.a)), load_questions(Path(args.b))
+    a = {r["id"]: r for r in score(a_questions, args.scoring)}
+    b = {r["id"]: r for r in score(b_questions, args.scoring)}
+    responses_a = {q.id: " ".join(q.response.split()) for q in a_questions}
+    responses_b = {q.id: " ".join(q.response.split()) for q in b_questions}
+    common = [i for i in a if i in b]
+    parse_changed, answer_changed = [], []
+    for qid in common:
+        if a[qid]["correct"] == b[qid]["correct"]:
+            continue
+        # Same words (or a random guess on either side): only the parsing/scoring moved the result.
+        same_text = responses_a[qid] == responses_b[qid]
+        guessed = a[qid]["random_guess"] or b[qid]["random_guess"]
+        (parse_changed if same_text or guessed else answer_changed).append(qid)
+
+    def show(title: str, ids: list[str]) -> None:
+        print(f"{title}: {len(ids)}")
+        for qid in ids:
+            ra, rb = a[qid], b[qid]
+            print(f"  {qid}: A {'right' if ra['correct'] else 'wrong'} (parsed {ra['parsed']!r}) -> "
+                  f"B {'right' if rb['correct'] else 'wrong'} (parsed {rb['parsed']!r})")  # fmt: skip
+
+    acc_a = sum(a[i]["correct"] for i in common) / max(len(common), 1)
+    acc_b = sum(b[i]["correct"] for i in common) / max(len(common), 1)
+    print(f"{len(common)} common question(s); accuracy A {acc_a:.3f}, B {acc_b:.3f}")
+    only = sorted(set(a) ^ set(b))
+    if only:
+        print(f"{len(only)} question(s) in only one file (not compared)")
+    show("parse changed", parse_changed)
+    show("answer changed", answer_changed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("infer", help="run a model on MMMU and write results.jsonl (resumable)")
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--data-dir", default="MMMU/MMMU", help="hub id or local folder (see module doc)")
+    p.add_argument("--output-file", required=True)
+    p.add_argument("--split", default="validation", choices=["dev", "validation", "test"])
+    p.add_argument("--subjects", default=None, help="comma-separated short (acc,bio) or full names; default all 30")
+    p.add_argument("--limit", type=int, default=None, help="at most N questions per subject")
+    p.add_argument("--prompt", default="official", choices=["official", "qwen"])
+    p.add_argument("--image-placement", default="interleaved", choices=["interleaved", "first"])
+    p.add_argument("--max-pixels", type=int, default=None, help="default: the checkpoint's saved settings")
+    p.add_argument("--min-pixels", type=int, default=None)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="hf (transformers) or vllm, in-process")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm backend (default: the model's)")
+    p.add_argument("--max-images-per-prompt", type=int, default=10, help="vllm backend")
+    p.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs / compilation")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--attn-implementation", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--allow-settings-change",
+        action="store_true",
+        help="resume into a file whose answers were made with other answer-changing settings (recorded per segment)",
+    )
+    p.set_defaults(func=infer)
+    e = sub.add_parser("eval", help="score results.jsonl")
+    e.add_argument("--input-file", required=True)
+    e.add_argument("--output-file", required=True)
+    e.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    e.set_defaults(func=evaluate)
+    c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    c.set_defaults(func=compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ScoringInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
