@@ -17,10 +17,12 @@ record and the fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,6 +51,22 @@ class Record:
     messages: list[dict[str, Any]]
     dataset: str = ""
     pack: int | None = None  # pack number in an upstream pre-packed file (its records train in one row)
+
+    @cached_property
+    def key(self) -> str:
+        """A hash of the messages and, for each local media file, its path, size and mtime, taken once (when first
+        asked, at load time): the identity of the record for the length cache and the quarantine, so an edited
+        or moved record, or a replaced media file, is a new record."""
+        stamps = []
+        for item in self.media():
+            source = item.get(item["type"])
+            try:
+                st = os.stat(source) if isinstance(source, str) else None
+                stamps.append([source, st.st_size, st.st_mtime_ns] if st else [repr(source)])
+            except OSError:
+                stamps.append([source, None, None])
+        blob = json.dumps([self.messages, stamps], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def media(self) -> list[dict[str, Any]]:
         """The image and video items, in conversation order."""

@@ -42,20 +42,6 @@ BadMediaPolicy = Literal["error", "skip"]
 OverlongPolicy = Literal["error", "skip", "truncate_text"]
 
 
-def record_key(record: Record) -> str:
-    """A hash of the record's messages and, for each local media file, its path, size and mtime."""
-    stamps = []
-    for item in record.media():
-        source = item.get(item["type"])
-        try:
-            st = os.stat(source) if isinstance(source, str) else None
-            stamps.append([source, st.st_size, st.st_mtime_ns] if st else [repr(source)])
-        except OSError:
-            stamps.append([source, None, None])
-    blob = json.dumps([record.messages, stamps], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 class _JsonlLog:
     """Append-only JSONL, one ``O_APPEND`` write per line (lines from several processes do not interleave), read
     incrementally (a torn last line is read once complete)."""
@@ -97,7 +83,7 @@ class _JsonlLog:
 
 
 class Quarantine:
-    """Records skipped for a reason (``kind``: bad_media, overlong), keyed by :func:`record_key`, shared by threads,
+    """Records skipped for a reason (``kind``: bad_media, overlong), keyed by ``Record.key``, shared by threads,
     dataloader workers and later runs through ``quarantine.jsonl``; replacements are counted in
     ``replacements.jsonl`` beside it."""
 
@@ -271,13 +257,11 @@ class LengthCache:
                 self.entries = data.get("entries", {})
                 self.loaded = len(self.entries)
 
-    key = staticmethod(record_key)
-
     def estimates(self, records: list[Record]) -> list[LengthEstimate]:
         """Estimates of ``records``: from the cache where valid, measured (and added) otherwise."""
         out, measured = [], 0
         for record in records:
-            key = self.key(record)
+            key = record.key
             cached = self.entries.get(key)
             if cached is None:
                 est = estimate_length(record, self.encoder)
@@ -321,7 +305,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         if overlong not in ("error", "skip", "truncate_text"):
             raise ValueError(f"--overlong must be error, skip or truncate_text, got {overlong!r}")
         self.records = records
-        self.keys = [record_key(r) for r in records]
+        self.keys = [r.key for r in records]
         self.encoder = encoder
         self.model_max_length = model_max_length
         self.bad_media = bad_media
@@ -467,5 +451,5 @@ def prefilter_overlong(
             "the limit, or pass --overlong skip|truncate_text"
         )
     for record, est in too_long:
-        quarantine.add(record_key(record), record.id, "", f"estimated {est.total} tokens > {limit}", "overlong")
+        quarantine.add(record.key, record.id, "", f"estimated {est.total} tokens > {limit}", "overlong")
     return keep_r, keep_e

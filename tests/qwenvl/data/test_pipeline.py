@@ -230,7 +230,7 @@ def test_length_cache_reuses_and_invalidates(encoders, tmp_path):
     assert len(data["entries"]) == len(records)
 
     # Read back from the file, not measured: an entry edited in the file is what comes back.
-    key = LengthCache.key(records[1])
+    key = records[1].key
     data["entries"][key] = [1, 2, 3]
     cache_path.write_text(json.dumps(data))
     again = LengthCache(cache_path, encoder)
@@ -238,7 +238,8 @@ def test_length_cache_reuses_and_invalidates(encoders, tmp_path):
 
     # A replaced image (other size on disk) is measured again ...
     Image.new("RGB", (512, 384), "blue").save(tmp_path / "img" / "a.png")
-    remeasured = LengthCache(cache_path, encoder).estimates(records)[0]
+    reloaded = [normalise_record(raw, "d.jsonl:1", str(tmp_path / "img"))]  # as the next run loads it
+    remeasured = LengthCache(cache_path, encoder).estimates(reloaded)[0]
     assert remeasured.image_tokens > first[0].image_tokens
     # ... and other budgets ignore the whole cache.
     smaller = SampleEncoder(encoder.processor, encoder.family, MediaBudget(max_pixels=32 * 32 * 4, min_pixels=32 * 32))
@@ -325,7 +326,9 @@ def test_quarantine_is_keyed_by_content_not_by_place(tmp_path, encoders):
     assert edited.encode(0) is None and edited.encode(1)["sample_id"] == "d.jsonl:2"
     # The image is repaired: its size and mtime change, so the record is tried again and trains.
     shutil.copyfile(IMAGE, tmp_path / "broken.png")
-    repaired = SupervisedDataset(records, encoder, bad_media="skip", quarantine=Quarantine(path))
+    reloaded = [normalise_record({"conversations": conv, "image": str(IMAGE)}, "d.jsonl:1"),
+                normalise_record({"conversations": conv, "image": str(tmp_path / "broken.png")}, "d.jsonl:2")]  # fmt: skip
+    repaired = SupervisedDataset(reloaded, encoder, bad_media="skip", quarantine=Quarantine(path))
     assert repaired.encode(1)["sample_id"] == "d.jsonl:2"
     # --bad_media error ignores the list (a good file raises nothing).
     assert SupervisedDataset(records, encoder, quarantine=Quarantine(path))[1] is not None
