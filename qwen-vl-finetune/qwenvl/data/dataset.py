@@ -111,10 +111,15 @@ class Quarantine:
 
     def is_known(self, key: str, kind: str) -> bool:
         """Whether the record with ``key`` was quarantined for ``kind`` (here, in another process or earlier)."""
+        return self.known_kind(key, (kind,)) is not None
+
+    def known_kind(self, key: str, kinds: tuple[str, ...]) -> str | None:
+        """The first of ``kinds`` the record with ``key`` is quarantined for, or None; the file is checked for new
+        lines once (one ``stat`` per good sample)."""
         with self._lock:
-            if (key, kind) not in self._known:
+            if not any((key, k) in self._known for k in kinds):
                 self._refresh()
-            return (key, kind) in self._known
+            return next((k for k in kinds if (key, k) in self._known), None)
 
     def announce(self, key: str, kind: str, sample_id: str) -> None:
         """Log, once per process, that a record is skipped because the quarantine lists it."""
@@ -319,10 +324,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def encode(self, index: int) -> EncodedSample | None:
         record, key = self.records[index], self.keys[index]
-        for kind in ("bad_media", "overlong"):
-            if self.quarantine.is_known(key, kind) and (kind == "overlong" or self.bad_media == "skip"):
-                self.quarantine.announce(key, kind, record.id)
-                return None  # quarantined earlier (this run, another worker, or the run this one resumes)
+        kinds = ("bad_media", "overlong") if self.bad_media == "skip" else ("overlong",)
+        kind = self.quarantine.known_kind(key, kinds)
+        if kind is not None:
+            self.quarantine.announce(key, kind, record.id)
+            return None  # quarantined earlier (this run, another worker, or the run this one resumes)
         try:
             sample = self.encoder(record.messages, record.id)
         except MediaLoadError as e:

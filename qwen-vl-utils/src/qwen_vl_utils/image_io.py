@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import logging
 import os
@@ -15,7 +16,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -395,29 +396,23 @@ class PixelGate:
         self.in_flight = 0
         self._cond = threading.Condition()
 
-    def hold(self, pixels: int) -> Any:
-        gate = self
-
-        class _Hold:
-            def __enter__(self_inner) -> None:
-                if gate.limit <= 0:
-                    return
-                need = min(pixels, gate.limit)
-                with gate._cond:
-                    gate._cond.wait_for(lambda: gate.in_flight + need <= gate.limit)
-                    gate.in_flight += need
-                self_inner.need = need
-
-            def __exit__(self_inner, *exc: Any) -> None:
-                if gate.limit <= 0:
-                    return
-                if pixels >= TRIM_AFTER_PIXELS:
-                    release_free_memory()
-                with gate._cond:
-                    gate.in_flight -= self_inner.need
-                    gate._cond.notify_all()
-
-        return _Hold()
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        if self.limit <= 0:
+            yield
+            return
+        need = min(pixels, self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_flight + need <= self.limit)
+            self.in_flight += need
+        try:
+            yield
+        finally:
+            if pixels >= TRIM_AFTER_PIXELS:
+                release_free_memory()
+            with self._cond:
+                self.in_flight -= need
+                self._cond.notify_all()
 
 
 TRIM_AFTER_PIXELS = 16_000_000
@@ -475,7 +470,6 @@ def _decode_and_resize(
     header: Image.Image, source: Any, target: tuple[int, int] | None, size: tuple[int, int]
 ) -> Image.Image:
     image = decode_image(header, source, target)
-    del header  # the decoded pixels are referenced by ``image`` alone from here
     if image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)
     return image
