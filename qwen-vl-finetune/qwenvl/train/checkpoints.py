@@ -56,24 +56,22 @@ def staging_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / STAGING
 
 
-def missing_parts(folder: str | Path, model_only: bool = False) -> list[str]:
-    """What ``folder`` lacks to be resumed from (empty when it is complete)."""
+def missing_parts(folder: str | Path) -> list[str]:
+    """What ``folder`` lacks to be resumed from (empty when it is complete). A DeepSpeed checkpoint keeps weights and
+    optimizer in its ``global_step*`` folder."""
     folder = Path(folder)
     names = set(os.listdir(folder)) if folder.is_dir() else set()
+    deepspeed = any(n.startswith("global_step") for n in names)
     missing = []
-    if not names & set(WEIGHTS) and not any(n.startswith("global_step") for n in names):
+    if not deepspeed and not names & set(WEIGHTS):
         missing.append("model weights")
-    for required in ("trainer_state.json", "qwenvl_preprocessing.json"):
+    if not deepspeed and "optimizer.pt" not in names:
+        missing.append("optimizer.pt")
+    for required in ("trainer_state.json", "qwenvl_preprocessing.json", "scheduler.pt"):
         if required not in names:
             missing.append(required)
-    if not model_only:
-        deepspeed = any(n.startswith("global_step") for n in names)
-        if not deepspeed and "optimizer.pt" not in names:
-            missing.append("optimizer.pt")
-        if "scheduler.pt" not in names:
-            missing.append("scheduler.pt")
-        if not any(n.startswith("rng_state") for n in names):
-            missing.append("rng_state*.pth")
+    if not any(n.startswith("rng_state") for n in names):
+        missing.append("rng_state*.pth")
     return missing
 
 
@@ -90,7 +88,7 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def find_resume_checkpoint(output_dir: str | Path, model_only: bool = False) -> Path | None:
+def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint in ``output_dir``, or None. Incomplete ones and staged leftovers of a crash
     are named in the log, never deleted here."""
     partial = staging_dir(output_dir)
@@ -102,7 +100,7 @@ def find_resume_checkpoint(output_dir: str | Path, model_only: bool = False) -> 
                 leftover,
             )
     for step, path in list_checkpoints(output_dir):
-        missing = missing_parts(path, model_only)
+        missing = missing_parts(path)
         if not missing:
             return path
         logger.warning("skipping %s: incomplete, lacks %s", path, ", ".join(missing))
