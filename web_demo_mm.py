@@ -10,20 +10,17 @@ Run::
     python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --compare-checkpoint ./my-finetune   # A/B: two columns
     python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --compare-backend vllm                # A/B: hf vs vllm
 
-Backends: ``hf`` (transformers in this process, tokens streamed from a generation thread), ``vllm`` (vLLM's
-async engine in this process, real incremental streaming; imported only when chosen) and ``openai`` (an
-OpenAI-compatible server such as ``vllm serve`` or ``transformers serve``; uploads are sent as data URIs).
-All resize images through qwen_vl_utils with the checkpoint's saved preprocessing settings, so an answer does
-not depend on the backend. Only uploaded files are ever opened: text typed in the chat is never read as a path.
+The backends are :mod:`qwenvl.inference`'s (``hf``: transformers in this process; ``vllm``: vLLM's async engine
+in this process; ``openai``: an OpenAI-compatible server such as ``vllm serve``); this file holds only the UI.
+All resize images through qwen_vl_utils under the checkpoint's budget, so an answer does not depend on the
+backend; sampling starts from the checkpoint's ``generation_config.json``. Only uploaded files are ever opened: text typed in the chat is never read as a path.
 The server binds 127.0.0.1 unless ``--server-name`` says otherwise; every browser session has its own history.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import logging
 import os
 import queue
@@ -31,9 +28,9 @@ import re
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--api-base", default="http://127.0.0.1:8000/v1", help="openai backend: server URL")
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai backend: key")
-    parser.add_argument("--model", default=None, help="openai backend: model name (default: --checkpoint-path)")
+    parser.add_argument(
+        "--model", default=None, help="openai backend: the server's model name (default: the one it serves)"
+    )
+    parser.add_argument(
+        "--family",
+        default=None,
+        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"],
+        help="openai backend: the served model's family when neither -c nor the server's model card tells it",
+    )
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs (default 1)")
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of GPU memory to use"
@@ -107,11 +112,10 @@ if __name__ == "__main__":  # parse before the heavy imports below: --help and u
 import gradio as gr  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from qwen_vl_utils import fetch_image  # noqa: E402
-from qwenvl.inference.hf import GenerationSettings, apply_budgets  # noqa: E402
-from qwenvl.model.families import Family  # noqa: E402
+from qwenvl.data.encode import media_cost  # noqa: E402
+from qwenvl.inference import load_backend  # noqa: E402
+from qwenvl.inference.base import Backend, GenerationSettings, generation_defaults  # noqa: E402
 from qwenvl.model.grounding import find_boxes  # noqa: E402
-from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing  # noqa: E402
 
 
 logger = logging.getLogger("web_demo_mm")
@@ -119,180 +123,43 @@ logger = logging.getLogger("web_demo_mm")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 
-
-# ----------------------------------------------------------------------------------------------- backends
-
-
-class Backend(Protocol):
-    name: str
-    family: Family
-    settings: PreprocessingSettings | None
-
-    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
-        """Yield the answer's text incrementally (each item is the new text)."""
-        ...
+# A/B mode on a narrow screen stacks the two chat columns: there each gets a quarter of the screen's height, so the input
+# stays in view (a 390 px phone saw it 1250 px down); on a wide screen, side by side, 520 px each. (CSS clamp: the
+# middle term is negative below 640 px of width and huge above.)
+AB_CHAT_HEIGHT = "clamp(25vh, calc((100vw - 640px) * 10), 520px)"
 
 
-class HFBackend:
-    """transformers in this process; text is streamed token by token from a generation thread."""
-
-    name = "hf"
-
-    def __init__(self, checkpoint: str, cpu_only: bool = False, flash_attn2: bool = False) -> None:
-        from qwenvl.inference.hf import HFGenerator
-
-        device_map = "cpu" if cpu_only else ("auto" if _cuda() else "cpu")
-        attn = "flash_attention_2" if flash_attn2 else ("sdpa" if cpu_only or not _cuda() else "auto")
-        self.generator = HFGenerator(checkpoint, dtype="auto", attn_implementation=attn, device_map=device_map)
-        self.checkpoint = checkpoint
-        self.family = self.generator.family
-        self.settings = self.generator.settings
-        self.processor = self.generator.processor
-
-    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
-        yield from self.generator.stream(messages, gen, stop=stop)
+# ----------------------------------------------------------------------------------------------- session state
 
 
-class OpenAIBackend:
-    """Any OpenAI-compatible chat-completions server; images are resized here and sent as data URIs."""
+@dataclass
+class Column:
+    """One model's side of a conversation: what the model is sent (raw text) and what the chat shows."""
 
-    name = "openai"
-
-    def __init__(self, api_base: str, api_key: str, model: str, checkpoint: str | None = None) -> None:
-        try:
-            from openai import OpenAI
-        except ImportError as e:
-            raise ImportError(
-                "--backend openai needs the openai package: pip install -r requirements_web_demo.txt"
-            ) from e
-        from qwenvl.model.families import get_family
-
-        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY")
-        self.api_base = api_base
-        self.model = self.checkpoint = model
-        self.settings = load_preprocessing(checkpoint) if checkpoint and os.path.isdir(checkpoint) else None
-        family_name = self.settings.model_type if self.settings else _guess_family(model, checkpoint)
-        self.family = get_family(family_name)
-
-    def check_server(self, timeout: float = 10.0) -> None:
-        """Raise ``ConnectionError`` naming the URL when the server does not answer (checked at start)."""
-        try:
-            self.client.with_options(timeout=timeout, max_retries=0).models.list()
-        except Exception as e:  # noqa: BLE001 - any failure to list models means the demo cannot work
-            raise ConnectionError(
-                f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
-                "(e.g. vllm serve MODEL) or fix --api-base"
-            ) from None
-
-    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
-        try:
-            yield from self._stream(messages, gen, stop)
-        except ConnectionError:
-            raise
-        except Exception as e:
-            import openai
-
-            if isinstance(e, openai.APIConnectionError):
-                raise ConnectionError(f"cannot reach {self.api_base}: {short_error(e)}") from e
-            if isinstance(e, openai.APIStatusError):
-                raise RuntimeError(f"{self.api_base} answered HTTP {e.status_code}: {short_error(e)}") from e
-            raise
-
-    def _stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
-        payload = [_to_openai_message(m, self.family) for m in apply_budgets(messages, self.settings)]
-        extra: dict[str, Any] = {}
-        if gen.top_k:
-            extra["top_k"] = gen.top_k
-        if gen.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = gen.repetition_penalty
-        response = self.client.chat.completions.create(
-            model=self.model,
-            messages=payload,
-            stream=True,
-            max_tokens=gen.max_new_tokens,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            seed=gen.seed,
-            extra_body=extra or None,
-        )
-        try:
-            for chunk in response:
-                if stop.is_set():
-                    break
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-        finally:
-            response.close()
+    history: list[dict[str, Any]] = field(default_factory=list)
+    display: list[dict[str, Any]] = field(default_factory=list)
 
 
-class VLLMBackend:
-    """vLLM in this process (its async engine), streaming each new piece of text as it is generated."""
+@dataclass
+class ChatSession:
+    """A browser session's conversation: one column per model (two in A/B mode)."""
 
-    name = "vllm"
+    columns: list[Column] = field(default_factory=list)
 
-    def __init__(self, checkpoint: str, tensor_parallel_size: int | None = None, gpu_memory_utilization: float = 0.9,
-                 cpu_only: bool = False) -> None:  # fmt: skip
-        from qwenvl.inference.vllm_backend import VLLMGenerator
+    def column(self, i: int) -> Column:
+        while len(self.columns) <= i:
+            self.columns.append(Column())
+        return self.columns[i]
 
-        self.generator = VLLMGenerator(
-            checkpoint,
-            tensor_parallel_size=tensor_parallel_size or 1,
-            gpu_memory_utilization=gpu_memory_utilization,
-            dtype="float32" if cpu_only else "auto",
-            enforce_eager=cpu_only,
-        )
-        self.checkpoint = checkpoint
-        self.family = self.generator.family
-        self.settings = self.generator.settings
+    def waiting_for_answer(self) -> bool:
+        return bool(self.columns) and bool(self.columns[0].history) and self.columns[0].history[-1]["role"] == "user"
 
-    def stream(self, messages: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event) -> Iterator[str]:
-        yield from self.generator.stream(messages, gen, stop)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _guess_family(model: str, checkpoint: str | None) -> str:
-    if checkpoint and os.path.isdir(checkpoint):
-        from qwenvl.model.loader import read_family
-
-        return read_family(checkpoint).model_type
-    return "qwen3_vl" if "qwen3" in model.lower() else "qwen2_5_vl"
-
-
-def _data_uri(path: str) -> str:
-    ext = Path(path).suffix.lower().lstrip(".") or "bin"
-    mime = ("video/" if f".{ext}" in VIDEO_EXTENSIONS else "image/") + ("jpeg" if ext == "jpg" else ext)
-    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-
-def _to_openai_message(message: dict[str, Any], family: Family) -> dict[str, Any]:
-    content = message["content"]
-    if isinstance(content, str):
-        return {"role": message["role"], "content": content}
-    parts: list[dict[str, Any]] = []
-    for item in content:
-        if item.get("type") == "image":
-            image = fetch_image(item, image_patch_size=family.patch_size)  # the same resize as the hf backend
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            parts.append(
-                {
-                    "type": "image_url",
-                    "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
-                }
-            )
-        elif item.get("type") == "video":
-            parts.append({"type": "video_url", "video_url": {"url": _data_uri(item["video"])}})
-        else:
-            parts.append({"type": "text", "text": item.get("text", "")})
-    return {"role": message["role"], "content": parts}
-
-
-# ----------------------------------------------------------------------------------------------- helpers
+    def drop_last_answer(self) -> None:
+        for column in self.columns:
+            if column.history and column.history[-1]["role"] == "assistant":
+                column.history.pop()
+            while column.display and column.display[-1]["role"] == "assistant":
+                column.display.pop()
 
 
 @dataclass
@@ -340,6 +207,47 @@ class SessionFiles:
         return len(paths)
 
 
+class Generations:
+    """The stop events of the generations running in each browser session, one per column, so Stop (all
+    columns), a column's own Stop and Clear reach a running answer directly; Clear also marks the session's
+    running answer as abandoned, so it sends no update after the chat was emptied."""
+
+    def __init__(self) -> None:
+        self._stops: dict[str, list[threading.Event]] = {}
+        self._epochs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str, columns: int) -> tuple[list[threading.Event], int]:
+        stops = [threading.Event() for _ in range(columns)]
+        with self._lock:
+            self._stops[session] = stops
+            return stops, self._epochs.get(session, 0)
+
+    def finish(self, session: str, stops: list[threading.Event]) -> None:
+        with self._lock:
+            if self._stops.get(session) is stops:
+                del self._stops[session]
+
+    def stop(self, session: str, column: int | None = None) -> None:
+        with self._lock:
+            stops = self._stops.get(session, [])
+        for i, event in enumerate(stops):
+            if column is None or i == column:
+                event.set()
+
+    def abandon(self, session: str) -> None:
+        with self._lock:
+            self._epochs[session] = self._epochs.get(session, 0) + 1
+        self.stop(session)
+
+    def current(self, session: str, epoch: int) -> bool:
+        with self._lock:
+            return self._epochs.get(session, 0) == epoch
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
 def image_megapixels(path: str) -> float:
     """Decoded size of an image upload from its header (no pixels are decoded)."""
     from qwen_vl_utils.image_io import open_image
@@ -373,20 +281,15 @@ def check_upload(path: str, max_mb: float) -> str:
 
 
 def describe_upload(path: str, kind: str, backend: Backend) -> str:
-    """The resized resolution and visual token count an upload will cost (raises on unreadable files)."""
-    factor = backend.family.image_factor
+    """The resized resolution and visual token count an upload will cost this backend (from the header or a
+    probe; raises on unreadable files)."""
+    cost = media_cost({"type": kind, kind: path}, backend.family, backend.budget)
     if kind == "image":
-        ele = apply_budgets([{"role": "user", "content": [{"type": "image", "image": path}]}], backend.settings)
-        image = fetch_image(ele[0]["content"][0], image_patch_size=backend.family.patch_size)
-        w, h = image.size
-        return f"{Path(path).name}: {w}x{h}, {(w // factor) * (h // factor)} visual tokens"
-    from qwen_vl_utils.video_io import plan_video
+        from qwen_vl_utils import fetch_image
 
-    # A probe, not a decode: the frames are decoded once, when the model needs them.
-    ele = apply_budgets([{"role": "user", "content": [{"type": "video", "video": path}]}], backend.settings)
-    plan = plan_video(path, ele[0]["content"][0], backend.family.patch_size)
-    tokens = plan.nframes // backend.family.temporal_patch_size * (plan.height // factor) * (plan.width // factor)
-    return f"{Path(path).name}: {plan.nframes} frames of {plan.width}x{plan.height}, {tokens} visual tokens"
+        # Decoded once here, inside the queue: a file whose header reads but whose pixels do not is refused now.
+        fetch_image(backend.budget.image_item({"image": path}), image_patch_size=backend.family.patch_size)
+    return cost.describe(Path(path).name)
 
 
 def draw_boxes(image_path: str, boxes: list[tuple[list[float], str]], out_dir: str) -> str:
@@ -407,11 +310,42 @@ def draw_boxes(image_path: str, boxes: list[tuple[list[float], str]], out_dir: s
 _MD_IMAGE = re.compile(r"!(\[[^\]]*\])")
 
 
-def render_answer(text: str) -> str:
-    """Chat display of a raw answer: HTML escaped, and Markdown images shown as plain links, so an answer (steered
-    by a prompt injection in an uploaded document, say) can never make the browser fetch a URL by itself. The
-    model's raw text stays in the session history."""
+def render_text(text: str) -> str:
+    """Chat display of model text: HTML escaped, and Markdown images shown as plain links, so an answer (steered
+    by a prompt injection in an uploaded document, say) can never make the browser fetch a URL by itself."""
     return _MD_IMAGE.sub(r"\1", html.escape(text, quote=False))
+
+
+def split_reasoning(text: str) -> tuple[str | None, str, bool]:
+    """``(reasoning, answer, reasoning_finished)`` of a raw answer. Qwen thinking models write
+    ``<think>...</think>`` (or only the closing tag, when the chat template opened it); ``None`` without any."""
+    open_at, close_at = text.find("<think>"), text.find("</think>")
+    if close_at >= 0:
+        start = open_at + len("<think>") if 0 <= open_at < close_at else 0
+        return text[start:close_at].strip(), text[close_at + len("</think>") :].lstrip(), True
+    if open_at >= 0:
+        return text[open_at + len("<think>") :].strip(), text[:open_at], False
+    return None, text, False
+
+
+def render_answer(text: str) -> list[dict[str, Any]]:
+    """The chat messages showing one raw answer: its reasoning as a collapsed "Reasoning" box (Gradio's thought
+    messages, escaped like the answer), then the answer."""
+    reasoning, answer, finished = split_reasoning(text)
+    messages: list[dict[str, Any]] = []
+    if reasoning is not None:
+        title = "Reasoning" if finished else "Thinking..."
+        words = len(reasoning.split())
+        messages.append(
+            {
+                "role": "assistant",
+                "content": render_text(reasoning) or "...",
+                "metadata": {"title": title, "status": "done", "log": f"{words} words"},
+            }
+        )
+    if answer or reasoning is None:
+        messages.append({"role": "assistant", "content": render_text(answer)})
+    return messages
 
 
 def last_image(history: list[dict[str, Any]]) -> str | None:
@@ -423,79 +357,109 @@ def last_image(history: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _session_id(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "-"
+
+
 # ----------------------------------------------------------------------------------------------- UI
 
 
-def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Backend | None = None) -> gr.Blocks:
-    """The chat UI around ``backend`` (no server is started). With ``compare``, an A/B view: every message goes to
-    both backends with the same preprocessed uploads and settings, and each answers in its own column, keeping
-    its own history (two checkpoints, e.g. base vs fine-tuned, or two backends of one checkpoint)."""
-    config = config or DemoConfig()
-    session_files = SessionFiles()
-    box_dir = tempfile.mkdtemp(prefix="qwenvl-demo-boxes-")
-    lanes: list[Backend] = [backend] + ([compare] if compare is not None else [])
-    n = len(lanes)
+class ChatApp:
+    """The demo's UI over one backend (or two, side by side: A/B mode). Every event handler is a method taking
+    the session's :class:`ChatSession`; the chat columns are drawn from it."""
 
-    def split(state: tuple[Any, ...]) -> tuple[list[list], list[list], tuple[Any, ...]]:
-        """Event inputs are ``n`` histories, ``n`` chats, then the rest: copies of the first two, and the rest."""
-        return [list(h or []) for h in state[:n]], [list(c or []) for c in state[n : 2 * n]], state[2 * n :]
+    def __init__(self, backend: Backend, config: DemoConfig | None = None, compare: Backend | None = None) -> None:
+        self.config = config or DemoConfig()
+        self.backends: list[Backend] = [backend] + ([compare] if compare is not None else [])
+        self.files = SessionFiles()
+        self.generations = Generations()
+        self.box_dir = tempfile.mkdtemp(prefix="qwenvl-demo-boxes-")
+        base = GenerationSettings(max_new_tokens=self.config.default_max_new_tokens)
+        self.defaults, self.default_sources = generation_defaults(backend.checkpoint, base)
 
-    def add_user(message: dict[str, Any], *state: Any, request: gr.Request = None):
-        """Inputs: the textbox, then ``n`` histories, ``n`` chats and the upload info."""
-        histories, chats, (info,) = split(state)
+    @property
+    def ab(self) -> bool:
+        return len(self.backends) > 1
+
+    def column_name(self, i: int) -> str:
+        backend = self.backends[i]
+        name = f"{backend.label} ({backend.name}, {backend.family.model_type})"
+        return f"{'AB'[i]}: {name}" if self.ab else name
+
+    def outputs(self, session: ChatSession) -> tuple[Any, ...]:
+        return (session, *[session.column(i).display for i in range(len(self.backends))])
+
+    def cleared_outputs(self) -> tuple[Any, ...]:
+        return self.outputs(ChatSession())
+
+    # ------------------------------------------------------------------------------------------- handlers
+
+    def add_user(self, message: dict[str, Any] | None, session: ChatSession, request: gr.Request = None):
+        """A user message: uploads checked and described (each column's own size and token cost, next to the
+        file), refusals as one line each; the input is locked until the answer is done."""
+        session = session or ChatSession()
         text = (message or {}).get("text") or ""
         files = (message or {}).get("files") or []
+        columns = [session.column(i) for i in range(len(self.backends))]
         items: list[dict[str, Any]] = []
-        notes: list[str] = []
         message_mp = 0.0
-        session = getattr(request, "session_hash", None) or "-"
         for f in files:
             path = f if isinstance(f, str) else f.get("path")
-            session_files.add(session, path)
+            self.files.add(_session_id(request), path)
             try:
-                kind = check_upload(path, config.max_upload_mb)
+                kind = check_upload(path, self.config.max_upload_mb)
                 if kind == "image":
                     mp = image_megapixels(path)
-                    if mp > config.max_upload_megapixels:
+                    if mp > self.config.max_upload_megapixels:
                         raise ValueError(
-                            f"{Path(path).name}: {mp:.0f} megapixels is over the {config.max_upload_megapixels:g} "
-                            "megapixel limit per image (--max-upload-megapixels)"
+                            f"{Path(path).name}: {mp:.0f} megapixels is over the "
+                            f"{self.config.max_upload_megapixels:g} megapixel limit per image (--max-upload-megapixels)"
                         )
-                    if message_mp + mp > config.max_message_megapixels:
+                    if message_mp + mp > self.config.max_message_megapixels:
                         raise ValueError(
                             f"{Path(path).name}: the images of this message would exceed "
-                            f"{config.max_message_megapixels:g} megapixels (--max-message-megapixels); send fewer"
+                            f"{self.config.max_message_megapixels:g} megapixels (--max-message-megapixels); send fewer"
                         )
                     message_mp += mp
-                # Each column's own budgets and patch size (they differ between families and fine-tunes).
-                costs = [describe_upload(path, kind, lane) for lane in lanes]
-                notes.append(costs[0] if n == 1 else " | ".join(f"{'AB'[i]}: {c}" for i, c in enumerate(costs)))
+                notes = [describe_upload(path, kind, backend) for backend in self.backends]
             except Exception as e:  # noqa: BLE001 - every refusal is one line in the chat; the session goes on
-                for chat in chats:
-                    chat.append(
+                for column in columns:
+                    column.display.append(
                         {"role": "assistant", "content": f"Upload refused: {html.escape(short_error(e, path))}"}
                     )
                 continue
             items.append({"type": kind, kind: path})
-            for chat in chats:
-                chat.append({"role": "user", "content": {"path": path}})
+            for column, note in zip(columns, notes):
+                column.display.append({"role": "user", "content": {"path": path}})
+                column.display.append({"role": "user", "content": f"*{html.escape(note)}*"})
         if text:
             items.append({"type": "text", "text": text})
-            for chat in chats:
-                chat.append({"role": "user", "content": text})
+            for column in columns:
+                column.display.append({"role": "user", "content": text})
         if items:
-            for history in histories:
-                history.append({"role": "user", "content": items})
-        info = "\n".join(f"- {note}" for note in notes) if notes else info
-        return gr.MultimodalTextbox(value=None, interactive=False), *histories, *chats, info
+            for column in columns:
+                column.history.append({"role": "user", "content": items})
+        return gr.MultimodalTextbox(value=None, interactive=False), *self.outputs(session)
 
-    def bot(*state: Any):
-        """Inputs: ``n`` histories, ``n`` chats, then the settings; streams every lane's answer as it comes."""
-        histories, chats, settings = split(state)
-        system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty = settings
-        if not histories[0] or histories[0][-1]["role"] != "user":
-            yield *histories, *chats
+    def answer(
+        self,
+        session: ChatSession,
+        system_prompt: str,
+        max_new_tokens: float,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        repetition_penalty: float,
+        seed: float | None,
+        request: gr.Request = None,
+    ):
+        """Stream every column's answer to the last user message (columns run at once, each in its thread)."""
+        session = session or ChatSession()
+        if not session.waiting_for_answer():
+            yield self.outputs(session)
             return
+        sid = _session_id(request)
+        n = len(self.backends)
         system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
         gen = GenerationSettings(
             max_new_tokens=int(max_new_tokens),
@@ -503,178 +467,249 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
             top_p=float(top_p),
             top_k=int(top_k),
             repetition_penalty=float(repetition_penalty),
+            seed=int(seed) if seed is not None and seed >= 0 else None,
         )
-        stop = threading.Event()  # shared: backends only read it, so one finished column never stops the other
+        stops, epoch = self.generations.start(sid, n)
         events: queue.Queue[tuple[int, str | None, Exception | None]] = queue.Queue()
+        columns = [session.column(i) for i in range(n)]
 
-        def run(lane: int) -> None:
+        def run(i: int) -> None:
             try:
-                for piece in lanes[lane].stream(system + histories[lane], gen, stop):
-                    events.put((lane, piece, None))
-                events.put((lane, None, None))
-            except Exception as e:  # noqa: BLE001 - shown in that lane's chat, the session goes on
-                logger.exception("generation failed (%s)", lanes[lane].name)
-                events.put((lane, None, e))
+                for piece in self.backends[i].stream(system + columns[i].history, gen, stops[i]):
+                    events.put((i, piece, None))
+                events.put((i, None, None))
+            except Exception as e:  # noqa: BLE001 - shown in that column, the session goes on
+                logger.exception("generation failed (%s)", self.backends[i].name)
+                events.put((i, None, e))
 
-        answers = [""] * n
-        failed: list[Exception | None] = [None] * n
-        for chat in chats:
-            chat.append({"role": "assistant", "content": ""})
-        for lane in range(n):
-            threading.Thread(target=run, args=(lane,), daemon=True, name=f"demo-lane-{lane}").start()
+        answers, errors = [""] * n, [None] * n
+        shown_from = [len(c.display) for c in columns]
+        for i in range(n):
+            threading.Thread(target=run, args=(i,), daemon=True, name=f"demo-column-{i}").start()
         try:
             running = n
             while running:
-                lane, piece, error = events.get()
+                try:
+                    i, piece, error = events.get(timeout=0.1)
+                except queue.Empty:  # a backend that says nothing (a stalled server) cannot hold a cleared chat
+                    if not self.generations.current(sid, epoch):
+                        yield self.cleared_outputs()
+                        return
+                    continue
                 if piece is None:
                     running -= 1
-                    failed[lane] = error
-                    if error is None:
-                        continue
-                    piece = ""
-                answers[lane] += piece
-                shown = render_answer(answers[lane])
-                if error is not None:
-                    shown += f"\n\n**Error:** {html.escape(short_error(error))}"
-                chats[lane][-1] = {"role": "assistant", "content": shown}
-                yield *histories, *chats
+                    errors[i] = error
+                else:
+                    answers[i] += piece
+                shown = render_answer(answers[i])
+                if errors[i] is not None:
+                    shown.append({"role": "assistant", "content": f"**Error:** {html.escape(short_error(errors[i]))}"})
+                columns[i].display[shown_from[i] :] = shown
+                if not self.generations.current(sid, epoch):
+                    # Cleared meanwhile: the last word is an empty chat (Gradio re-sends a generator's last
+                    # update when it ends, which would otherwise refill the chat after Clear).
+                    yield self.cleared_outputs()
+                    return
+                yield self.outputs(session)
         finally:
-            stop.set()  # also when Stop / Clear cancel this generator: every column's generation ends
-        for lane in range(n):
-            if failed[lane] is not None:
+            for stop in stops:
+                stop.set()  # also when the event is cancelled: every column's generation ends
+            self.generations.finish(sid, stops)
+        if not self.generations.current(sid, epoch):
+            yield self.cleared_outputs()
+            return
+        for i in range(n):
+            if errors[i] is not None:
                 continue
-            histories[lane] = histories[lane] + [
-                {"role": "assistant", "content": [{"type": "text", "text": answers[lane]}]}
-            ]
-            image, boxes = last_image(histories[lane]), find_boxes(answers[lane])
+            columns[i].history.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})
+            image, boxes = last_image(columns[i].history), find_boxes(answers[i])
             if image and boxes:
-                chats[lane].append({"role": "assistant", "content": {"path": draw_boxes(image, boxes, box_dir)}})
-        yield *histories, *chats
+                drawn = draw_boxes(image, boxes, self.box_dir)
+                columns[i].display.append({"role": "assistant", "content": {"path": drawn}})
+        yield self.outputs(session)
 
-    def drop_last_answer(*state: Any):
-        histories, chats, _ = split(state)
-        for history in histories:
-            if history and history[-1]["role"] == "assistant":
-                history.pop()
-        for chat in chats:
-            while chat and chat[-1]["role"] == "assistant":
-                chat.pop()
-        return *histories, *chats, gr.Button(interactive=False)
+    def regenerate(self, session: ChatSession):
+        session = session or ChatSession()
+        session.drop_last_answer()
+        return self.outputs(session)
 
-    def reset(request: gr.Request = None):
-        session_files.delete(getattr(request, "session_hash", None) or "-")
-        return *([[]] * (2 * n)), "", gr.MultimodalTextbox(value=None, interactive=True), gr.Button(interactive=True)
+    def stop(self, request: gr.Request = None) -> None:
+        self.generations.stop(_session_id(request))
 
-    def end_session(request: gr.Request = None) -> None:
-        session_files.delete(getattr(request, "session_hash", None) or "-")
+    def stop_column(self, column: int):
+        def stop(request: gr.Request = None) -> None:
+            self.generations.stop(_session_id(request), column)
 
-    # delete_cache: Gradio also removes what is left (e.g. sessions that never said goodbye) hourly and at exit.
-    with gr.Blocks(title="Qwen-VL chat", delete_cache=(3600, 3600)) as demo:
-        if compare is None:
-            gr.Markdown(f"## Qwen-VL chat ({backend.name} backend, {backend.family.model_type})")
-        else:
-            gr.Markdown(
-                f"## Qwen-VL A/B: {html.escape(_label(backend))} vs {html.escape(_label(compare))}\n"
-                "Every message goes to both, with the same uploads and settings; each keeps its own history."
-            )
-        histories = [gr.State([]) for _ in lanes]
-        with gr.Row():
-            chatbots = [
-                gr.Chatbot(
-                    elem_id="chatbot" if i == 0 else "chatbot_b",
-                    label=None if n == 1 else f"{'AB'[i]}: {_label(lane)}",
-                    height=520,
-                    reasoning_tags=[("<think>", "</think>")],
-                    buttons=["copy"],
-                    sanitize_html=True,
+        stop.__name__ = f"stop_{'ab'[column]}"
+        return stop
+
+    def clear(self, session: ChatSession, request: gr.Request = None):
+        sid = _session_id(request)
+        self.generations.abandon(sid)
+        self.files.delete(sid)
+        session = session or ChatSession()
+        session.columns = []
+        return (*self.outputs(session), gr.MultimodalTextbox(value=None, interactive=True), *self.idle())
+
+    def end_session(self, request: gr.Request = None) -> None:
+        sid = _session_id(request)
+        self.generations.abandon(sid)
+        self.files.delete(sid)
+
+    def busy(self) -> tuple[Any, ...]:
+        """Buttons while an answer runs: Stop(s) on, Regenerate off."""
+        return (gr.Button(interactive=False), *[gr.Button(interactive=True)] * len(self.stop_buttons))
+
+    def idle(self) -> tuple[Any, ...]:
+        return (gr.Button(interactive=True), *[gr.Button(interactive=False)] * len(self.stop_buttons))
+
+    # ------------------------------------------------------------------------------------------- layout
+
+    def build(self) -> gr.Blocks:
+        d, src = self.defaults, self.default_sources
+
+        def origin(name: str) -> str:
+            return f"from {src[name]}"
+
+        first = self.backends[0]
+        title = f"Qwen-VL chat: {first.label}" if not self.ab else "Qwen-VL A/B: " + " vs ".join(
+            b.label for b in self.backends)  # fmt: skip
+        # delete_cache: Gradio also removes what is left (e.g. sessions that never said goodbye) hourly and at exit.
+        with gr.Blocks(title=title, delete_cache=(3600, 3600)) as demo:
+            heading = f"### {html.escape(title)}"
+            if self.ab:
+                heading += (
+                    "  \nEvery message goes to both, with the same uploads and settings; each keeps its history."
                 )
-                for i, lane in enumerate(lanes)
-            ]
-        textbox = gr.MultimodalTextbox(
-            elem_id="chat_input",
-            file_types=["image", "video"],
-            file_count="multiple",
-            sources=["upload"],
-            placeholder="Ask about an image or a video...",
-            show_label=False,
-        )
-        with gr.Row():
-            stop_btn = gr.Button("Stop", elem_id="stop_btn")
-            regen_btn = gr.Button("Regenerate", elem_id="regen_btn")
-            clear_btn = gr.Button("Clear", elem_id="clear_btn")
-        upload_info = gr.Markdown("", elem_id="upload_info")
-        gr.Markdown(config.limits_text(), elem_id="upload_limits")
-        with gr.Accordion("Settings", open=False):
-            system_prompt = gr.Textbox(label="System prompt", value="")
-            max_new_tokens = gr.Slider(1, 8192, value=config.default_max_new_tokens, step=1, label="Max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
-            repetition_penalty = gr.Slider(0.8, 2.0, value=1.0, step=0.05, label="Repetition penalty")
-        controls = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
+            gr.Markdown(heading, elem_id="title")
+            session = gr.State(ChatSession())
+            self.stop_buttons: list[gr.Button] = []
+            chatbots = []
+            with gr.Row():
+                for i in range(len(self.backends)):
+                    with gr.Column():
+                        chatbots.append(
+                            gr.Chatbot(
+                                elem_id="chatbot" if i == 0 else "chatbot_b",
+                                label=self.column_name(i),
+                                show_label=True,
+                                height=AB_CHAT_HEIGHT if self.ab else 520,
+                                buttons=["copy"],
+                                sanitize_html=True,
+                            )
+                        )
+                        if self.ab:
+                            self.stop_buttons.append(
+                                gr.Button(f"Stop {'AB'[i]}", elem_id=f"stop_{'ab'[i]}", interactive=False, size="sm")
+                            )
+            textbox = gr.MultimodalTextbox(
+                elem_id="chat_input",
+                file_types=["image", "video"],
+                file_count="multiple",
+                sources=["upload"],
+                placeholder="Ask about an image or a video...",
+                show_label=False,
+            )
+            with gr.Row():
+                stop_btn = gr.Button("Stop", elem_id="stop_btn", interactive=False)
+                regen_btn = gr.Button("Regenerate", elem_id="regen_btn")
+                clear_btn = gr.Button("Clear", elem_id="clear_btn")
+            self.stop_buttons.insert(0, stop_btn)
+            gr.Markdown(self.config.limits_text(), elem_id="upload_limits")
+            with gr.Accordion("Settings", open=False):
+                details = []
+                for i, backend in enumerate(self.backends):
+                    budget = backend.budget.describe()
+                    origin_text = "" if backend.budget_source == budget else f" (from {backend.budget_source})"
+                    details.append(f"{self.column_name(i)}: media budget {budget}{origin_text}")
+                gr.Markdown(html.escape("\n".join(details)).replace("\n", "  \n"), elem_id="model_details")
+                system_prompt = gr.Textbox(label="System prompt", value="")
+                max_new_tokens = gr.Slider(1, 32768, value=d.max_new_tokens, step=1, label="Max new tokens",
+                                           info=origin("max_new_tokens"), elem_id="max_new_tokens")  # fmt: skip
+                temperature = gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="Temperature (0 = greedy)",
+                                        info=origin("temperature"), elem_id="temperature")  # fmt: skip
+                top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.05, label="Top-p", info=origin("top_p"),
+                                  elem_id="top_p")  # fmt: skip
+                top_k = gr.Slider(0, 200, value=d.top_k, step=1, label="Top-k (0 = off)", info=origin("top_k"),
+                                  elem_id="top_k")  # fmt: skip
+                repetition_penalty = gr.Slider(0.8, 2.0, value=d.repetition_penalty, step=0.05,
+                                               label="Repetition penalty", info=origin("repetition_penalty"),
+                                               elem_id="repetition_penalty")  # fmt: skip
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1: a new one each time; fixed: reproducible)",
+                                 elem_id="seed")  # fmt: skip
+            controls = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed]
+            view = [session, *chatbots]
+            buttons = [regen_btn, *self.stop_buttons]
 
-        state = [*histories, *chatbots]
-        # Uploads are decoded inside the queue, a few at a time: large images cannot pile up outside it.
-        submit = textbox.submit(
-            add_user,
-            [textbox, *state, upload_info],
-            [textbox, *state, upload_info],
-            concurrency_limit=config.upload_concurrency,
-            concurrency_id="uploads",
-        )
-        answer = submit.then(lambda: gr.Button(interactive=False), None, regen_btn, queue=False).then(
-            bot, [*state, *controls], state, api_name="chat", concurrency_id="model"
-        )
-        answer.then(
-            lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=True)),
-            None,
-            [textbox, regen_btn],
-            queue=False,
-        )
-
-        regen = regen_btn.click(drop_last_answer, state, [*state, regen_btn], queue=False)
-        regen_run = regen.then(bot, [*state, *controls], state, concurrency_id="model")
-        regen_run.then(lambda: gr.Button(interactive=True), None, regen_btn, queue=False)
-
-        stop_btn.click(
-            lambda: (gr.MultimodalTextbox(interactive=True), gr.Button(interactive=True)),
-            None,
-            [textbox, regen_btn],
-            cancels=[answer, regen_run],
-            queue=False,
-        )
-        # Clear cancels a running generation; a second, late clear catches an update already in flight.
-        cleared = [*state, upload_info, textbox, regen_btn]
-        clear = clear_btn.click(reset, None, cleared, cancels=[answer, regen_run], queue=False)
-        clear.then(_late_pause, None, None, queue=False).then(reset, None, cleared, queue=False)
-        demo.unload(end_session)
-    demo.queue(default_concurrency_limit=config.concurrency, max_size=32)
-    return demo
+            # Uploads are decoded inside the queue, a few at a time: large images cannot pile up outside it.
+            submit = textbox.submit(
+                self.add_user, [textbox, session], [textbox, *view],
+                concurrency_limit=self.config.upload_concurrency, concurrency_id="uploads",
+            )  # fmt: skip
+            answer = submit.then(self.busy, None, buttons, queue=False).then(
+                self.answer, [session, *controls], view, api_name="chat", concurrency_id="model"
+            )
+            answer.then(
+                lambda: (gr.MultimodalTextbox(interactive=True), *self.idle()), None, [textbox, *buttons], queue=False
+            )
+            regen = regen_btn.click(self.regenerate, session, view, queue=False).then(
+                self.busy, None, buttons, queue=False
+            )
+            regen_run = regen.then(self.answer, [session, *controls], view, concurrency_id="model")
+            regen_run.then(self.idle, None, buttons, queue=False)
+            # Stop ends the generation itself (the answer so far is kept, in the chat and the history); the
+            # generator then finishes normally and the chain above unlocks the input.
+            stop_btn.click(self.stop, None, None, queue=False)
+            for i, button in enumerate(self.stop_buttons[1:]):
+                button.click(self.stop_column(i), None, None, queue=False)
+            # Clear stops a running answer through Generations (not Gradio's cancel): the answer then ends by
+            # sending an empty chat itself, so no update of it can arrive after the Clear.
+            clear_btn.click(self.clear, session, [*view, textbox, *buttons], queue=False)
+            demo.unload(self.end_session)
+        demo.queue(default_concurrency_limit=self.config.concurrency, max_size=32)
+        return demo
 
 
-def _label(backend: Backend) -> str:
-    return f"{getattr(backend, 'checkpoint', None) or backend.family.model_type} ({backend.name})"
-
-
-def _late_pause() -> None:
-    threading.Event().wait(0.5)
+def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Backend | None = None) -> gr.Blocks:
+    """The chat UI around ``backend`` (no server is started). With ``compare``, an A/B view: every message goes to
+    both backends with the same uploads and settings, and each answers in its own column, keeping its own history
+    (two checkpoints, e.g. base vs fine-tuned, or two backends of one checkpoint)."""
+    return ChatApp(backend, config, compare).build()
 
 
 # ----------------------------------------------------------------------------------------------- main
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
-    if args.backend == "openai":
-        backend = OpenAIBackend(args.api_base, args.api_key, args.model or args.checkpoint_path, args.checkpoint_path)
-        try:
-            backend.check_server()
-        except ConnectionError as e:
-            print(f"web_demo_mm.py: error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        return backend
-    if args.backend == "vllm":
-        return VLLMBackend(args.checkpoint_path, args.tensor_parallel_size, args.gpu_memory_utilization, args.cpu_only)
-    return HFBackend(args.checkpoint_path, cpu_only=args.cpu_only, flash_attn2=args.flash_attn2)
+    """The backend the command line asks for (one line naming the fix when it cannot be built)."""
+    from qwenvl.cli import UserError
+
+    try:
+        if args.backend == "openai":
+            return load_backend(
+                "openai",
+                args.checkpoint_path,
+                api_base=args.api_base,
+                api_key=args.api_key,
+                model=args.model,
+                family=args.family,
+            )
+        if args.backend == "vllm":
+            return load_backend(
+                "vllm",
+                args.checkpoint_path,
+                tensor_parallel_size=args.tensor_parallel_size or 1,
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                dtype="float32" if args.cpu_only else "auto",
+                enforce_eager=args.cpu_only,
+            )
+        attn = "flash_attention_2" if args.flash_attn2 else "auto"
+        return load_backend("hf", args.checkpoint_path, attn_implementation=attn,
+                            device="cpu" if args.cpu_only else "auto")  # fmt: skip
+    except (ConnectionError, UserError) as e:
+        hint = " (fix --api-base)" if isinstance(e, ConnectionError) else ""
+        print(f"web_demo_mm.py: error: {e}{hint}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def make_compare_backend(args: argparse.Namespace) -> Backend | None:

@@ -2,7 +2,7 @@
 
 Backends: ``hf`` (in-process transformers, per-token streaming thread), ``vllm`` (vLLM's async engine, run in
 ``.venv-vllm`` when scripts/setup_vllm.sh made it) and ``openai`` against a real OpenAI-compatible server started
-here (``transformers serve`` on 127.0.0.1), all driven through ``web_demo_mm``'s backend classes with the same
+here (``transformers serve`` on 127.0.0.1), all driven through ``qwenvl.inference``'s backends (what the demo uses) with the same
 request (one image + a question, greedy, 64 new tokens). The checkpoint has head_dim 64 so vLLM's CPU kernels
 take it.
 
@@ -80,13 +80,13 @@ import json, sys, threading
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {here!r})
 import bench_demo
-import web_demo_mm as demo
-from qwenvl.inference.hf import GenerationSettings
+from qwenvl.inference import load_backend
+from qwenvl.inference.base import GenerationSettings
 
 def main():
-    backend = demo.VLLMBackend({model!r}, cpu_only=True)
+    backend = load_backend("vllm", {model!r}, dtype="float32", enforce_eager=True)
     messages = json.loads({messages!r})
-    result = bench_demo.measure(backend, messages, GenerationSettings(max_new_tokens=64), {repeat}, backend.generator.processor.tokenizer)
+    result = bench_demo.measure(backend, messages, GenerationSettings(max_new_tokens=64), {repeat}, backend.processor.tokenizer)
     print("RESULT " + json.dumps(result))
 
 if __name__ == "__main__":
@@ -119,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     from PIL import Image
 
-    import web_demo_mm as demo
-    from qwenvl.inference.hf import GenerationSettings
+    from qwenvl.inference import load_backend
+    from qwenvl.inference.base import GenerationSettings
     from qwenvl.model.tiny import write_tiny_checkpoint
 
     gen = GenerationSettings(max_new_tokens=64)
@@ -135,7 +135,7 @@ def main() -> None:
 
         from timing import compare
 
-        hf = demo.HFBackend(model, cpu_only=True)
+        hf = load_backend("hf", model, device="cpu")
         tokenizer = hf.processor.tokenizer
 
         vllm_result = measure_vllm(model, messages, args.repeat, tmp)
@@ -157,7 +157,7 @@ def main() -> None:
                         break
                 except OSError:
                     time.sleep(0.5)
-            backend = demo.OpenAIBackend(f"http://127.0.0.1:{port}/v1", "EMPTY", model, checkpoint=model)
+            backend = load_backend("openai", model, api_base=f"http://127.0.0.1:{port}/v1", model=model)
             # hf and openai alternate in one run (one warm-up each, then A B, B A, ...).
             both = compare(
                 {"hf": lambda: one_request(hf, messages, gen, tokenizer),

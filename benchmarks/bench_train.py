@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is visible")
     from qwenvl.data.collate import PackedCollator, PaddedCollator
-    from qwenvl.data.encode import MediaBudget, SampleEncoder
+    from qwenvl.data.encode import SampleEncoder
     from qwenvl.data.packing import packing_efficiency, plan_packs
+    from qwenvl.model.budget import TRAINING_BUDGET
     from qwenvl.model.families import get_family
     from qwenvl.model.tiny import build_tiny
 
@@ -226,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
         model, processor = build_tiny("qwen3_vl")
         model = model.to(device=device, dtype=dtype)
         label = "tiny Qwen3-VL (test checkpoint)"
-    encoder = SampleEncoder(processor, get_family("qwen3_vl"), MediaBudget(max_pixels=64 * 64, min_pixels=32 * 32))
+    encoder = SampleEncoder(
+        processor, get_family("qwen3_vl"), TRAINING_BUDGET.overridden(max_pixels=64 * 64, min_pixels=32 * 32)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         samples = [encoder(r.messages, r.id) for r in make_records(Path(tmp), args.samples)]
     lengths = [len(s["input_ids"]) for s in samples]

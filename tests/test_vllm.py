@@ -99,12 +99,13 @@ def test_demo_vllm_backend_streams_like_hf(vllm_checkpoint, tmp_path):
         import json, sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         import web_demo_mm as demo
-        from qwenvl.inference.hf import GenerationSettings
+        from qwenvl.inference.base import GenerationSettings
+        from qwenvl.inference.vllm_backend import VLLMBackend
 
         def main():
             # The command line a user types: web_demo_mm.py -c CKPT --backend vllm --cpu-only
             backend = demo.make_backend(demo.parse_args(["-c", {str(vllm_checkpoint)!r}, "--backend", "vllm", "--cpu-only"]))
-            assert isinstance(backend, demo.VLLMBackend)
+            assert isinstance(backend, VLLMBackend)
             messages = json.loads({json.dumps(messages)!r})
             full = list(backend.stream(messages, GenerationSettings(max_new_tokens=24), threading.Event()))
             stop = threading.Event()
@@ -126,9 +127,9 @@ def test_demo_vllm_backend_streams_like_hf(vllm_checkpoint, tmp_path):
     assert len(out["full"]) >= 2, out  # really incremental
     assert len(out["cut"]) <= 4, out  # Stop aborts the request
 
-    import web_demo_mm as demo
-    from qwenvl.inference.hf import GenerationSettings
+    from qwenvl.inference.base import GenerationSettings
+    from qwenvl.inference.hf import HFBackend
 
-    hf = demo.HFBackend(str(vllm_checkpoint), cpu_only=True)
+    hf = HFBackend(str(vllm_checkpoint), device="cpu")
     hf_text = "".join(hf.stream(messages, GenerationSettings(max_new_tokens=24), threading.Event()))
     assert _clean("".join(out["full"])) == _clean(hf_text)

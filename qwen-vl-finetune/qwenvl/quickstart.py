@@ -88,9 +88,10 @@ def make_dataset(root: Path, n_train: int, n_eval: int, seed: int = 0) -> dict[s
 
 def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple[float, list[str]]:
     """Held-out accuracy: the greedy answer, lower-cased and stripped, must equal the colour."""
-    from qwenvl.inference.hf import GenerationSettings, HFGenerator
+    from qwenvl.inference import load_backend
+    from qwenvl.inference.base import GenerationSettings
 
-    generator = HFGenerator(str(model_path), dtype="float32", attn_implementation="sdpa")
+    backend = load_backend("hf", str(model_path), dtype="float32", attn_implementation="sdpa", device="cpu")
     records = [json.loads(line) for line in annotations.read_text().splitlines()]
     image_root = annotations.parent / "images"
     answers = []
@@ -108,7 +109,7 @@ def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple
             ]
             for r in chunk
         ]
-        answers += generator.generate(conversations, GenerationSettings(max_new_tokens=4))
+        answers += backend.generate(conversations, GenerationSettings(max_new_tokens=4))
     gold = [r["conversations"][1]["value"] for r in records]
     correct = sum(a.strip().lower().rstrip(".") == g for a, g in zip(answers, gold))
     return correct / len(records), answers

@@ -17,12 +17,15 @@ SMOKE = ["--shape", "2b", "--device", "cpu", "--dtype", "float32", "--text-layer
 @pytest.mark.slow
 def test_flop_formula_matches_counted_flops(tmp_path):
     from qwenvl.data.collate import PackedCollator
-    from qwenvl.data.encode import MediaBudget, SampleEncoder
+    from qwenvl.data.encode import SampleEncoder
+    from qwenvl.model.budget import TRAINING_BUDGET
     from qwenvl.model.families import get_family
 
     torch.manual_seed(0)
     model, processor = bench_train.model_2b("cpu", torch.float32, text_layers=1, vision_depth=1, vocab_size=4096)
-    encoder = SampleEncoder(processor, get_family("qwen3_vl"), MediaBudget(max_pixels=64 * 64, min_pixels=32 * 32))
+    encoder = SampleEncoder(
+        processor, get_family("qwen3_vl"), TRAINING_BUDGET.overridden(max_pixels=64 * 64, min_pixels=32 * 32)
+    )
     samples = [encoder(r.messages, r.id) for r in bench_train.make_records(tmp_path, 2)]
     batch = PackedCollator()(samples)
     labels = batch.pop("labels")

@@ -23,6 +23,7 @@ from qwenvl.evaluation.mmmu.scoring import (
     score,
     validate_line,
 )
+from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
 
 
@@ -274,15 +275,13 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
     model = str(tmp_path / "finetuned")
     shutil.copytree(tiny_checkpoints["qwen3_vl"], model)
     trained = dict(max_pixels=8192, min_pixels=1024, video_max_pixels=65536, video_min_pixels=4096)
-    save_preprocessing(
-        PreprocessingSettings("qwen3_vl", 16, **trained, video_fps=2.0, video_max_frames=8, video_min_frames=4), model
-    )
+    save_preprocessing(PreprocessingSettings("qwen3_vl", 16, TRAINING_BUDGET.overridden(**trained)), model)
     common = ["infer", "--model-path", model, "--data-dir", str(data), "--output-file", str(results),
               "--subjects", "art,math,phys", "--batch-size", "3", "--max-new-tokens", "4", "--max-pixels", "4096"]  # fmt: skip
 
     first = _run(*common, "--limit", "2")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "warning: --max_pixels 4096 differs from the 8192 this checkpoint was trained with" in first.stderr
+    assert "warning: --max-pixels 4096 differs from the 8192 this checkpoint was trained with" in first.stderr
     assert len(results.read_text().splitlines()) == 6
     # A crash mid-write leaves a torn last line: it is repaired and that question re-run.
     with results.open("a") as f:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from qwenvl.data.collate import PackedCollator
-from qwenvl.data.encode import MediaBudget, SampleEncoder
+from qwenvl.data.encode import SampleEncoder
 from qwenvl.data.registry import load_records
+from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.families import FAMILIES
 from qwenvl.model.loader import load_model, load_processor, resolve_attn_implementation
 
@@ -28,7 +29,7 @@ def test_auto_attention_on_gpu():
 def test_packed_equals_unpacked_on_gpu(tiny_checkpoints, attn):
     path = str(tiny_checkpoints["qwen3_vl"])
     model = load_model(path, dtype="bfloat16", attn_implementation=attn, device_map="cuda").eval()
-    encoder = SampleEncoder(load_processor(path), FAMILIES["qwen3_vl"], MediaBudget())
+    encoder = SampleEncoder(load_processor(path), FAMILIES["qwen3_vl"], TRAINING_BUDGET)
     samples = [encoder(r.messages, r.id) for r in load_records("demo_images,demo_messages")][:4]
 
     def logits(batch):

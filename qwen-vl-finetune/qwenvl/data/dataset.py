@@ -189,12 +189,9 @@ def estimate_length(record: Record, encoder: SampleEncoder) -> LengthEstimate:
 
     Matches the encoded length exactly (checked by tests) for local media.
     """
-    from qwen_vl_utils.image_io import image_source, open_image
-    from qwen_vl_utils.resize import image_target_size
-    from qwen_vl_utils.video_io import plan_video
+    from qwenvl.data.encode import media_cost
 
     family = encoder.family
-    factor = family.image_factor
     text = encoder.processor.apply_chat_template(record.messages, tokenize=False, add_generation_prompt=False)
     ids = encoder.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     n_media = 0
@@ -203,20 +200,14 @@ def estimate_length(record: Record, encoder: SampleEncoder) -> LengthEstimate:
     for item in record.media():
         n_media += 1
         try:
-            if item["type"] == "image":
-                ele = encoder.budget.image_item(item)
-                width, height = open_image(image_source(ele)).size
-                h, w = image_target_size(height, width, ele, family.patch_size)
-                image_tokens += (h // factor) * (w // factor)
+            cost = media_cost(item, family, encoder.budget)
+            if cost.kind == "image":
+                image_tokens += cost.tokens
             else:
-                ele = encoder.budget.video_item(item)
-                source = ele["video"]
-                if not isinstance(source, str) or source.startswith(("http://", "https://")):
-                    raise ValueError("only local video files can be measured from headers")
-                plan = plan_video(source, ele, family.patch_size)
+                plan = cost.plan
                 merge_t = family.temporal_patch_size
                 groups = plan.nframes // merge_t
-                video_tokens += groups * (plan.height // factor) * (plan.width // factor)
+                video_tokens += cost.tokens
                 if family.video_timestamps:
                     # Per temporal patch: "<t seconds><|vision_start|>...<|vision_end|>", t the mean time of its frames.
                     indices, fps = plan.indices, plan.probe.fps

@@ -9,12 +9,13 @@ a frame at 768 tokens and the whole video at ``MODEL_SEQ_LEN``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import torch
 
 from qwenvl.cli import UserError
-from qwenvl.data.budget import MediaBudget
+from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 from qwenvl.model.families import Family
 from qwenvl.model.rope import mrope_position_ids
 
@@ -55,7 +56,7 @@ class SampleEncoder:
     ):
         self.processor = processor
         self.family = family
-        self.budget = budget or MediaBudget()
+        self.budget = budget or TRAINING_BUDGET
         self.tokens_per_second = tokens_per_second
         tok = processor.tokenizer
         self.im_start = _token_id(tok, "<|im_start|>")
@@ -194,3 +195,69 @@ def truncate_text_only(sample: EncodedSample, max_length: int) -> EncodedSample 
     if int((out["labels"] != IGNORE_INDEX).sum()) == 0:
         return None
     return out  # type: ignore[return-value]
+
+
+def encode_prompts(
+    processor: Any, family: Family, conversations: list[list[dict[str, Any]]], budget: MediaBudget
+) -> Any:
+    """Left-padded model inputs for a batch of conversations, each ending with a user turn: what every inference
+    backend feeds the model. Media go through qwen_vl_utils under ``budget`` (resized once, as in training), so
+    the processor is told not to resize again."""
+    from qwen_vl_utils import process_vision_info
+
+    conversations = [budget.apply(c) for c in conversations]
+    texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    images, videos, video_kwargs = process_vision_info(
+        conversations, return_video_kwargs=True, return_video_metadata=True, image_patch_size=family.patch_size
+    )
+    kwargs: dict[str, Any] = {"do_resize": False}
+    if images:
+        kwargs["images"] = images
+    if videos:
+        frames, metadata = zip(*videos)
+        kwargs.update(videos=list(frames), video_metadata=list(metadata), **video_kwargs)
+    return processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+
+
+@dataclass(frozen=True)
+class MediaCost:
+    """What one image or video costs the model under a budget: the resized size, the frames and the visual
+    tokens (text around a video's frames, such as Qwen3-VL's timestamps, not included)."""
+
+    kind: str  # image or video
+    width: int
+    height: int
+    frames: int  # 1 for an image
+    tokens: int
+    plan: Any = None  # the video's sampling plan (qwen_vl_utils.video_io.VideoPlan)
+
+    def describe(self, name: str) -> str:
+        if self.kind == "image":
+            return f"{name}: {self.width}x{self.height}, {self.tokens} visual tokens"
+        return f"{name}: {self.frames} frames of {self.width}x{self.height}, {self.tokens} visual tokens"
+
+
+def media_cost(item: dict[str, Any], family: Family, budget: MediaBudget) -> MediaCost:
+    """The cost of a content item (``{"type": "image", "image": ...}`` or a video) from its header or a probe,
+    without decoding pixels: the sizes and frame counts that training, every inference backend, the demo and
+    ``inspect_video`` produce for it (they all resize through qwen_vl_utils under the same budget)."""
+    from qwen_vl_utils.image_io import image_source, open_image
+    from qwen_vl_utils.resize import image_target_size
+    from qwen_vl_utils.video_io import plan_video
+
+    factor = family.image_factor
+    if item.get("type") == "image" or "image" in item:
+        ele = budget.image_item(item)
+        with open_image(image_source(ele)) as image:
+            width, height = image.size
+        h, w = image_target_size(height, width, ele, family.patch_size)
+        return MediaCost("image", w, h, 1, (h // factor) * (w // factor))
+    ele = budget.video_item(item)
+    source = ele["video"]
+    if not isinstance(source, str) or source.startswith(("http://", "https://")):
+        raise ValueError("only local video files can be measured without decoding")
+    plan = plan_video(source, ele, family.patch_size)
+    groups = plan.nframes // family.temporal_patch_size
+    return MediaCost(
+        "video", plan.width, plan.height, plan.nframes, groups * (plan.height // factor) * (plan.width // factor), plan
+    )

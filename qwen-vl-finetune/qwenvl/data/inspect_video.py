@@ -9,10 +9,12 @@ For one video and a checkpoint's processor it prints:
   shortened;
 
 and then encodes the same one-turn conversation twice, with the training encoder (``SampleEncoder``, what
-``train_qwen.py`` feeds the model) and with the inference path (``prepare_inputs``, what MMMU and the demo feed
-it), and compares token ids, grids and pixels. Any difference means the model would be trained on one rendering
-of a video and asked about another; the command then exits with status 1. Budgets come from the checkpoint's
-``qwenvl_preprocessing.json`` when it has one, else the training defaults; flags override either.
+``train_qwen.py`` feeds the model) and with the inference path (``encode_prompts``, what every backend of the
+demo and the evaluations feeds it), and compares token ids, grids and pixels. Any difference means the model would
+be trained on one rendering of a video and asked about another; the command then exits with status 1. The budget
+is the one the demo and the evaluations use for this checkpoint (``checkpoint_budget``: its
+``qwenvl_preprocessing.json``, else qwen_vl_utils' defaults, then these flags); for a checkpoint without saved
+settings it also says how training with the default flags would sample the video.
 
 Run::
 
@@ -27,7 +29,7 @@ import sys
 from typing import Any
 
 from qwenvl.cli import StrictParser, run_tool
-from qwenvl.data.budget import MediaBudget
+from qwenvl.model.budget import MediaBudget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", required=True, help="a local video file (download a URL first)")
     parser.add_argument("--question", default="Describe this video.")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
-    MediaBudget.add_arguments(parser, unset=True)  # unset flags keep the checkpoint's saved budgets
+    MediaBudget.add_arguments(parser)  # unset flags keep the checkpoint's budget (as the demo and evals use it)
     return parser
 
 

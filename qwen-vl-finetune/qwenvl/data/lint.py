@@ -23,9 +23,9 @@ from typing import Any
 
 from qwenvl.cli import StrictParser, run_tool
 from qwenvl.data.annotations import Record
-from qwenvl.data.budget import MediaBudget
 from qwenvl.data.packing import packing_efficiency, plan_packs
 from qwenvl.data.registry import load_records
+from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 from qwenvl.model.families import Family
 from qwenvl.model.grounding import find_boxes, find_points, find_qwen2_boxes
 
@@ -148,7 +148,7 @@ def lint(args: argparse.Namespace) -> int:
                 f"{rid[-60:]:60} {est.text_tokens:>6} {est.image_tokens:>6} {est.video_tokens:>6} {est.total:>7}{flag}"
             )
         print()
-    print(f"family {family.model_type}, patch {family.patch_size}, budgets {budget}")
+    print(f"family {family.model_type}, patch {family.patch_size}, budgets: {budget.describe()}")
     print(f"{len(rows)} samples, {sum(lengths)} tokens, max {max(lengths, default=0)}, "
           f"mean {sum(lengths) / max(len(lengths), 1):.1f}")  # fmt: skip
     text_only = sum(1 for _, est in rows if est.image_tokens == 0 and est.video_tokens == 0)
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify_media", action="store_true", help="also decode all media (slower; finds corrupt files)"
     )
     parser.add_argument("--per_sample", action="store_true", help="print every sample's budget (default: up to 50)")
-    MediaBudget.add_arguments(parser)
+    MediaBudget.add_arguments(parser, TRAINING_BUDGET)
     return parser
 
 

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from qwenvl.data.collate import VISION_KEYS, PackedCollator, sample_lengths
-from qwenvl.data.encode import IGNORE_INDEX, EncodedSample, MediaBudget, SampleEncoder
+from qwenvl.data.encode import IGNORE_INDEX, EncodedSample, SampleEncoder
 from qwenvl.data.packing import plan_packs
 from qwenvl.data.registry import load_records
+from qwenvl.model.budget import MediaBudget
 
 
 # |loss packed - loss alone| allowed per dtype: kernels may sum in another order once rows are concatenated.

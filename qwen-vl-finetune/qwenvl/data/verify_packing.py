@@ -28,7 +28,7 @@ import argparse
 import sys
 
 from qwenvl.cli import StrictParser, run_tool
-from qwenvl.data.budget import MediaBudget
+from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(train_qwen.py turns it off; this shows why)",
     )
     parser.add_argument("--dump", default=None, help="write the pack layouts and results as JSON here")
-    MediaBudget.add_arguments(parser)
+    MediaBudget.add_arguments(parser, TRAINING_BUDGET)
     return parser
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qwenvl.data.encode import MediaBudget, SampleEncoder
-from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing
+from qwenvl.data.encode import SampleEncoder, encode_prompts, media_cost
+from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
+from qwenvl.model.preprocessing import checkpoint_budget
 
 
 def token_layout(tokenizer: Any, ids: list[int]) -> list[str]:
@@ -60,18 +61,15 @@ def inspect(args: argparse.Namespace) -> int:
     from qwen_vl_utils import VisionInputError
     from qwen_vl_utils.video_io import get_video_reader_backend, plan_video
     from qwenvl.cli import UserError
-    from qwenvl.inference.hf import prepare_inputs
     from qwenvl.model.loader import load_processor, read_family
 
     if not Path(args.video).is_file():
         raise UserError(f"--video {args.video}: no such file (give a local video file; download a URL first)")
     family = read_family(args.model_name_or_path)
     processor = load_processor(args.model_name_or_path)
-    saved = load_preprocessing(args.model_name_or_path)
-    budget = MediaBudget.from_attrs(saved) if saved is not None else MediaBudget()
-    overrides = {f.name: getattr(args, f.name) for f in fields(MediaBudget) if getattr(args, f.name) is not None}
-    budget = replace(budget, **overrides)
-    settings = PreprocessingSettings(model_type=family.model_type, patch_size=family.patch_size, **asdict(budget))
+    # The budget every inference tool (demo, evaluations) uses for this checkpoint, with the flags over it.
+    overrides = {f.name: getattr(args, f.name) for f in fields(MediaBudget)}
+    budget, source = checkpoint_budget(args.model_name_or_path, **overrides)
     item = {"type": "video", "video": args.video}
 
     try:
@@ -90,11 +88,7 @@ def inspect(args: argparse.Namespace) -> int:
         f"  probe: {probe.total_frames} frames at {probe.fps:.3f} fps ({probe.total_frames / probe.fps:.2f} s), "
         f"{probe.width}x{probe.height}, rotation {probe.rotation}; decoder {get_video_reader_backend()}"
     )
-    print(
-        f"  budget: fps {budget.video_fps}, frames {budget.video_min_frames}-{budget.video_max_frames}, "
-        f"pixels per frame {budget.video_min_pixels}-{budget.video_max_pixels}"
-        f"{' (from qwenvl_preprocessing.json)' if saved else ''}"
-    )
+    print(f"  budget: {budget.describe()} (from {source})")
     print(
         f"  sampled: {plan.nframes} frames of range [{plan.start}, {plan.end}], resized to {plan.width}x{plan.height}"
     )
@@ -105,23 +99,38 @@ def inspect(args: argparse.Namespace) -> int:
     print(f"  grid (t, h, w) {grid} -> {tokens} visual tokens ({tokens // max(grid[0], 1)} per group)")
 
     conversation = [{"role": "user", "content": [item, {"type": "text", "text": args.question}]}]
-    inference = prepare_inputs(processor, family, [conversation], settings)
+    inference = encode_prompts(processor, family, [conversation], budget)
     inf_ids = inference["input_ids"][0].tolist()
     layout = token_layout(processor.tokenizer, inf_ids)
     print(f"  prompt ({len(inf_ids)} tokens):")
     for piece in layout:
         print(f"    {piece!r}")
 
-    encoder = SampleEncoder(processor, family, budget)
+    encoder = SampleEncoder(processor, family, budget)  # training's encoder, under the same budget
     training = encoder(conversation + [{"role": "assistant", "content": "x"}], "inspect")
     problems = compare_encodings(training, inference, processor.tokenizer)
     if list(inference["video_grid_thw"][0].tolist()) != list(grid):
         problems.append(f"the processor's grid {inference['video_grid_thw'][0].tolist()} is not the planned {grid}")
 
+    trained = None
+    if source.startswith("qwen_vl_utils"):
+        # A checkpoint without saved settings: training with the default flags samples differently, and the
+        # checkpoint it writes saves that budget, so the fine-tuned model is then served the training way.
+        t = media_cost({"type": "video", "video": args.video}, family, TRAINING_BUDGET)
+        trained = {"frames": t.frames, "size": [t.width, t.height], "visual_tokens": t.tokens}
+        print(
+            f"  note: this checkpoint has no qwenvl_preprocessing.json, so the demo and the evaluations use "
+            f"qwen_vl_utils defaults (above); training with the default flags samples {t.frames} frames of "
+            f"{t.width}x{t.height} = {t.tokens} visual tokens, and its checkpoints are then served that way"
+        )
+
     report = {
         "video": args.video,
         "probe": asdict(probe),
         "budget": asdict(budget),
+        "budget_source": source,
+        "frames": plan.nframes,
+        "training_defaults": trained,
         "indices": plan.indices,
         "seconds": seconds,
         "size": [plan.width, plan.height],

@@ -1,1 +1,36 @@
-"""Inference backends shared by MMMU evaluation and the demo."""
+"""The one way to run a model: ``hf``, ``vllm`` and ``openai`` backends behind one protocol
+(:class:`qwenvl.inference.base.Backend`), used by the demo, the evaluations and the quick-start job.
+
+This module imports nothing heavy; :func:`load_backend` imports the chosen backend only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+BACKENDS = ("hf", "vllm", "openai")
+
+
+def load_backend(kind: str, checkpoint: str | None = None, **options: Any) -> Any:
+    """A loaded backend of ``kind``.
+
+    * ``hf``: ``checkpoint`` plus ``dtype``, ``attn_implementation``, ``device`` (auto/cpu/cuda), ``budget``.
+    * ``vllm``: ``checkpoint`` plus vLLM engine options (``tensor_parallel_size``, ``gpu_memory_utilization``,
+      ``max_model_len``, ``dtype``, ``seed``, ``limit_images``, ``enforce_eager``), ``budget``.
+    * ``openai``: ``api_base``, ``model``, ``api_key``, ``family``, ``concurrency``, ``budget``; ``checkpoint`` is an
+      optional local copy of the served checkpoint.
+    """
+    if kind == "hf":
+        from qwenvl.inference.hf import HFBackend
+
+        return HFBackend(checkpoint, **options)
+    if kind == "vllm":
+        from qwenvl.inference.vllm_backend import VLLMBackend
+
+        return VLLMBackend(checkpoint, **options)
+    if kind == "openai":
+        from qwenvl.inference.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(checkpoint=checkpoint, **options)
+    raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

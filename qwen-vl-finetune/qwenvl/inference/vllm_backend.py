@@ -1,8 +1,9 @@
-"""vLLM inference shared by MMMU (batched ``generate``) and the demo (incremental ``stream``).
+"""The ``vllm`` backend: vLLM in this process (batched ``generate`` through ``LLM``, incremental ``stream``
+through its async engine).
 
 vLLM is imported lazily; without it the constructor raises an ImportError saying what to install. Media go
-through qwen_vl_utils with the checkpoint's saved preprocessing settings exactly as in the HF backend, and vLLM's
-processor is told not to resize again, so answers do not depend on the backend.
+through qwen_vl_utils under the checkpoint's budget exactly as in the hf backend, and vLLM's processor is told not
+to resize again, so answers do not depend on the backend.
 
 Scripts that use this backend must guard their entry point with ``if __name__ == "__main__":`` (vLLM starts its
 engine in a spawned process).
@@ -16,8 +17,9 @@ import threading
 import uuid
 from typing import Any, Iterator
 
-from qwenvl.inference.hf import GenerationSettings, apply_budgets
-from qwenvl.model.preprocessing import PreprocessingSettings, load_preprocessing
+from qwenvl.inference.base import Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.model.budget import MediaBudget
+from qwenvl.model.preprocessing import checkpoint_budget
 
 
 logger = logging.getLogger(__name__)
@@ -36,13 +38,15 @@ def _import_vllm() -> Any:
     return vllm
 
 
-class VLLMGenerator:
+class VLLMBackend:
     """A vLLM engine for one checkpoint; ``generate`` for batches, ``stream`` for one conversation at a time."""
+
+    name = "vllm"
 
     def __init__(
         self,
-        model_path: str,
-        settings: PreprocessingSettings | None = None,
+        checkpoint: str,
+        budget: MediaBudget | None = None,
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
@@ -55,12 +59,16 @@ class VLLMGenerator:
         self.vllm = _import_vllm()
         from qwenvl.model.loader import load_processor, read_family
 
-        self.model_path = model_path
-        self.family = read_family(model_path)
-        self.processor = load_processor(model_path)
-        self.settings = settings if settings is not None else load_preprocessing(model_path)
+        self.checkpoint = checkpoint
+        self.label = short_label(checkpoint)
+        self.family = read_family(checkpoint)
+        self.processor = load_processor(checkpoint)
+        if budget is None:
+            self.budget, self.budget_source = checkpoint_budget(checkpoint)
+        else:
+            self.budget, self.budget_source = budget, "given"
         self.engine_args = dict(
-            model=model_path,
+            model=checkpoint,
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
@@ -79,7 +87,7 @@ class VLLMGenerator:
         """A vLLM prompt dict: chat-template text plus media already resized by qwen_vl_utils."""
         from qwen_vl_utils import process_vision_info
 
-        conversation = apply_budgets(conversation, self.settings)
+        conversation = self.budget.apply(conversation)
         text = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         images, videos, video_kwargs = process_vision_info(
             [conversation],
@@ -151,39 +159,23 @@ class VLLMGenerator:
         stop: threading.Event | None = None,
     ) -> Iterator[str]:
         """Yield new text as the engine produces it; setting ``stop`` aborts the request."""
-        import queue
-
         gen = gen or GenerationSettings()
-        caller_stop = stop or threading.Event()
-        halt = threading.Event()  # set when the caller stops reading; the caller's event is never set here
         self._ensure_async()
         assert self._loop is not None
-        request_id = uuid.uuid4().hex
-        pieces: queue.Queue[Any] = queue.Queue()
-        done = object()
+        loop, engine = self._loop, self._async
         request = self.request(conversation)
         params = self.sampling_params(gen, delta=True)
 
-        async def run() -> None:
-            try:
-                async for out in self._async.generate(request, params, request_id=request_id):
-                    if halt.is_set() or caller_stop.is_set():
-                        await self._async.abort(request_id)
-                        break
-                    text = out.outputs[0].text if out.outputs else ""
-                    if text:
-                        pieces.put(text)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                pieces.put(e)
-            finally:
-                pieces.put(done)
+        def produce(emit: Emit, halted: Halted) -> None:
+            request_id = uuid.uuid4().hex
 
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
-        try:
-            while (item := pieces.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            halt.set()
-            future.result(timeout=60)
+            async def run() -> None:
+                async for out in engine.generate(request, params, request_id=request_id):
+                    if halted():
+                        await engine.abort(request_id)
+                        break
+                    emit(out.outputs[0].text if out.outputs else "")
+
+            asyncio.run_coroutine_threadsafe(run(), loop).result()
+
+        yield from stream_in_thread(produce, stop, name="vllm-stream")

@@ -1,16 +1,19 @@
 """The preprocessing settings a checkpoint was trained with, in one file next to its weights.
 
-``qwenvl_preprocessing.json`` holds the family, patch size and the pixel / frame budgets. Training writes it into
-every checkpoint and the final output; MMMU and the demo read it, so a fine-tuned model is always fed images and
-videos the way it was trained.
+``qwenvl_preprocessing.json`` holds the family, patch size and the pixel / frame budget (flat keys, the fields of
+:class:`qwenvl.model.budget.MediaBudget`). Training writes it into every checkpoint and the final output; every
+tool that feeds a model (the demo, the evaluations, ``inspect_video``) reads it through :func:`checkpoint_budget`,
+so a fine-tuned model is always fed images and videos the way it was trained.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from qwenvl.model.budget import INFERENCE_BUDGET, MediaBudget
 
 
 FILENAME = "qwenvl_preprocessing.json"
@@ -18,38 +21,35 @@ FILENAME = "qwenvl_preprocessing.json"
 
 @dataclass
 class PreprocessingSettings:
-    """Budgets in qwen_vl_utils semantics (video pixel budgets are per frame)."""
+    """What a checkpoint was trained with: its family, patch size and media budget."""
 
     model_type: str
     patch_size: int
-    max_pixels: int
-    min_pixels: int
-    video_max_pixels: int
-    video_min_pixels: int
-    video_fps: float
-    video_max_frames: int
-    video_min_frames: int
+    budget: MediaBudget
     model_max_length: int | None = None
 
-    def image_item(self) -> dict[str, Any]:
-        """Keys to merge into an image content item."""
-        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
-
-    def video_item(self) -> dict[str, Any]:
-        """Keys to merge into a video content item."""
+    def to_dict(self) -> dict[str, Any]:
         return {
-            "min_pixels": self.video_min_pixels,
-            "max_pixels": self.video_max_pixels,
-            "fps": self.video_fps,
-            "min_frames": self.video_min_frames,
-            "max_frames": self.video_max_frames,
+            "model_type": self.model_type,
+            "patch_size": self.patch_size,
+            **self.budget.to_dict(),
+            "model_max_length": self.model_max_length,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessingSettings:
+        return cls(
+            model_type=data["model_type"],
+            patch_size=int(data["patch_size"]),
+            budget=MediaBudget.from_dict(data),
+            model_max_length=data.get("model_max_length"),
+        )
 
 
 def save_preprocessing(settings: PreprocessingSettings, folder: str | Path) -> Path:
     path = Path(folder) / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    path.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -58,6 +58,23 @@ def load_preprocessing(folder: str | Path) -> PreprocessingSettings | None:
     path = Path(folder) / FILENAME
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    known = {f.name for f in fields(PreprocessingSettings)}
-    return PreprocessingSettings(**{k: v for k, v in data.items() if k in known})
+    try:
+        return PreprocessingSettings.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a valid {FILENAME} ({e}); restore it from the training output") from None
+
+
+def checkpoint_budget(checkpoint: str | Path | None, **overrides: Any) -> tuple[MediaBudget, str]:
+    """The budget every tool uses for ``checkpoint``, and where it came from.
+
+    The checkpoint's saved budget when it has ``qwenvl_preprocessing.json``, else ``INFERENCE_BUDGET``
+    (qwen_vl_utils' defaults, as upstream feeds released checkpoints); non-None ``overrides`` (command-line flags)
+    replace single fields.
+    """
+    saved = load_preprocessing(checkpoint) if checkpoint is not None and Path(checkpoint).is_dir() else None
+    budget, source = (saved.budget, FILENAME) if saved is not None else (INFERENCE_BUDGET, "qwen_vl_utils defaults")
+    changed = {k: v for k, v in overrides.items() if v is not None}
+    if changed:
+        budget = budget.overridden(**changed)
+        source += " + flags " + ", ".join(f"--{k}" for k in changed)
+    return budget, source

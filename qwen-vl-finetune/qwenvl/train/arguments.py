@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qwenvl.cli import StrictParser, UserError, closest
+from qwenvl.model.budget import TRAINING_BUDGET
 
 
 logger = logging.getLogger(__name__)
@@ -61,13 +62,24 @@ class DataArguments:
         default=False, metadata={"help": "pack samples (best-fit-decreasing) into rows of --max_packed_tokens tokens"}
     )
     max_packed_tokens: int = field(default=8192, metadata={"help": "capacity of a pack (with --data_packing)"})
-    max_pixels: int = field(default=28 * 28 * 576, metadata={"help": "image pixel budget (max)"})
-    min_pixels: int = field(default=28 * 28 * 16, metadata={"help": "image pixel budget (min)"})
-    video_max_pixels: int = field(default=28 * 28 * 1024, metadata={"help": "per-frame pixel budget (max)"})
-    video_min_pixels: int = field(default=28 * 28 * 256, metadata={"help": "per-frame pixel budget (min)"})
-    video_fps: float = field(default=2.0, metadata={"help": "frames sampled per second of video"})
-    video_max_frames: int = field(default=8, metadata={"help": "most frames sampled per video"})
-    video_min_frames: int = field(default=4, metadata={"help": "fewest frames sampled per video"})
+    # Budget defaults come from TRAINING_BUDGET (qwenvl/model/budget.py), defined once for every tool.
+    max_pixels: int = field(default=TRAINING_BUDGET.max_pixels, metadata={"help": "image pixel budget (max)"})
+    min_pixels: int = field(default=TRAINING_BUDGET.min_pixels, metadata={"help": "image pixel budget (min)"})
+    video_max_pixels: int = field(
+        default=TRAINING_BUDGET.video_max_pixels, metadata={"help": "per-frame pixel budget (max)"}
+    )
+    video_min_pixels: int = field(
+        default=TRAINING_BUDGET.video_min_pixels, metadata={"help": "per-frame pixel budget (min)"}
+    )
+    video_fps: float = field(
+        default=TRAINING_BUDGET.video_fps, metadata={"help": "frames sampled per second of video"}
+    )
+    video_max_frames: int = field(
+        default=TRAINING_BUDGET.video_max_frames, metadata={"help": "most frames sampled per video"}
+    )
+    video_min_frames: int = field(
+        default=TRAINING_BUDGET.video_min_frames, metadata={"help": "fewest frames sampled per video"}
+    )
     overlong: Literal["error", "skip", "truncate_text"] = field(
         default="error", metadata={"help": "what to do with samples longer than --model_max_length"}
     )

@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
 
     from qwenvl.data.collate import DummyMedia, PackedCollator, PaddedCollator
     from qwenvl.data.dataset import Quarantine
-    from qwenvl.data.encode import MediaBudget, SampleEncoder
+    from qwenvl.data.encode import SampleEncoder
+    from qwenvl.model.budget import MediaBudget
     from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary
     from qwenvl.model.loader import load_model, load_processor, read_family
     from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
@@ -185,8 +185,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     settings = PreprocessingSettings(
         model_type=family.model_type,
         patch_size=family.patch_size,
+        budget=budget,
         model_max_length=training_args.model_max_length,
-        **asdict(budget),
     )
     trainer = QwenVLTrainer(
         model=model,

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText
 
 from qwenvl.data.collate import PackedCollator, PaddedCollator, sample_lengths
-from qwenvl.data.encode import IGNORE_INDEX, MediaBudget, SampleEncoder
+from qwenvl.data.encode import IGNORE_INDEX, SampleEncoder
 from qwenvl.data.registry import load_records
+from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.families import FAMILIES
 from qwenvl.model.loader import load_processor
 
@@ -75,7 +76,9 @@ def encoded(tiny_checkpoints):
     ]
     out = {}
     for family, path in tiny_checkpoints.items():
-        budget = MediaBudget(max_pixels=64 * 32 * 32, video_max_pixels=16 * 32 * 32, video_min_pixels=8 * 32 * 32)
+        budget = TRAINING_BUDGET.overridden(
+            max_pixels=64 * 32 * 32, video_max_pixels=16 * 32 * 32, video_min_pixels=8 * 32 * 32
+        )
         encoder = SampleEncoder(load_processor(str(path)), FAMILIES[family], budget)
         out[family] = [encoder(r.messages, r.id) for r in picked]
     return out

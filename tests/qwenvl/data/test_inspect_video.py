@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qwenvl.data.encode import MediaBudget, SampleEncoder
+from qwenvl.data.encode import SampleEncoder, encode_prompts
 from qwenvl.data.inspect_video import compare_encodings, main, token_layout
-from qwenvl.inference.hf import prepare_inputs
+from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 from qwenvl.model.families import FAMILIES
 from qwenvl.model.loader import load_processor
-from qwenvl.model.preprocessing import PreprocessingSettings
 
 
 VIDEO = str(Path(__file__).resolve().parents[3] / "qwen-vl-finetune/qwenvl/data/demo/videos/moving_red.mp4")
@@ -50,20 +49,21 @@ def test_compare_encodings_sees_a_different_rendering(tiny_checkpoints):
     path = str(tiny_checkpoints["qwen3_vl"])
     processor, family = load_processor(path), FAMILIES["qwen3_vl"]
     conversation = [{"role": "user", "content": [{"type": "video", "video": VIDEO}, {"type": "text", "text": "Hi"}]}]
-    training = SampleEncoder(processor, family, MediaBudget())(
+    training = SampleEncoder(processor, family, TRAINING_BUDGET)(
         conversation + [{"role": "assistant", "content": "x"}], "s"
     )
 
     def inference(budget: MediaBudget):
-        settings = PreprocessingSettings(model_type="qwen3_vl", patch_size=16, **budget.__dict__)
-        return prepare_inputs(processor, family, [conversation], settings)
+        return encode_prompts(processor, family, [conversation], budget)
 
-    assert compare_encodings(training, inference(MediaBudget()), processor.tokenizer) == []
+    assert compare_encodings(training, inference(TRAINING_BUDGET), processor.tokenizer) == []
     # Served with other budgets than it was trained with: fewer pixels per frame, or other frames.
-    smaller = compare_encodings(training, inference(MediaBudget(video_max_pixels=64 * 64, video_min_pixels=32 * 32)),
+    smaller = compare_encodings(training, inference(TRAINING_BUDGET.overridden(video_max_pixels=64 * 64, video_min_pixels=32 * 32)),
                                 processor.tokenizer)  # fmt: skip
     assert any("token ids differ" in p for p in smaller) and any("video_grid_thw" in p for p in smaller)
-    other_frames = compare_encodings(training, inference(MediaBudget(video_fps=4.0)), processor.tokenizer)
+    other_frames = compare_encodings(
+        training, inference(TRAINING_BUDGET.overridden(video_fps=4.0)), processor.tokenizer
+    )
     assert any("pixel_values_videos" in p for p in other_frames)
 
 

@@ -21,9 +21,10 @@ from qwenvl.data.dataset import (
     estimate_length,
     prefilter_overlong,
 )
-from qwenvl.data.encode import IGNORE_INDEX, MediaBudget, MediaLoadError, SampleEncoder
+from qwenvl.data.encode import IGNORE_INDEX, MediaLoadError, SampleEncoder
 from qwenvl.data.packing import packing_efficiency, plan_packs
 from qwenvl.data.registry import DEMO_DIR, load_records, parse_dataset_use, sample_indices
+from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.families import FAMILIES
 from qwenvl.model.loader import load_processor
 
@@ -133,7 +134,9 @@ def test_registry_and_seeded_sampling(tmp_path):
 
 @pytest.fixture(scope="module")
 def encoders(tiny_checkpoints):
-    return {f: SampleEncoder(load_processor(str(p)), FAMILIES[f], MediaBudget()) for f, p in tiny_checkpoints.items()}
+    return {
+        f: SampleEncoder(load_processor(str(p)), FAMILIES[f], TRAINING_BUDGET) for f, p in tiny_checkpoints.items()
+    }
 
 
 def test_labels_supervise_only_assistant_turns(encoders, family):
@@ -197,7 +200,7 @@ def test_budgets_applied_once(encoders):
     encoder = SampleEncoder(
         encoders["qwen3_vl"].processor,
         FAMILIES["qwen3_vl"],
-        MediaBudget(max_pixels=8 * 32 * 32, min_pixels=4 * 32 * 32),
+        TRAINING_BUDGET.overridden(max_pixels=8 * 32 * 32, min_pixels=4 * 32 * 32),
     )
     messages = [
         {"role": "user", "content": [{"type": "image", "image": str(IMAGE)}]},
@@ -242,7 +245,9 @@ def test_length_cache_reuses_and_invalidates(encoders, tmp_path):
     remeasured = LengthCache(cache_path, encoder).estimates(reloaded)[0]
     assert remeasured.image_tokens > first[0].image_tokens
     # ... and other budgets ignore the whole cache.
-    smaller = SampleEncoder(encoder.processor, encoder.family, MediaBudget(max_pixels=32 * 32 * 4, min_pixels=32 * 32))
+    smaller = SampleEncoder(
+        encoder.processor, encoder.family, TRAINING_BUDGET.overridden(max_pixels=32 * 32 * 4, min_pixels=32 * 32)
+    )
     assert LengthCache(cache_path, smaller).loaded == 0
 
 
@@ -433,7 +438,7 @@ def _answer_record(tmp_path, answer: str, size=(2000, 1000)) -> object:
 def test_lint_grounding_conventions(tmp_path):
     from qwenvl.data.lint import check_grounding
 
-    budget = MediaBudget(max_pixels=256 * 28 * 28)
+    budget = TRAINING_BUDGET.overridden(max_pixels=256 * 28 * 28)
     q3, q25, q2 = FAMILIES["qwen3_vl"], FAMILIES["qwen2_5_vl"], FAMILIES["qwen2_vl"]
     ok = '[{"bbox_2d": [100, 200, 900, 800], "label": "cat"}, {"point_2d": [500, 500]}]'
     assert check_grounding(_answer_record(tmp_path, ok), q3, budget) == []

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from qwenvl.data.encode import MediaBudget, SampleEncoder
+from qwenvl.data.encode import SampleEncoder
 from qwenvl.data.registry import DEMO_DIR
+from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.families import FAMILIES
 from qwenvl.model.loader import load_processor
 from qwenvl.model.rope import mrope_position_ids
@@ -55,7 +56,7 @@ def models(tiny_checkpoints):
 def test_position_ids_match_transformers(tiny_checkpoint, family, models, case):
     model = models[family]
     tps = getattr(model.config.vision_config, "tokens_per_second", 2)
-    encoder = SampleEncoder(load_processor(str(tiny_checkpoint)), FAMILIES[family], MediaBudget(), tps)
+    encoder = SampleEncoder(load_processor(str(tiny_checkpoint)), FAMILIES[family], TRAINING_BUDGET, tps)
     sample = encoder(CASES[case], case)
     positions = sample["position_ids"]
     L = len(sample["input_ids"])

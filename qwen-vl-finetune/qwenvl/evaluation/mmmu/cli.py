@@ -202,32 +202,31 @@ def infer(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace, output: Path) -> int:
-    from qwenvl.inference.hf import GenerationSettings, HFGenerator
-    from qwenvl.model.preprocessing import load_preprocessing
+    from qwenvl.inference.base import GenerationSettings
+    from qwenvl.model.preprocessing import checkpoint_budget, load_preprocessing
 
     done = {r["id"] for r in read_results(output, repair=True)}
     subjects = resolve_subjects(args.subjects)
 
-    settings = load_preprocessing(args.model_path)
-    image_keys: dict[str, Any] = {}
-    if args.max_pixels is not None:
-        image_keys["max_pixels"] = args.max_pixels
-    if args.min_pixels is not None:
-        image_keys["min_pixels"] = args.min_pixels
-    drift = {k: (v, getattr(settings, k)) for k, v in image_keys.items() if settings and v != getattr(settings, k)}
+    # Flags replace single fields of the checkpoint's budget (its saved settings, else qwen_vl_utils defaults).
+    budget, source = checkpoint_budget(args.model_path, max_pixels=args.max_pixels, min_pixels=args.min_pixels)
+    saved = load_preprocessing(args.model_path)
+    drift = {
+        k: (getattr(budget, k), getattr(saved.budget, k))
+        for k in ("max_pixels", "min_pixels")
+        if saved is not None and getattr(args, k) is not None and getattr(budget, k) != getattr(saved.budget, k)
+    }
     for key, (flag, trained) in drift.items():
         print(
-            f"warning: --{key} {flag} differs from the {trained} this checkpoint was trained with "
+            f"warning: --{key.replace('_', '-')} {flag} differs from the {trained} this checkpoint was trained with "
             f"({args.model_path}/qwenvl_preprocessing.json); scores may not reflect the trained model",
             file=sys.stderr,
         )
     budgets = {
         "drift_from_checkpoint": {k: {"flag": f, "trained": t} for k, (f, t) in drift.items()},
-        "source": "flags"
-        if image_keys
-        else ("checkpoint qwenvl_preprocessing.json" if settings else "qwen_vl_utils defaults"),
-        **({"max_pixels": settings.max_pixels, "min_pixels": settings.min_pixels} if settings else {}),
-        **image_keys,
+        "source": source,
+        "max_pixels": budget.max_pixels,
+        "min_pixels": budget.min_pixels,
     }
     gen = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
@@ -278,12 +277,13 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
     if not todo:
         return 0
 
-    # Flags go into every image item and win over the checkpoint's saved settings (see apply_budgets).
-    if args.backend == "vllm":
-        from qwenvl.inference.vllm_backend import VLLMGenerator
+    from qwenvl.inference import load_backend
 
-        generator = VLLMGenerator(
+    if args.backend == "vllm":
+        backend = load_backend(
+            "vllm",
             args.model_path,
+            budget=budget,
             tensor_parallel_size=args.tensor_parallel_size,
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_model_len=args.max_model_len,
@@ -293,7 +293,9 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
             enforce_eager=args.enforce_eager,
         )
     else:
-        generator = HFGenerator(args.model_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
+        backend = load_backend(
+            "hf", args.model_path, budget=budget, dtype=args.dtype, attn_implementation=args.attn_implementation
+        )
     started, count = time.monotonic(), 0
     try:
         from tqdm import tqdm
@@ -302,8 +304,8 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
     except ImportError:  # pragma: no cover - tqdm comes with transformers
         progress = None
     for batch in _batches(todo, args.batch_size):
-        conversations = [build_messages(row, args.prompt, args.image_placement, image_keys)[0] for row in batch]
-        raw = generator.generate(conversations, gen)
+        conversations = [build_messages(row, args.prompt, args.image_placement)[0] for row in batch]
+        raw = backend.generate(conversations, gen)
         records = []
         for row, conversation, text in zip(batch, conversations, raw):
             records.append(

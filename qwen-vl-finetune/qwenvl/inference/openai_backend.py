@@ -1,0 +1,207 @@
+"""The ``openai`` backend: any OpenAI-compatible chat-completions server (``vllm serve``, ``transformers serve``,
+a hosted endpoint).
+
+Images are resized here by qwen_vl_utils under the same budget as the local backends and sent as PNG data URLs, so
+the server's own resize keeps them as they are; videos are sent as data URLs of the file. The model family comes
+from ``--family``, or from the served checkpoint's config (a local folder given with ``-c``, the folder the
+server names as the model's ``root``, or the hub id's config in the local cache), never from the model's name.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenvl.cli import UserError
+from qwenvl.inference.base import Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.model.budget import MediaBudget
+from qwenvl.model.families import FAMILIES, Family, get_family
+from qwenvl.model.preprocessing import checkpoint_budget
+
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
+
+
+def short_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:300]
+
+
+class OpenAIBackend:
+    """A model behind an OpenAI-compatible server."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        api_base: str,
+        model: str | None = None,
+        api_key: str = "EMPTY",
+        checkpoint: str | None = None,
+        family: str | None = None,
+        budget: MediaBudget | None = None,
+        concurrency: int = 8,
+        timeout: float = 600.0,
+        check: bool = True,
+    ) -> None:
+        """``model``: the server's name for the model (default: the only one it serves, or ``checkpoint``).
+        ``checkpoint``: a local copy of the served checkpoint (its family and saved budget are read from it).
+        ``check``: ask the server for its models now (a ``ConnectionError`` naming the URL when it does not
+        answer)."""
+        try:
+            from openai import OpenAI
+        except ImportError as e:
+            raise ImportError("the openai backend needs the openai package: pip install openai") from e
+        self.api_base = api_base
+        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY", timeout=timeout)
+        self.concurrency = max(1, concurrency)
+        served = self.served_models() if check else {}
+        if model is None:
+            if len(served) == 1:
+                model = next(iter(served))
+            elif checkpoint is not None:
+                model = checkpoint
+            else:
+                raise UserError(f"{api_base} serves {sorted(served) or 'no models'}; pass --model with one of them")
+        elif served and model not in served:
+            raise UserError(f"{api_base} does not serve {model!r}; it serves {sorted(served)} (fix --model)")
+        self.model = model
+        root = served.get(model)
+        local = next((p for p in (checkpoint, root) if p and Path(p).is_dir()), None)
+        self.checkpoint = local or root or model
+        self.label = short_label(model)
+        self.family = self._family(family, local, model)
+        if budget is None:
+            self.budget, self.budget_source = checkpoint_budget(local)
+        else:
+            self.budget, self.budget_source = budget, "given"
+
+    # ------------------------------------------------------------------------------------------------ server
+
+    def served_models(self, timeout: float = 10.0) -> dict[str, str | None]:
+        """``{model id: root}`` of what the server serves (``root``: the checkpoint path vLLM reports, if any)."""
+        try:
+            page = self.client.with_options(timeout=timeout, max_retries=0).models.list()
+        except Exception as e:  # noqa: BLE001 - any failure to list models means the backend cannot work
+            raise ConnectionError(
+                f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
+                "(e.g. vllm serve MODEL) or fix the server URL"
+            ) from None
+        return {m.id: getattr(m, "root", None) for m in page.data}
+
+    def _family(self, name: str | None, local: str | None, model: str) -> Family:
+        from qwenvl.model.loader import read_family
+
+        if name is not None:
+            return get_family(name)
+        if local is not None:
+            return read_family(local)
+        try:
+            return read_family(model)  # a hub id: its config (from the local cache when offline)
+        except UserError:
+            raise UserError(
+                f"cannot tell the model family of {model!r} served at {self.api_base}: pass --family "
+                f"({', '.join(FAMILIES)}) or a local copy of the checkpoint"
+            ) from None
+
+    # ------------------------------------------------------------------------------------------------ requests
+
+    def messages(self, conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The request's messages: images resized under the budget and sent as PNG data URLs."""
+        from qwen_vl_utils import fetch_image
+
+        out = []
+        for message in self.budget.apply(conversation):
+            content = message["content"]
+            if isinstance(content, str):
+                out.append({"role": message["role"], "content": content})
+                continue
+            parts: list[dict[str, Any]] = []
+            for item in content:
+                if item.get("type") == "image":
+                    image = fetch_image(item, image_patch_size=self.family.patch_size)
+                    buf = io.BytesIO()
+                    image.save(buf, format="PNG")
+                    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+                    parts.append({"type": "image_url", "image_url": {"url": url}})
+                elif item.get("type") == "video":
+                    parts.append({"type": "video_url", "video_url": {"url": _data_url(item["video"])}})
+                else:
+                    parts.append({"type": "text", "text": item.get("text", "")})
+            out.append({"role": message["role"], "content": parts})
+        return out
+
+    def _request(self, gen: GenerationSettings) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if gen.top_k:
+            extra["top_k"] = gen.top_k
+        if gen.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = gen.repetition_penalty
+        return dict(
+            model=self.model,
+            max_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            seed=gen.seed,
+            extra_body=extra or None,
+        )
+
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """Connection and HTTP errors as one line naming the server."""
+        import openai
+
+        try:
+            yield
+        except openai.APIConnectionError as e:
+            raise ConnectionError(f"cannot reach {self.api_base}: {short_error(e)}") from e
+        except openai.APIStatusError as e:
+            raise RuntimeError(f"{self.api_base} answered HTTP {e.status_code}: {short_error(e)}") from e
+
+    def generate(self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None) -> list[str]:
+        """Answers to a batch of conversations, ``concurrency`` requests at a time."""
+        gen = gen or GenerationSettings()
+
+        def one(conversation: list[dict[str, Any]]) -> str:
+            messages = self.messages(conversation)
+            with self._named_errors():
+                response = self.client.chat.completions.create(messages=messages, **self._request(gen))
+            return response.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(min(self.concurrency, max(1, len(conversations)))) as pool:
+            return list(pool.map(one, conversations))
+
+    def stream(
+        self,
+        conversation: list[dict[str, Any]],
+        gen: GenerationSettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer's text as the server streams it; setting ``stop`` closes the connection."""
+        gen = gen or GenerationSettings()
+        messages = self.messages(conversation)
+
+        def produce(emit: Emit, halted: Halted) -> None:
+            with self._named_errors():
+                response = self.client.chat.completions.create(messages=messages, stream=True, **self._request(gen))
+                try:
+                    for chunk in response:
+                        if halted():
+                            break
+                        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                            emit(chunk.choices[0].delta.content)
+                finally:
+                    response.close()
+
+        yield from stream_in_thread(produce, stop, name="openai-stream")
+
+
+def _data_url(path: str) -> str:
+    ext = Path(path).suffix.lower().lstrip(".") or "bin"
+    mime = ("video/" if f".{ext}" in VIDEO_EXTENSIONS else "image/") + ("jpeg" if ext == "jpg" else ext)
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
