@@ -352,6 +352,13 @@ def load_questions(path: Path) -> list:
 
 def evaluate(args: argparse.Namespace) -> int:
     questions = load_questions(Path(args.input_file))
+    if all(q.gold_problem and q.gold_problem.startswith("no gold") for q in questions):
+        print(
+            f"{args.input_file}: none of its {len(questions)} answers has a gold answer (the test split): nothing to "
+            "score here. Make the submission file with: run_mmmu.py export --input-file "
+            f"{args.input_file} --output-file predictions.json, and submit it to the MMMU evaluation server"
+        )
+        return 0
     records = score(questions, args.scoring)
     report = aggregate(records)
     output = Path(args.output_file)
@@ -374,14 +381,16 @@ def compare(args: argparse.Namespace) -> int:
     responses_a = {q.id: " ".join(q.response.split()) for q in a_questions}
     responses_b = {q.id: " ".join(q.response.split()) for q in b_questions}
     common = [i for i in a if i in b]
-    parse_changed, answer_changed = [], []
+    parse_changed, answer_changed, guess_changed = [], [], []
     for qid in common:
         if a[qid]["correct"] == b[qid]["correct"]:
             continue
-        # Same words (or a random guess on either side): only the parsing/scoring moved the result.
-        same_text = responses_a[qid] == responses_b[qid]
-        guessed = a[qid]["random_guess"] or b[qid]["random_guess"]
-        (parse_changed if same_text or guessed else answer_changed).append(qid)
+        if responses_a[qid] != responses_b[qid]:
+            answer_changed.append(qid)  # the model said something else
+        elif a[qid]["random_guess"] or b[qid]["random_guess"]:
+            guess_changed.append(qid)  # same words, a random guess on a side: the guess stream moved, not the answer
+        else:
+            parse_changed.append(qid)  # same words, parsed differently (another --scoring, a parser change)
 
     def show(title: str, ids: list[str]) -> None:
         print(f"{title}: {len(ids)}")
@@ -396,8 +405,9 @@ def compare(args: argparse.Namespace) -> int:
     only = sorted(set(a) ^ set(b))
     if only:
         print(f"{len(only)} question(s) in only one file (not compared)")
-    show("parse changed", parse_changed)
     show("answer changed", answer_changed)
+    show("parse changed", parse_changed)
+    show("random guess changed (same answer; the seeded guess stream moved)", guess_changed)
     return 0
 
 

@@ -6,8 +6,16 @@ Modes:
 * ``official``: the official parser exactly, including a random letter for an unparsed multiple-choice answer,
   drawn from one ``random.seed(42)`` stream consumed in the official subject order, then question order;
 * ``strict``: the official parser, but an unparsed multiple-choice answer is wrong (no guessing);
-* ``lenient``: ``strict`` plus normalisation first (trailing whitespace and markdown emphasis removed, a lone
-  lowercase letter upper-cased, ``B)`` / ``B.`` / ``Answer: b`` forms accepted).
+* ``lenient``: only adds to ``official``: where the official parser finds nothing (and would guess), the answer
+  is normalised (markdown emphasis and whitespace removed, a lone lowercase letter upper-cased, ``B)`` / ``B.`` /
+  ``Answer: b`` forms accepted) and parsed again; what is still unparsed gets the official random guess (the guess
+  stream is consumed exactly as in ``official``, so no other question's guess moves). Every answer the official
+  parser reads is scored exactly as ``official`` scores it; an open answer is right if ``official`` finds it
+  right or finds it right with markdown removed.
+
+A gold answer that cannot be right (a multiple-choice gold that is not an option letter, an empty one) is reported
+per question and counted wrong, as the official code does; the test split's ``?`` golds mark answers that can be
+exported for the submission server but not scored here.
 """
 
 from __future__ import annotations
@@ -267,6 +275,7 @@ class Question:
     response: str
     order: int
     extra: dict[str, Any] = field(default_factory=dict)
+    gold_problem: str | None = None  # why this question's gold answer cannot be scored (counted wrong)
 
     @property
     def is_mc(self) -> bool:
@@ -285,20 +294,21 @@ def validate_line(line: dict[str, Any], order: int) -> Question:
     qtype = str(line["question_type"])
     options = parse_list_literal(line.get("options", "[]"), "options", qid)
     answer = parse_gold(line["answer"], qid)
-    if qtype == "multiple-choice":
+    problem = None
+    if answer in ("?", "", []):
+        problem = "no gold answer (test split: export it for the submission server)"
+    elif qtype == "multiple-choice":
         if not options:
             raise ScoringInputError(f"{qid}: a multiple-choice question needs options")
         letters = choice_letters(len(options))
-        for gold in answer if isinstance(answer, list) else [answer]:
-            if gold not in letters:
-                raise ScoringInputError(
-                    f"{qid}: answer {gold!r} is not one of the option letters {''.join(letters)} ({len(options)} options)"
-                )
+        bad = [g for g in (answer if isinstance(answer, list) else [answer]) if g not in letters]
+        if bad:
+            problem = f"answer {bad[0]!r} is not one of the option letters {''.join(letters)} ({len(options)} options)"
     response = line["response"]
     if not isinstance(response, str):
         raise ScoringInputError(f"{qid}: response must be a string, got {type(response).__name__}")
     subject = line.get("subject") or subject_of(qid)
-    return Question(qid, subject, qtype, options, answer, response, order, line)
+    return Question(qid, subject, qtype, options, answer, response, order, line, problem)
 
 
 def official_order(questions: list[Question]) -> list[Question]:
@@ -316,7 +326,7 @@ def official_order(questions: list[Question]) -> list[Question]:
 
 
 def score(questions: list[Question], mode: Scoring = "official", seed: int = 42) -> list[dict[str, Any]]:
-    """Per-question records (parsed answer, correct, random guess, unparsed), in the official order."""
+    """Per-question records (parsed answer, correct, random guess, unparsed, gold problem), in the official order."""
     if mode not in ("official", "strict", "lenient"):
         raise ValueError(f"--scoring must be official, strict or lenient, got {mode!r}")
     rng = random.Random(seed)
@@ -328,31 +338,38 @@ def score(questions: list[Question], mode: Scoring = "official", seed: int = 42)
             "question_type": q.question_type,
             "answer": q.answer,
         }
+        golds = q.answer if isinstance(q.answer, list) else [q.answer]
         if q.is_mc:
             letters = choice_letters(len(q.options))
             index2ans = dict(zip(letters, q.options))
-            response = lenient_normalise(q.response, letters) if mode == "lenient" else q.response
-            parsed = parse_multi_choice(response, letters, index2ans)
-            guess = parsed.letter is None and mode == "official"
-            letter = rng.choice(letters) if guess else parsed.letter
-            golds = q.answer if isinstance(q.answer, list) else [q.answer]
+            parsed = parse_multi_choice(q.response, letters, index2ans)
+            unparsed = parsed.letter is None
+            # The official stream draws once per officially unparsed answer, in every mode that guesses.
+            drawn = rng.choice(letters) if unparsed and mode != "strict" else None
+            letter, how, guess = parsed.letter, parsed.how, False
+            if unparsed and mode == "lenient":
+                recovered = parse_multi_choice(lenient_normalise(q.response, letters), letters, index2ans)
+                if recovered.letter is not None:
+                    letter, how, unparsed = recovered.letter, "lenient", False
+            if letter is None and drawn is not None:
+                letter, guess = drawn, True
             record.update(
                 parsed=letter,
-                parse_method=parsed.how,
-                unparsed=parsed.letter is None,
+                parse_method=how,
+                unparsed=unparsed,
                 random_guess=guess,
                 correct=letter is not None and letter in golds,
             )
         else:
-            response = re.sub(r"[*_`]+", "", q.response).strip() if mode == "lenient" else q.response
-            predictions = parse_open(response)
-            record.update(
-                parsed=predictions,
-                parse_method="open",
-                unparsed=False,
-                random_guess=False,
-                correct=eval_open(q.answer, predictions),
-            )
+            predictions = parse_open(q.response)
+            correct = eval_open(q.answer, predictions)
+            if mode == "lenient" and not correct:
+                cleaned = parse_open(re.sub(r"[*_`]+", "", q.response).strip())
+                if eval_open(q.answer, cleaned):
+                    predictions, correct = cleaned, True
+            record.update(parsed=predictions, parse_method="open", unparsed=False, random_guess=False, correct=correct)
+        if q.gold_problem is not None:
+            record.update(correct=False, gold_problem=q.gold_problem)
         records.append(record)
     return records
 
@@ -361,8 +378,18 @@ def _acc(records: list[dict[str, Any]]) -> float:
     return sum(r["correct"] for r in records) / len(records) if records else 0.0
 
 
+def split_of(question_id: str) -> str:
+    """``validation_Art_1`` -> ``validation`` (dev, validation or test)."""
+    return question_id.split("_", 1)[0]
+
+
+KNOWN_SUBJECTS = {s for subs in DISCIPLINES.values() for s in subs}
+
+
 def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per subject, per discipline (instance-weighted, official order) and overall; open questions apart."""
+    """Per subject, per discipline (instance-weighted, official order, every discipline even without questions)
+    and overall, as the official code computes them: questions of unknown subjects are reported apart and left
+    out of Overall. Accuracies are kept unrounded (the table rounds once, to 3 places, as the official print)."""
     by_subject: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_subject.setdefault(r["subject"], []).append(r)
@@ -370,48 +397,60 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "num": len(rs),
-            "acc": round(_acc(rs), 5),
+            "acc": _acc(rs),
             "random_guesses": sum(r["random_guess"] for r in rs),
             "unparsed": sum(r["unparsed"] for r in rs),
         }
 
     subjects = {s: summary(rs) for s, rs in by_subject.items()}
-    disciplines = {}
-    for discipline, subs in DISCIPLINES.items():
-        rs = [r for s in subs for r in by_subject.get(s, [])]
-        if rs:
-            disciplines[discipline] = summary(rs)
-    known = {s for subs in DISCIPLINES.values() for s in subs}
-    other = [r for s, rs in by_subject.items() if s not in known for r in rs]
-    if other:
-        disciplines["Other"] = summary(other)
-    open_rs = [r for r in records if r["question_type"] != "multiple-choice"]
-    mc_rs = [r for r in records if r["question_type"] == "multiple-choice"]
+    disciplines = {
+        discipline: summary([r for s in subs for r in by_subject.get(s, [])])
+        for discipline, subs in DISCIPLINES.items()
+    }
+    known = [r for r in records if r["subject"] in KNOWN_SUBJECTS]
+    unknown = sorted(s for s in by_subject if s not in KNOWN_SUBJECTS)
+    splits = {}
+    for r in known:
+        splits.setdefault(split_of(r["id"]), []).append(r)
+    open_rs = [r for r in known if r["question_type"] != "multiple-choice"]
+    mc_rs = [r for r in known if r["question_type"] == "multiple-choice"]
     return {
-        "overall": summary(records),
+        "overall": summary(known),
         "multiple_choice": summary(mc_rs),
         "open": summary(open_rs),
         "disciplines": disciplines,
         "subjects": subjects,
+        "splits": {k: summary(v) for k, v in sorted(splits.items())},
+        "unknown_subjects": {s: len(by_subject[s]) for s in unknown},
+        "gold_problems": {r["id"]: r["gold_problem"] for r in records if r.get("gold_problem")},
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The official table layout: each discipline's overall, then its subjects; then Overall."""
+    """The official table layout: each discipline's overall (with 0 when it has no questions), then its subjects;
+    then Overall. Accuracies rounded once, to 3 places, as the official print."""
     lines = [f"{'':44} {'num':>5} {'acc':>7} {'guesses':>8} {'unparsed':>9}"]
 
     def row(name: str, s: dict[str, Any]) -> str:
-        return f"{name:44} {s['num']:>5} {s['acc']:>7.3f} {s['random_guesses']:>8} {s['unparsed']:>9}"
+        return f"{name:44} {s['num']:>5} {round(s['acc'], 3):>7.3f} {s['random_guesses']:>8} {s['unparsed']:>9}"
 
-    for discipline, subs in list(DISCIPLINES.items()) + [("Other", [])]:
-        if discipline not in report["disciplines"]:
-            continue
+    for discipline, subs in DISCIPLINES.items():
         lines.append(row(f"Overall-{discipline}", report["disciplines"][discipline]))
-        names = subs or sorted(s for s in report["subjects"] if all(s not in v for v in DISCIPLINES.values()))
-        for subject in names:
+        for subject in subs:
             if subject in report["subjects"]:
                 lines.append(row(f"  {subject}", report["subjects"][subject]))
     lines.append(row("Overall", report["overall"]))
     lines.append(row("  multiple-choice", report["multiple_choice"]))
     lines.append(row("  open", report["open"]))
+    if len(report["splits"]) > 1:
+        lines.append("warning: the results mix splits, scored together above; per split:")
+        lines += [row(f"  {split}", s) for split, s in report["splits"].items()]
+    if report["unknown_subjects"]:
+        named = ", ".join(f"{s} ({n})" for s, n in report["unknown_subjects"].items())
+        lines.append(f"warning: questions of unknown subjects, left out of Overall as the official code does: {named}")
+    if report["gold_problems"]:
+        lines.append(
+            f"warning: {len(report['gold_problems'])} question(s) with an unusable gold answer, counted wrong:"
+        )
+        lines += [f"  {qid}: {why}" for qid, why in list(report["gold_problems"].items())[:20]]
     return "\n".join(lines)
