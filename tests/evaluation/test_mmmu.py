@@ -461,3 +461,55 @@ def test_data_layouts(tmp_path):
     assert len(list(iter_questions(str(tmp_path / "mirror"), "validation", ["Math"]))) == SUBJECTS["Math"]
     datasets.DatasetDict({"validation": merged}).save_to_disk(str(tmp_path / "disk"))
     assert len(list(iter_questions(str(tmp_path / "disk"), "validation", ["Art", "Math", "Physics"]))) == len(rows)
+
+
+def test_official_layouts_in_and_out(tmp_path):
+    lines = [_mc(f"validation_Art_{i}", r, answer="ABCD"[i % 4]) for i, r in
+             enumerate(["A", "no idea", "(C)", "hmm", "D", "B"], start=1)]  # fmt: skip
+    lines += [{"id": "validation_Math_1", "question_type": "open", "options": "[]", "answer": "['24/7', '3.429']",
+               "response": "The answer is 3.429."},
+              {"id": "validation_Math_2", "question_type": "open", "options": "[]", "answer": "5", "response": "7"}]  # fmt: skip
+    ours = tmp_path / "results.jsonl"
+    ours.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    reference = json.loads(_scores(ours, tmp_path / "ours.json").read_text())
+
+    # Out: the {id: prediction} file: letters (official guesses included), open answers as text.
+    preds = tmp_path / "predictions.json"
+    out = _run("export", "--input-file", str(ours), "--output-file", str(preds))
+    assert out.returncode == 0, out.stderr
+    exported = json.loads(preds.read_text())
+    parsed = {q["id"]: q["parsed"] for q in reference["questions"]}
+    assert exported["validation_Art_2"] == parsed["validation_Art_2"] in "ABCD"  # the seeded guess
+    assert exported["validation_Math_1"] == "The answer is 3.429."
+
+    # In: that file with the official gold answers (main_eval_only's layout) scores the same.
+    answers = tmp_path / "answer_dict_val.json"
+    answers.write_text(json.dumps({x["id"]: {"question_type": "short-answer" if x["question_type"] == "open" else
+                                             x["question_type"], "ground_truth": x["answer"]} for x in lines}))  # fmt: skip
+    via_predictions = json.loads(_scores(preds, tmp_path / "p.json", "--answers", str(answers)).read_text())
+    assert via_predictions["overall"]["acc"] == reference["overall"]["acc"]  # (the guesses are letters there)
+    missing = _run("eval", "--input-file", str(preds), "--output-file", str(tmp_path / "x.json"))
+    assert missing.returncode == 2 and "--answers" in missing.stderr
+
+    # In: the official per-subject output.json samples (main_parse_and_eval's layout), one folder per subject.
+    for subject in ("Art", "Math"):
+        samples = []
+        for x in lines:
+            if f"_{subject}_" not in x["id"]:
+                continue
+            options = json.loads(x["options"].replace("'", '"'))
+            letters = "ABCDEFGHI"[: len(options)]
+            samples.append({"id": x["id"], "question_type": x["question_type"], "answer": x["answer"],
+                            "all_choices": list(letters), "index2ans": dict(zip(letters, options)),
+                            "response": x["response"]})  # fmt: skip
+        (tmp_path / "official" / subject).mkdir(parents=True)
+        (tmp_path / "official" / subject / "output.json").write_text(json.dumps(samples))
+    via_samples = json.loads(_scores(tmp_path / "official", tmp_path / "s.json").read_text())
+    assert via_samples["overall"] == reference["overall"]
+    assert [q["parsed"] for q in via_samples["questions"]] == [q["parsed"] for q in reference["questions"]]
+
+
+def _scores(input_path: Path, output: Path, *extra: str) -> Path:
+    out = _run("eval", "--input-file", str(input_path), "--output-file", str(output), *extra)
+    assert out.returncode == 0, out.stderr
+    return output

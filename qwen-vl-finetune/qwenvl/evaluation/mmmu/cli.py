@@ -10,6 +10,7 @@ Run::
     python evaluation/mmmu/run_mmmu.py eval --input-file results.jsonl --output-file scores.json \\
         [--scoring official|strict|lenient]
     python evaluation/mmmu/run_mmmu.py compare A.jsonl B.jsonl [--scoring official]
+    python evaluation/mmmu/run_mmmu.py export --input-file results.jsonl --output-file predictions.json
 
 ``infer`` appends one JSON line per question (id, subject, question_type, options, gold answer, raw and
 stripped response, prompt settings; never images) and resumes: re-running with the same output file skips the
@@ -335,23 +336,44 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
 # ----------------------------------------------------------------------------------------------- eval / compare
 
 
-def load_questions(path: Path) -> list:
-    lines = read_results(path)
-    if not lines:
-        raise SystemExit(f"{path}: no results to score")
+def load_questions(path: Path, answers: str | None = None) -> list:
+    """The questions of a results file: our JSONL, or an official layout (see ``formats``)."""
+    from qwenvl.evaluation.mmmu.formats import load_official
+
+    if not path.exists():
+        raise ScoringInputError(f"{path}: no such file or folder")
+    questions = load_official(path, answers)
+    if questions is None:
+        lines = read_results(path)
+        questions = [validate_line(line, i) for i, line in enumerate(lines)]
+    if not questions:
+        raise ScoringInputError(f"{path}: no results to score")
     seen: set[str] = set()
-    questions = []
-    for i, line in enumerate(lines):
-        q = validate_line(line, i)
+    for q in questions:
         if q.id in seen:
             raise ScoringInputError(f"{q.id}: appears twice in {path}")
         seen.add(q.id)
-        questions.append(q)
     return questions
 
 
+def export(args: argparse.Namespace) -> int:
+    from qwenvl.evaluation.mmmu.formats import export_predictions
+
+    questions = load_questions(Path(args.input_file), args.answers)
+    predictions = export_predictions(score(questions, args.scoring), questions)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(predictions, indent=1, ensure_ascii=False) + "\n")
+    write_manifest(output, {"mode": "export", "input_file": args.input_file, "scoring": args.scoring, "seed": 42})
+    guesses = sum(1 for q in questions if q.is_mc and predictions[q.id] is None)
+    print(f"{len(predictions)} prediction(s) -> {output} (official {{id: prediction}} format)")
+    if guesses:
+        print(f"warning: {guesses} multiple-choice answer(s) unparsed and exported as null (--scoring {args.scoring})")
+    return 0
+
+
 def evaluate(args: argparse.Namespace) -> int:
-    questions = load_questions(Path(args.input_file))
+    questions = load_questions(Path(args.input_file), args.answers)
     if all(q.gold_problem and q.gold_problem.startswith("no gold") for q in questions):
         print(
             f"{args.input_file}: none of its {len(questions)} answers has a gold answer (the test split): nothing to "
@@ -375,7 +397,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    a_questions, b_questions = load_questions(Path(args.a)), load_questions(Path(args.b))
+    a_questions, b_questions = load_questions(Path(args.a), args.answers), load_questions(Path(args.b), args.answers)
     a = {r["id"]: r for r in score(a_questions, args.scoring)}
     b = {r["id"]: r for r in score(b_questions, args.scoring)}
     responses_a = {q.id: " ".join(q.response.split()) for q in a_questions}
@@ -448,16 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume into a file whose answers were made with other answer-changing settings (recorded per segment)",
     )
     p.set_defaults(func=infer)
-    e = sub.add_parser("eval", help="score results.jsonl")
-    e.add_argument("--input-file", required=True)
+    answers_help = "gold answers (official answer_dict_val.json) for an {id: prediction} input file"
+    e = sub.add_parser("eval", help="score results.jsonl (or an official output.json / {id: prediction} file)")
+    e.add_argument("--input-file", required=True, help="results.jsonl, an official output.json or folder of them")
     e.add_argument("--output-file", required=True)
     e.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    e.add_argument("--answers", default=None, help=answers_help)
     e.set_defaults(func=evaluate)
     c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    c.add_argument("--answers", default=None, help=answers_help)
     c.set_defaults(func=compare)
+    x = sub.add_parser("export", help="write the official {id: prediction} file (MMMU evaluation, test submission)")
+    x.add_argument("--input-file", required=True)
+    x.add_argument("--output-file", required=True)
+    x.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    x.add_argument("--answers", default=None, help=answers_help)
+    x.set_defaults(func=export)
     return parser
 
 

@@ -276,6 +276,7 @@ class Question:
     order: int
     extra: dict[str, Any] = field(default_factory=dict)
     gold_problem: str | None = None  # why this question's gold answer cannot be scored (counted wrong)
+    given: bool = False  # the response is already the prediction (an official {id: prediction} file): not parsed
 
     @property
     def is_mc(self) -> bool:
@@ -339,7 +340,10 @@ def score(questions: list[Question], mode: Scoring = "official", seed: int = 42)
             "answer": q.answer,
         }
         golds = q.answer if isinstance(q.answer, list) else [q.answer]
-        if q.is_mc:
+        if q.given and q.is_mc:  # main_eval_only: the prediction is the letter
+            record.update(parsed=q.response, parse_method="given", unparsed=False, random_guess=False,
+                          correct=q.response in golds)  # fmt: skip
+        elif q.is_mc:
             letters = choice_letters(len(q.options))
             index2ans = dict(zip(letters, q.options))
             parsed = parse_multi_choice(q.response, letters, index2ans)
