@@ -513,3 +513,90 @@ def _scores(input_path: Path, output: Path, *extra: str) -> Path:
     out = _run("eval", "--input-file", str(input_path), "--output-file", str(output), *extra)
     assert out.returncode == 0, out.stderr
     return output
+
+
+def _b64(image, fmt: str) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _write_tsv(path: Path, rows: list[dict]) -> None:
+    columns = [
+        "index",
+        "id",
+        "question",
+        "hint",
+        "A",
+        "B",
+        "C",
+        "D",
+        "answer",
+        "category",
+        "split",
+        "image",
+        "image_path",
+    ]
+    with path.open("w") as f:
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            f.write("\t".join(str(row.get(c, "")) for c in columns) + "\n")
+
+
+@pytest.mark.slow
+def test_upstream_vlmevalkit_tsv(tiny_checkpoints, tmp_path):
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (48, 40), (200, 30, 30, 128))
+    jpeg = Image.new("RGB", (56, 32), (20, 200, 20))
+    palette = Image.new("P", (40, 40), 3)
+    rows = [
+        {"index": 1, "id": "validation_Art_1", "question": "Colour of <image 1>?", "A": "red", "B": "green",
+         "C": "blue", "D": "nan", "answer": "A", "category": "Art", "split": "validation", "image": _b64(rgba, "PNG"),
+         "image_path": "validation_Art_1_1.png", "hint": "Look closely."},
+        # the image cell names row 1's index: its image is shared
+        {"index": 2, "id": "validation_Art_2", "question": "And <image 1>?", "A": "x", "B": "y", "answer": "B",
+         "category": "Art", "split": "validation", "image": "1", "image_path": "validation_Art_2_1.png"},
+        # several images: list literals in both image and image_path
+        {"index": 3, "id": "validation_Art_3", "question": "Compare <image 1> and <image 2>.", "A": "same",
+         "B": "different", "answer": "B", "category": "Art", "split": "validation",
+         "image": str([_b64(jpeg, "JPEG"), _b64(palette, "PNG")]), "image_path": "['a.jpg', 'b.png']"},
+        # an open question: no options
+        {"index": 4, "id": "validation_Math_1", "question": "How many sides has <image 1>?", "answer": "12",
+         "category": "Math", "split": "validation", "image": _b64(jpeg, "PNG"), "image_path": "m.png"},
+        {"index": 5, "id": "dev_Art_1", "question": "Dev <image 1>", "A": "p", "B": "q", "answer": "A",
+         "category": "Art", "split": "dev", "image": "1", "image_path": "d.png"},
+    ]  # fmt: skip
+    data = tmp_path / "LMUData"
+    data.mkdir()
+    _write_tsv(data / "MMMU_DEV_VAL.tsv", rows)
+    got = list(iter_questions(str(data), "validation", ["Art", "Math"]))
+    assert [r["id"] for r in got] == ["validation_Art_1", "validation_Art_2", "validation_Art_3", "validation_Math_1"]
+    assert got[0]["options"] == ["red", "green", "blue"] and got[0]["question_type"] == "multiple-choice"
+    assert got[0]["image_1"].mode == "RGBA" and got[1]["image_1"].tobytes() == got[0]["image_1"].tobytes()
+    assert got[2]["image_2"].mode == "P" and got[2]["image_1"].size == (56, 32)
+    assert got[3]["question_type"] == "open" and got[3]["options"] == []
+    assert prompt_text(got[0], "qwen").startswith("Hint: Look closely.\nQuestion: Colour of <image 1>?")
+    assert [r["id"] for r in iter_questions(str(data / "MMMU_DEV_VAL.tsv"), "dev", ["Art"])] == ["dev_Art_1"]
+
+    # Hostile or broken cells are refused by name, never evaluated.
+    evil = tmp_path / "evil.tsv"
+    _write_tsv(evil, [dict(rows[0], image="[__import__('os').system('touch " + str(tmp_path / "PWNED") + "')]")])
+    with pytest.raises(Exception, match=r"evil.tsv:2 \(index 1\).*list literal"):
+        list(iter_questions(str(evil), "validation", ["Art"]))
+    assert not (tmp_path / "PWNED").exists()
+    dangling = tmp_path / "dangling.tsv"
+    _write_tsv(dangling, [dict(rows[1], image="77")])
+    with pytest.raises(Exception, match="refers to index '77', which has no image"):
+        list(iter_questions(str(dangling), "validation", ["Art"]))
+
+    # infer reads it with --data-file (upstream's file), images in the model's input.
+    results = tmp_path / "tsv.jsonl"
+    out = _run("infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]), "--data-file", str(data / "MMMU_DEV_VAL.tsv"),
+               "--output-file", str(results), "--subjects", "art,math", "--max-new-tokens", "3")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert [x["num_images"] for x in lines] == [1, 1, 2, 1]

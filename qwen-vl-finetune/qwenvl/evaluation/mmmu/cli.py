@@ -242,7 +242,7 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
         "mode": "infer",
         "model_path": args.model_path,
         "model_config_sha256": config_hash(args.model_path),
-        "data_dir": args.data_dir,
+        "data_dir": args.data_file or args.data_dir,
         "split": args.split,
         "subjects": subjects,
         "limit_per_subject": args.limit,
@@ -267,7 +267,7 @@ def _infer(args: argparse.Namespace, output: Path) -> int:
 
     todo: list[dict[str, Any]] = []
     per_subject: dict[str, int] = {}
-    for row in iter_questions(args.data_dir, args.split, subjects):
+    for row in iter_questions(args.data_file or args.data_dir, args.split, subjects):
         subject = subject_of(row["id"])
         if args.limit is not None and per_subject.get(subject, 0) >= args.limit:
             continue
@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help="run a model on MMMU and write results.jsonl (resumable)")
     p.add_argument("--model-path", required=True)
-    p.add_argument("--data-dir", default="MMMU/MMMU", help="hub id or local folder (see module doc)")
+    p.add_argument("--data-dir", default="MMMU/MMMU", help="hub id or local folder, or a folder with MMMU_DEV_VAL.tsv")
+    p.add_argument("--data-file", default=None, help="VLMEvalKit's MMMU_DEV_VAL.tsv (upstream's data file)")
     p.add_argument("--output-file", required=True)
     p.add_argument("--split", default="validation", choices=["dev", "validation", "test"])
     p.add_argument("--subjects", default=None, help="comma-separated short (acc,bio) or full names; default all 30")

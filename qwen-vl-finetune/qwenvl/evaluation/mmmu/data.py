@@ -5,7 +5,12 @@ Data sources (``--data-dir``):
 * a hub id (``MMMU/MMMU``): one ``datasets`` config per subject;
 * a local folder in the hub layout: ``<dir>/<Subject>/<split>-*.parquet``;
 * a local mirror with all subjects in one config: ``<dir>/<split>-*.parquet`` or ``<dir>/data/<split>-*.parquet``;
-* a ``save_to_disk`` folder (a ``DatasetDict`` with the split, or a ``Dataset``).
+* a ``save_to_disk`` folder (a ``DatasetDict`` with the split, or a ``Dataset``);
+* VLMEvalKit's ``MMMU_DEV_VAL.tsv`` (what upstream's ``run_mmmu.py`` reads): ``--data-dir`` holding it, or
+  ``--data-file X.tsv``. Its quirks are read safely: base64 images (PNG, JPEG, any mode), an image cell of at most
+  64 characters naming another row's ``index`` whose image it shares, several images as a list literal (with a
+  list-valued ``image_path``), options in letter columns ``A``..``I`` (or an ``options`` list literal), open
+  questions as rows without options; list literals are parsed with ``ast.literal_eval``, never ``eval``.
 
 Prompts: ``official`` is MMMU's ``construct_prompt`` (options as ``(A) text`` lines and the official answer
 instructions); ``qwen`` is upstream Qwen-VL's ``Question: ... Options: A. ...`` layout. Images go where their
@@ -51,10 +56,99 @@ def _parquet(pattern: str) -> list[str]:
     return sorted(glob.glob(pattern))
 
 
+TSV_NAME = "MMMU_DEV_VAL.tsv"
+
+
+def _tsv_cell_list(value: str, what: str, where: str) -> list[str]:
+    """A TSV cell that may hold a list literal (``"['a', 'b']"``): its items, or the cell alone."""
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise DataError(f"{where}: {what} looks like a list but is not a valid list literal") from None
+        if not isinstance(parsed, list):
+            raise DataError(f"{where}: {what} must be a list literal")
+        return [str(v) for v in parsed]
+    return [text] if text else []
+
+
+def _decode_image(data: str, where: str) -> Any:
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
+        image.load()
+    except Exception as e:  # noqa: BLE001 - any undecodable cell is named
+        raise DataError(f"{where}: the image cell is not a base64 image ({type(e).__name__}: {e})") from None
+    return image
+
+
+def iter_tsv_questions(path: str, split: str, subjects: list[str]) -> Iterator[dict[str, Any]]:
+    """Rows of VLMEvalKit's MMMU TSV for the wanted split and subjects, in the hub's row format (``id``,
+    ``question``, ``options``, ``answer``, ``question_type``, ``image_1``.. as PIL images), subject by subject."""
+    import csv
+    import sys
+
+    csv.field_size_limit(sys.maxsize)  # base64 image cells are megabytes long
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows or "question" not in rows[0] or "index" not in rows[0]:
+        raise DataError(f"{path}: not a VLMEvalKit MMMU TSV (needs the columns index, question, answer, image)")
+    by_index = {row["index"]: row for row in rows}
+    letters = [c for c in "ABCDEFGHIJ" if c in rows[0]]
+    wanted = set(subjects)
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for line_no, row in enumerate(rows, start=2):
+        where = f"{path}:{line_no} (index {row['index']})"
+        qid = row.get("id") or f"{row.get('split', split)}_{row.get('category', 'Unknown')}_{row['index']}"
+        row_split = row.get("split") or qid.split("_", 1)[0]
+        if row_split != split:
+            continue
+        subject = subject_of(qid)
+        if subject not in wanted:
+            continue
+        image_cell = row.get("image", "")
+        if image_cell and len(image_cell) <= 64:  # a reference to another row's image
+            target = by_index.get(image_cell.strip())
+            if target is None or len(target.get("image", "")) <= 64:
+                raise DataError(f"{where}: the image cell refers to index {image_cell!r}, which has no image")
+            image_cell = target["image"]
+        images = [_decode_image(cell, where) for cell in _tsv_cell_list(image_cell, "image", where)]
+        options = [row[c] for c in letters if row.get(c, "").strip() and row[c].strip().lower() != "nan"]
+        if not options and row.get("options"):
+            options = _tsv_cell_list(row["options"], "options", where)
+        out: dict[str, Any] = {
+            "id": qid,
+            "question": row["question"],
+            "options": options,
+            "answer": row.get("answer", ""),
+            "question_type": "multiple-choice" if options else "open",
+        }
+        if row.get("hint", "").strip() and row["hint"].strip().lower() != "nan":
+            out["hint"] = row["hint"]
+        for n, image in enumerate(images[:7], start=1):
+            out[f"image_{n}"] = image
+        by_subject.setdefault(subject, []).append(out)
+    for subject in subjects:
+        yield from by_subject.get(subject, [])
+
+
 def iter_questions(data_dir: str, split: str, subjects: list[str]) -> Iterator[dict[str, Any]]:
     """Rows of the wanted subjects and split, subject by subject (in ``subjects`` order)."""
     import datasets
 
+    if data_dir.endswith(".tsv"):
+        if not os.path.isfile(data_dir):
+            raise DataError(f"--data-file {data_dir}: no such file")
+        yield from iter_tsv_questions(data_dir, split, subjects)
+        return
+    if os.path.isfile(os.path.join(data_dir, TSV_NAME)):
+        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects)
+        return
     wanted = set(subjects)
     if os.path.isdir(data_dir):
         per_subject = {s: _parquet(os.path.join(data_dir, s, f"{split}-*.parquet")) for s in subjects}
@@ -124,7 +218,8 @@ def prompt_text(row: dict[str, Any], style: PromptStyle) -> str:
             lines = "".join(f"({letter}) {option}\n" for letter, option in zip(choice_letters(len(options)), options))
             return f"{question}\n{lines}\n{MC_INSTRUCTION}"
         return f"{question}\n{OPEN_INSTRUCTION}"
-    text = f"Question: {question}\n"
+    text = f"Hint: {row['hint']}\n" if row.get("hint") else ""
+    text += f"Question: {question}\n"
     if is_mc:
         text += "Options:\n" + "".join(f"{L}. {o}\n" for L, o in zip(choice_letters(len(options)), options))
         text += "Please select the correct answer from the options above. \n"
