@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -342,34 +339,6 @@ def test_browser_ab_mode_shows_two_columns(hf_backend, second_backend, browser, 
 
 
 # ----------------------------------------------------------------------------------------------- openai backend
-
-
-@pytest.fixture(scope="module")
-def transformers_server(tiny_checkpoints):
-    exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
-    if exe is None:
-        missing_prerequisite("the transformers CLI is not installed")
-    port = _free_port()
-    model = str(tiny_checkpoints["qwen3_vl"])
-    proc = subprocess.Popen(
-        [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not become ready")
-    yield f"http://127.0.0.1:{port}/v1", model
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -600,3 +600,110 @@ def test_upstream_vlmevalkit_tsv(tiny_checkpoints, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     assert [x["num_images"] for x in lines] == [1, 1, 2, 1]
+
+
+def test_presets_and_flags():
+    from qwenvl.evaluation.mmmu.cli import build_parser, generation_settings
+
+    def gen(*argv: str):
+        return generation_settings(build_parser().parse_args(["infer", "--output-file", "x", *argv]))
+
+    assert vars(gen()) == dict(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                               presence_penalty=0.0, seed=42)  # fmt: skip
+    instruct = gen("--preset", "instruct")
+    assert (instruct.temperature, instruct.top_p, instruct.top_k, instruct.presence_penalty,
+            instruct.max_new_tokens) == (0.7, 0.8, 20, 1.5, 32768)  # fmt: skip
+    think = gen("--preset", "think", "--max-new-tokens", "64")  # a flag wins over its preset
+    assert (think.temperature, think.top_p, think.max_new_tokens) == (1.0, 0.95, 64)
+
+
+def _png():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 48), (200, 30, 30))
+
+
+def test_hf_presence_penalty_and_truncation(tiny_checkpoints):
+    import torch
+
+    from qwenvl.inference.base import GenerationSettings
+    from qwenvl.inference.hf import HFBackend
+
+    backend = HFBackend(str(tiny_checkpoints["qwen3_vl"]), device="cpu")
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "Say something long."}]}]
+    inputs = backend.inputs([conversation])
+    prompt = inputs["input_ids"].shape[1]
+
+    def generated(gen: GenerationSettings) -> list[int]:
+        with torch.no_grad():
+            out = backend.model.generate(**inputs, **backend._generate_kwargs(gen, prompt), min_new_tokens=40)
+        return out[0, prompt:].tolist()
+
+    plain = generated(GenerationSettings(max_new_tokens=40))
+    penalised = generated(GenerationSettings(max_new_tokens=40, presence_penalty=1e4))
+    assert len(set(plain)) < len(plain)  # the random model repeats tokens when greedy
+    assert len(penalised) == 40 and len(set(penalised)) == 40  # each generated token at most once
+    # An answer cut at max_new_tokens is marked truncated (and one that ended is not).
+    image = [{"role": "user", "content": [{"type": "image", "image": _png()}, {"type": "text", "text": "Hi"}]}]
+    cut, ended = backend.generate([image, conversation], GenerationSettings(max_new_tokens=6))
+    assert cut and cut.truncated  # six tokens of text, no end of answer
+    assert not ended.truncated  # the text-only prompt ends at once with the end token
+
+
+@pytest.mark.slow
+def test_openai_backend_sharding_and_merge(tiny_checkpoints, transformers_server, tmp_path):
+    data = tmp_path / "mmmu"
+    _make_dataset(data)
+    model = str(tiny_checkpoints["qwen3_vl"])
+    common = ["--data-dir", str(data), "--subjects", "art,math", "--limit", "2", "--max-new-tokens", "4",
+              "--batch-size", "1"]  # fmt: skip
+    single = tmp_path / "single.jsonl"
+    out = _run("infer", "--model-path", model, "--output-file", str(single), *common)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reference = {x["id"]: x["response"] for x in map(json.loads, single.read_text().splitlines())}
+    assert len(reference) == 4
+
+    # A served model: the same answers, the same file layout, the manifest naming the server.
+    base, served = transformers_server
+    served_out = tmp_path / "served.jsonl"
+    out = _run("infer", "--backend", "openai", "--base-url", base, "--model", served, "--concurrency", "4",
+               "--output-file", str(served_out), *common)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = {x["id"]: x["response"] for x in map(json.loads, served_out.read_text().splitlines())}
+    assert got == reference
+    manifest = json.loads(Path(str(served_out) + ".manifest.json").read_text())
+    assert manifest["backend"] == "openai" and manifest["base_url"] == base and manifest["served_model"] == served
+    down = _run("infer", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--output-file",
+                str(tmp_path / "down.jsonl"), *common)  # fmt: skip
+    assert down.returncode == 2 and "cannot reach" in down.stderr and "Traceback" not in down.stderr
+
+    # Two shards under torchrun: each writes its file, the last one merges; equal to the single run.
+    sharded = tmp_path / "sharded.jsonl"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(_free_port()), str(RUN_MMMU), "infer", "--model-path", model, "--output-file", str(sharded),
+                *common]  # fmt: skip
+    run = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "sharded.shard-0-of-2.jsonl").exists() and (tmp_path / "sharded.shard-1-of-2.jsonl").exists()
+    merged = {x["id"]: x["response"] for x in map(json.loads, sharded.read_text().splitlines())}
+    assert merged == reference and len(sharded.read_text().splitlines()) == 4
+
+    # merge refuses shards that lack answers, naming the shard.
+    shard1 = tmp_path / "sharded.shard-1-of-2.jsonl"
+    shard1.write_text(shard1.read_text().splitlines()[0] + "\n")
+    out = _run("merge", "--output-file", str(sharded), "--num-shards", "2")
+    assert out.returncode == 2 and "shard 1 lacks 1 of its 2 ids" in out.stderr
+
+    # --data-parallel-size starts the shard processes itself and merges them.
+    parallel = tmp_path / "parallel.jsonl"
+    out = _run("infer", "--model-path", model, "--output-file", str(parallel), "--data-parallel-size", "2", *common)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {x["id"]: x["response"] for x in map(json.loads, parallel.read_text().splitlines())} == reference
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

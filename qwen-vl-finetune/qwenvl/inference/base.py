@@ -29,16 +29,30 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI / vLLM semantics: subtracted once from every token already generated
     seed: int | None = None
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for transformers' ``generate``."""
+        """Keyword arguments for transformers' ``generate`` (the presence penalty is a logits processor, see the hf
+        backend)."""
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
+
+
+class Completion(str):
+    """An answer's text (a ``str``), with ``truncated``: generation stopped at ``max_new_tokens`` before the model
+    ended its answer."""
+
+    truncated: bool
+
+    def __new__(cls, text: str, truncated: bool = False) -> Completion:
+        out = super().__new__(cls, text)
+        out.truncated = truncated
+        return out
 
 
 # generation_config.json key -> GenerationSettings field
@@ -107,7 +121,7 @@ class Backend(Protocol):
     checkpoint: str | None  # the checkpoint path or hub id (openai: the checkpoint it serves, when known)
     label: str  # a short name for people: the checkpoint's folder name or the served model's name
 
-    def generate(self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings) -> list[str]:
+    def generate(self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings) -> list[Completion]:
         """Answers to a batch of conversations, each ending with a user turn."""
         ...
 

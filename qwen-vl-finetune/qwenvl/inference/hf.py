@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from qwenvl.data.encode import encode_prompts
-from qwenvl.inference.base import Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.preprocessing import checkpoint_budget
 
@@ -49,6 +49,22 @@ class DeltaStreamer:
         if self.pending:
             self.emit(self.tokenizer.decode(self.pending, skip_special_tokens=True))
             self.pending = []
+
+
+def presence_penalty_processor(penalty: float, prompt_length: int) -> Any:
+    """A logits processor subtracting ``penalty`` once from every token id generated so far (OpenAI's and vLLM's
+    presence penalty; the prompt's tokens are not penalised). transformers has none of its own."""
+    from transformers import LogitsProcessor
+
+    class PresencePenalty(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            generated = input_ids[:, prompt_length:]
+            if generated.shape[1] == 0:
+                return scores
+            seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, generated, True)
+            return scores - penalty * seen.to(scores.dtype)
+
+    return PresencePenalty()
 
 
 class HFBackend:
@@ -91,15 +107,34 @@ class HFBackend:
         return encode_prompts(self.processor, self.family, conversations, self.budget).to(self.device)
 
     @torch.no_grad()
-    def generate(self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None) -> list[str]:
+    def generate(
+        self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None
+    ) -> list[Completion]:
         """Answers to a batch of conversations (special tokens removed)."""
         gen = gen or GenerationSettings()
         if gen.seed is not None:
             torch.manual_seed(gen.seed)
         inputs = self.inputs(conversations)
-        out = self.model.generate(**inputs, **gen.generate_kwargs())
+        out = self.model.generate(**inputs, **self._generate_kwargs(gen, inputs["input_ids"].shape[1]))
         new = out[:, inputs["input_ids"].shape[1] :]
-        return self.processor.batch_decode(new, skip_special_tokens=True)
+        texts = self.processor.batch_decode(new, skip_special_tokens=True)
+        ends = self._end_ids()
+        truncated = [not any(int(t) in ends for t in row) for row in new]
+        return [Completion(t, cut) for t, cut in zip(texts, truncated)]
+
+    def _end_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def _generate_kwargs(self, gen: GenerationSettings, prompt_length: int) -> dict[str, Any]:
+        kwargs = gen.generate_kwargs()
+        if gen.presence_penalty:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [presence_penalty_processor(gen.presence_penalty, prompt_length)]
+            )
+        return kwargs
 
     def stream(
         self,
@@ -123,7 +158,7 @@ class HFBackend:
                     torch.manual_seed(gen.seed)
                 self.model.generate(
                     **inputs,
-                    **gen.generate_kwargs(),
+                    **self._generate_kwargs(gen, inputs["input_ids"].shape[1]),
                     streamer=DeltaStreamer(self.processor.tokenizer, emit),
                     stopping_criteria=StoppingCriteriaList([_Halt()]),
                 )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from qwenvl.cli import UserError
-from qwenvl.inference.base import Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.families import FAMILIES, Family, get_family
 from qwenvl.model.preprocessing import checkpoint_budget
@@ -47,6 +47,7 @@ class OpenAIBackend:
         budget: MediaBudget | None = None,
         concurrency: int = 8,
         timeout: float = 600.0,
+        max_retries: int = 5,
         check: bool = True,
     ) -> None:
         """``model``: the server's name for the model (default: the only one it serves, or ``checkpoint``).
@@ -58,7 +59,9 @@ class OpenAIBackend:
         except ImportError as e:
             raise ImportError("the openai backend needs the openai package: pip install openai") from e
         self.api_base = api_base
-        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY", timeout=timeout)
+        # Failed requests (connection errors, 408/409/429/5xx) are retried max_retries times with exponential backoff
+        # and jitter (the openai client's own policy: 0.5 s doubling up to 8 s, honouring Retry-After).
+        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries)
         self.concurrency = max(1, concurrency)
         served = self.served_models() if check else {}
         if model is None:
@@ -147,6 +150,7 @@ class OpenAIBackend:
             max_tokens=gen.max_new_tokens,
             temperature=gen.temperature,
             top_p=gen.top_p,
+            presence_penalty=gen.presence_penalty,
             seed=gen.seed,
             extra_body=extra or None,
         )
@@ -163,15 +167,18 @@ class OpenAIBackend:
         except openai.APIStatusError as e:
             raise RuntimeError(f"{self.api_base} answered HTTP {e.status_code}: {short_error(e)}") from e
 
-    def generate(self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None) -> list[str]:
+    def generate(
+        self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None
+    ) -> list[Completion]:
         """Answers to a batch of conversations, ``concurrency`` requests at a time."""
         gen = gen or GenerationSettings()
 
-        def one(conversation: list[dict[str, Any]]) -> str:
+        def one(conversation: list[dict[str, Any]]) -> Completion:
             messages = self.messages(conversation)
             with self._named_errors():
                 response = self.client.chat.completions.create(messages=messages, **self._request(gen))
-            return response.choices[0].message.content or ""
+            choice = response.choices[0]
+            return Completion(choice.message.content or "", choice.finish_reason == "length")
 
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(conversations)))) as pool:
             return list(pool.map(one, conversations))

@@ -17,7 +17,7 @@ import threading
 import uuid
 from typing import Any, Iterator
 
-from qwenvl.inference.base import Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.preprocessing import checkpoint_budget
 
@@ -112,6 +112,7 @@ class VLLMBackend:
             top_p=gen.top_p if gen.temperature > 0 else 1.0,
             top_k=gen.top_k if (gen.top_k and gen.temperature > 0) else -1,
             repetition_penalty=gen.repetition_penalty,
+            presence_penalty=gen.presence_penalty,
             seed=gen.seed,
         )
         if delta:
@@ -122,7 +123,9 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------------------------------------ batch
 
-    def generate(self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None) -> list[str]:
+    def generate(
+        self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None
+    ) -> list[Completion]:
         """Answers to a batch of conversations (vLLM schedules them together)."""
         gen = gen or GenerationSettings()
         if self._llm is None:
@@ -130,7 +133,7 @@ class VLLMBackend:
         outputs = self._llm.generate(
             [self.request(c) for c in conversations], self.sampling_params(gen), use_tqdm=False
         )
-        return [o.outputs[0].text for o in outputs]
+        return [Completion(o.outputs[0].text, o.outputs[0].finish_reason == "length") for o in outputs]
 
     # ------------------------------------------------------------------------------------------------ stream
 
