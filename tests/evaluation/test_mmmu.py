@@ -353,7 +353,9 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
         "prompt",
         "image_placement",
     } <= set(line)
-    assert "image" not in json.dumps(line).replace("image_placement", "").replace("num_images", "")
+    assert line["question"].startswith("What is shown in <image 1>?")  # the text, for a judge
+    without_text = {k: v for k, v in line.items() if k not in ("question", "image_placement", "num_images")}
+    assert "image" not in json.dumps(without_text) and len(json.dumps(line)) < 2000  # never image data
     assert lines[ids.index("validation_Art_1")]["num_images"] == 2
     manifest = json.loads(Path(str(results) + ".manifest.json").read_text())
     assert (
@@ -707,3 +709,90 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _JudgeServer:
+    """A deterministic OpenAI-compatible judge on 127.0.0.1: it replies with the letter of the only option whose
+    text appears in the answer, else Z; "garble" in an answer gets an unusable reply."""
+
+    def __init__(self) -> None:
+        import http.server
+        import re
+        import threading
+
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests += 1
+                prompt = body["messages"][-1]["content"]
+                last = prompt.rsplit("Question: ", 1)[-1]
+                options = dict(re.findall(r"^([A-Z])\. (.*)$", last.split("\nAnswer: ")[0], re.M))
+                answer = last.split("\nAnswer: ", 1)[1].rsplit("\nReply:", 1)[0]
+                hits = [k for k, v in options.items() if v.lower() in answer.lower()]
+                reply = "I cannot say" if "garble" in answer else (hits[0] if len(hits) == 1 else "Z")
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": reply}}]}).encode()  # fmt: skip
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+def test_llm_judge_rechecks_and_caches(tmp_path):
+    server = _JudgeServer()
+    try:
+        lines = [
+            _mc("validation_Art_1", "B"),  # parsed by the rules: not re-checked by --judge openai
+            dict(_mc("validation_Art_2", "it is o1", answer="B"), question="Which?"),
+            _mc("validation_Art_3", "something unrelated", answer="C"),  # the judge says Z: wrong, no guess
+            _mc("validation_Art_4", "garble garble garble garble garble", answer="D"),  # no usable verdict
+            {"id": "validation_Math_1", "question_type": "open", "options": "[]", "answer": "12",
+             "response": "The total is twelve (12 apples)."},
+        ]  # fmt: skip
+        results = tmp_path / "results.jsonl"
+        results.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        scores = tmp_path / "scores.json"
+        args = ["eval", "--input-file", str(results), "--output-file", str(scores), "--judge", "openai",
+                "--judge-model", "judge-1", "--base-url", server.url]  # fmt: skip
+        out = _run(*args)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(scores.read_text())
+        judged = {q["id"]: q for q in report["judged_questions"]}
+        assert judged["validation_Art_2"]["judge"] == "B" and judged["validation_Art_2"]["correct"]
+        assert judged["validation_Art_3"]["judge"] == "Z" and not judged["validation_Art_3"]["correct"]
+        assert judged["validation_Art_4"]["judge"] is None  # the rule result (its seeded guess) stands
+        assert (
+            judged["validation_Art_4"]["correct"]
+            == {q["id"]: q for q in report["questions"]}["validation_Art_4"]["correct"]
+        )
+        assert "judge" not in judged["validation_Art_1"] and "judge" not in judged["validation_Math_1"]
+        assert report["judge"]["rechecked"] == 3 and report["judge"]["failures"] == 1
+        assert "rule" in out.stdout and "judged" in out.stdout
+        first_requests = server.requests
+        assert first_requests == 1 + 1 + 3  # the garbled answer is asked three times
+
+        again = _run(*args)  # every verdict from the cache: no request
+        assert again.returncode == 0 and server.requests == first_requests
+        assert json.loads(scores.read_text())["judge"]["cached"] == 3
+
+        # --judge all also asks about parsed and open answers (open: A = the gold answer, B = other answers).
+        out = _run(*args[:5], "--judge", "all", "--judge-model", "judge-1", "--base-url", server.url)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(scores.read_text())
+        judged = {q["id"]: q for q in report["judged_questions"]}
+        assert judged["validation_Math_1"]["judge"] == "A" and judged["validation_Math_1"]["correct"]
+        assert report["judge"]["rechecked"] == 5
+    finally:
+        server.httpd.shutdown()

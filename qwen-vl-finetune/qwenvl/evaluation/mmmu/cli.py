@@ -445,6 +445,7 @@ def _infer(args: argparse.Namespace, output: Path, num_shards: int, shard_index:
                     "question_type": r["question_type"],
                     "options": question_options(r),
                     "answer": gold_answer(r),
+                    "question": r["question"],
                     "response": strip_reasoning(text),
                     "raw_response": str(text),
                     "truncated": cut,
@@ -522,15 +523,96 @@ def evaluate(args: argparse.Namespace) -> int:
     report = aggregate(records)
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if args.judge:
+        judged, judge_summary = judge_records(args, questions, records, output)
+        extra = {"judged": aggregate(judged), "judge": judge_summary, "judged_questions": judged}
     output.write_text(
-        json.dumps({"scoring": args.scoring, "input_file": args.input_file, **report, "questions": records}, indent=1)
+        json.dumps(
+            {"scoring": args.scoring, "input_file": args.input_file, **report, "questions": records, **extra}, indent=1
+        )
         + "\n"
     )
-    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "seed": 42})
+    settings = {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "seed": 42}
+    write_manifest(output, {**settings, **({"judge": extra["judge"]} if extra else {})})
     print(f"scoring: {args.scoring}")
     print(format_report(report))
+    if extra:
+        print(format_judged(report, extra["judged"], extra["judge"]))
     print(f"-> {output}")
     return 0
+
+
+def judge_records(
+    args: argparse.Namespace, questions: list, records: list[dict[str, Any]], output: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records with the judge's verdicts applied: ``--judge openai`` re-checks the multiple-choice answers the
+    rules could not parse; ``--judge all`` re-checks every answer (open ones as upstream does: option A the gold
+    answer, B "Other answers")."""
+    from qwenvl.evaluation.judge import Judge
+
+    if not args.base_url or not args.judge_model:
+        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+    cache = output.with_name(output.stem + ".judge.jsonl")
+    judge = Judge(args.base_url, args.judge_model, cache, os.environ.get(args.api_key_env),
+                  concurrency=args.judge_concurrency)  # fmt: skip
+    by_id = {q.id: q for q in questions}
+    targets = []
+    for r in records:
+        q = by_id[r["id"]]
+        if r.get("gold_problem") or (args.judge == "openai" and not (q.is_mc and r["unparsed"])):
+            continue
+        if q.is_mc:
+            options = q.options
+        else:
+            gold = q.answer if isinstance(q.answer, list) else [q.answer]
+            options = [" / ".join(gold), "Other answers"]
+        targets.append((r, (q.id, str(q.extra.get("question", "")), options, q.response)))
+    verdicts = judge.choose_all([t[1] for t in targets])
+    judged = {r["id"]: dict(r) for r in records}
+    changed = failures = 0
+    for (r, (_, _, options, _)), verdict in zip(targets, verdicts):
+        record = judged[r["id"]]
+        record.update(judge=verdict.letter, judge_reply=verdict.reply)
+        if verdict.letter is None:
+            failures += 1  # the rule-based result stands
+            continue
+        q = by_id[r["id"]]
+        if q.is_mc:
+            golds = q.answer if isinstance(q.answer, list) else [q.answer]
+            correct = verdict.letter in golds
+            record.update(parsed=verdict.letter, random_guess=False, unparsed=verdict.letter == "Z")
+        else:
+            correct = verdict.letter == "A"
+        changed += correct != r["correct"]
+        record["correct"] = correct
+    summary = {
+        "model": args.judge_model,
+        "base_url": args.base_url,
+        "scope": "every answer" if args.judge == "all" else "unparsed multiple-choice answers",
+        "rechecked": len(targets),
+        "changed": changed,
+        "failures": failures,
+        "requests": judge.requests,
+        "cached": sum(v.cached for v in verdicts),
+        "cache_file": str(cache),
+    }
+    return list(judged.values()), summary
+
+
+def format_judged(rule: dict[str, Any], judged: dict[str, Any], summary: dict[str, Any]) -> str:
+    """Rule-based and judged accuracy side by side (Overall and each discipline)."""
+    lines = [
+        f"judge {summary['model']} ({summary['scope']}): {summary['rechecked']} re-checked, {summary['changed']} "
+        f"changed, {summary['failures']} without a usable verdict (rule result kept); {summary['requests']} "
+        f"request(s), {summary['cached']} from the cache",
+        f"{'':44} {'rule':>7} {'judged':>7}",
+    ]
+    for name in rule["disciplines"]:
+        lines.append(f"{'Overall-' + name:44} {round(rule['disciplines'][name]['acc'], 3):>7.3f} "
+                     f"{round(judged['disciplines'][name]['acc'], 3):>7.3f}")  # fmt: skip
+    lines.append(f"{'Overall':44} {round(rule['overall']['acc'], 3):>7.3f} {round(judged['overall']['acc'], 3):>7.3f}")
+    return "\n".join(lines)
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -635,6 +717,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output-file", required=True)
     e.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
     e.add_argument("--answers", default=None, help=answers_help)
+    e.add_argument("--judge", default=None, choices=["openai", "all"],
+                   help="re-check with an LLM judge on an OpenAI-compatible server: openai = the multiple-choice "
+                        "answers the rules cannot parse; all = every answer")  # fmt: skip
+    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
+    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
+    e.add_argument("--judge-concurrency", type=int, default=8)
     e.set_defaults(func=evaluate)
     c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
     c.add_argument("a")
