@@ -1,10 +1,13 @@
-"""Questions per second of ``run_mmmu.py infer`` at batch 1 vs batched, on a tiny Qwen3-VL checkpoint (CPU).
+"""Questions per second of ``run_mmmu.py infer`` at batch 1 vs batched, and of its ``openai`` backend with 1 vs 8
+requests in flight against a local server (``transformers serve`` on 127.0.0.1), on a tiny Qwen3-VL checkpoint
+(CPU).
 
 It writes a tiny checkpoint and a generated MMMU-format dataset (hub layout, parquet, images made here), then
 runs ``infer`` for batch 1 and the batch size alternately (one warm-up each, 5 timed runs each by default, see
 ``benchmarks/timing.py``), each in a fresh process on a fresh output file, and reports the median questions per
 second of the generation loop (``infer``'s own timer, printed to the millisecond), the spread and the ratio
-(target: batched >= 2x batch 1).
+(target: batched >= 2x batch 1). The openai part alternates ``--concurrency 1`` and ``8`` the same way (same
+batch of 16 questions per call, the server started once, warm).
 
 Run::
 
@@ -55,10 +58,10 @@ def make_dataset(root: Path, n: int) -> None:
     )
 
 
-def run(model: Path, data: Path, out: Path, batch: int, n: int) -> dict:
-    cmd = [sys.executable, str(RUN_MMMU), "infer", "--model-path", str(model), "--data-dir", str(data),
+def run(model: Path, data: Path, out: Path, batch: int, n: int, extra: tuple[str, ...] = ()) -> dict:
+    cmd = [sys.executable, str(RUN_MMMU), "infer", "--data-dir", str(data),
            "--output-file", str(out), "--subjects", "art", "--batch-size", str(batch), "--max-new-tokens", "16",
-           "--max-pixels", str(64 * 32 * 32), "--limit", str(n)]  # fmt: skip
+           "--max-pixels", str(64 * 32 * 32), "--limit", str(n), *(extra or ("--model-path", str(model)))]  # fmt: skip
     for path in (out, out.with_name(out.name + ".manifest.json")):
         path.unlink(missing_ok=True)  # every run infers all questions
     result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (after one warm-up each)")
     parser.add_argument("--out", default=str(HERE / "results" / "mmmu.json"))
+    parser.add_argument("--openai", type=int, default=1, help="1: also time the openai backend (1 vs 8 in flight)")
     args = parser.parse_args()
     from timing import compare, fmt, ratio
 
@@ -91,6 +95,7 @@ def main() -> None:
             for b in (1, args.batch_size)
         }
         result = compare(sides, repeats=args.repeats, on_result=lambda name, r, x: print(name, r, x, flush=True))
+        served = measure_openai(model, root, args) if args.openai else None
     speedup = ratio(result, "batch_1", f"batch_{args.batch_size}")
     for name, side in result["sides"].items():
         print(f"{name:>9}: {fmt(side.get('seconds'))} for {args.questions} questions")
@@ -101,12 +106,55 @@ def main() -> None:
         "batch_size": args.batch_size,
         **result,
         "speedup_median": speedup,
+        "openai": served,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     ratio_ = speedup
     print(f"batched ({args.batch_size}) vs batch 1: {ratio_:.2f}x (medians; load {report['load_start']} -> "
           f"{report['load_end']})  -> {args.out}")  # fmt: skip
+
+
+def measure_openai(model: Path, root: Path, args) -> dict:
+    """``--backend openai`` against ``transformers serve``: concurrency 1 vs 8, alternated."""
+    import shutil
+    import socket
+    import urllib.request
+
+    from timing import compare, ratio
+
+    exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [exe, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}/v1"
+        sides = {
+            f"openai_concurrency_{c}": (
+                lambda c=c: run(model, root / "data", root / f"served_c{c}.jsonl", 16, args.questions,
+                                ("--backend", "openai", "--base-url", base, "--model", str(model),
+                                 "--concurrency", str(c)))
+            )
+            for c in (1, 8)
+        }  # fmt: skip
+        result = compare(sides, repeats=args.repeats, on_result=lambda name, r, x: print(name, r, x, flush=True))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    result["speedup_median"] = ratio(result, "openai_concurrency_1", "openai_concurrency_8")
+    print(f"openai backend, 8 vs 1 requests in flight: {result['speedup_median']:.2f}x")
+    return result
 
 
 if __name__ == "__main__":
