@@ -78,6 +78,19 @@ def mmmu(path: Path) -> list[str]:
         sec = side["seconds"]
         lines.append(f"| {name.split('_')[1]} | {_s(sec)} | {n / sec['median']:.1f} |")
     lines.append(f"| **speed-up** (medians) | **{data['speedup_median']:.2f}x** | |")
+    served = data.get("openai")
+    if served:
+        lines += [
+            "",
+            f"openai backend against `transformers serve` (load {served['load_start']} -> {served['load_end']}):",
+            "",
+            "| requests in flight | seconds for all questions, median (min-max) | questions/s (median) |",
+            "|---:|---:|---:|",
+        ]
+        for name, side in served["sides"].items():
+            sec = side["seconds"]
+            lines.append(f"| {name.rsplit('_', 1)[1]} | {_s(sec)} | {n / sec['median']:.1f} |")
+        lines.append(f"| **8 vs 1** (medians) | **{served['speedup_median']:.2f}x** | |")
     return lines
 
 

@@ -1,0 +1,327 @@
+"""RealWorldQA: inference and scoring (``evaluation/RealWorldQA/run_realworldqa.py`` is the entry point).
+
+Run::
+
+    python evaluation/RealWorldQA/run_realworldqa.py infer --model-path Qwen/Qwen3-VL-8B-Instruct \\
+        --data-dir LMUData --output-file out/rwqa.jsonl [--preset instruct|think] [--backend hf|vllm|openai]
+    python evaluation/RealWorldQA/run_realworldqa.py eval --input-file out/rwqa.jsonl --output-file out/scores.json \\
+        [--scoring official|upstream] [--judge openai --judge-model NAME --base-url URL]
+
+Data: VLMEvalKit's ``RealWorldQA.tsv`` (``--data-dir`` holding it, or ``--data-file``), the file upstream
+downloads; nothing is downloaded here. Prompt: upstream's (VLMEvalKit's default multiple-choice prompt, byte for
+byte: ``Hint:`` when there is one, ``Question:``, ``Options:`` and the closing sentence with its trailing space),
+images first. Scoring:
+
+* ``official``: VLMEvalKit's current rule matching (RealWorldQA has no scorer of its own; VLMEvalKit is the
+  reference): an answer no rule reads is wrong (``Z``), as VLMEvalKit's ``exact_matching`` leaves it;
+* ``upstream``: upstream's older matcher (the article rule always on, no length limits) and, for an answer it
+  cannot read, a random letter or ``Z`` as upstream draws it without a judge, here from a seeded stream (seed 42,
+  in index order) so a score is reproducible;
+* ``--judge openai`` (either mode): an LLM re-checks the answers the rules cannot read, instead of the fall-back.
+
+The report gives Overall and, when the TSV has them, per ``category`` and ``l2-category``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenvl.evaluation.core import (
+    Task,
+    add_infer_arguments,
+    merge_outputs,
+    read_results,
+    run_infer,
+    run_main,
+    strip_reasoning,
+    write_manifest,
+)
+from qwenvl.evaluation.mcq import can_infer
+
+
+TSV_NAME = "RealWorldQA.tsv"
+UPSTREAM_MIN_PIXELS, UPSTREAM_MAX_PIXELS = 768 * 28 * 28, 5120 * 28 * 28
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                    presence_penalty=0.0),
+    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
+                     presence_penalty=1.5),
+    "think": dict(max_new_tokens=32768, temperature=0.6, top_p=0.95, top_k=20, repetition_penalty=1.0,
+                  presence_penalty=0.0),
+}  # fmt: skip
+
+
+def tsv_path(args: argparse.Namespace) -> str:
+    if args.data_file:
+        return args.data_file
+    path = Path(args.data_dir) / TSV_NAME
+    if not path.is_file():
+        raise ValueError(
+            f"--data-dir {args.data_dir} has no {TSV_NAME}; put VLMEvalKit's file there or pass --data-file"
+        )
+    return str(path)
+
+
+def iter_rows(path: str, ids: set[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Questions of the TSV with decoded images (only those in ``ids`` when given), in file order."""
+    from qwenvl.evaluation import tsv
+
+    rows = tsv.read_rows(path, ("index", "question", "answer", "image"))
+    by_index = {row["index"]: row for row in rows}
+    for row in rows:
+        if ids is not None and row["index"] not in ids:
+            continue
+        at = tsv.where(path, row)
+        options = tsv.letter_options(row, "ABCDEFGH")
+        if not options:
+            raise tsv.TSVError(f"{at}: no options (columns A, B, ...); RealWorldQA questions are multiple choice")
+        yield {
+            "index": row["index"],
+            "question": row["question"],
+            "hint": row["hint"] if tsv.present(row.get("hint")) else None,
+            "options": options,
+            "answer": row["answer"].strip(),
+            "category": row.get("category") if tsv.present(row.get("category")) else None,
+            "l2-category": row.get("l2-category") if tsv.present(row.get("l2-category")) else None,
+            "images": tsv.row_images(row, by_index, at),
+        }
+
+
+def prompt_text(row: dict[str, Any]) -> str:
+    """Upstream's text (VLMEvalKit's multiple-choice prompt), byte for byte; no strip at the end."""
+    text = f"Hint: {row['hint']}\n" if row.get("hint") else ""
+    text += f"Question: {row['question']}\n"
+    if row["options"]:
+        text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in row["options"].items())
+        text += "Please select the correct answer from the options above. \n"
+    return text
+
+
+def _conversation(args: argparse.Namespace, row: dict[str, Any]) -> list[dict[str, Any]]:
+    content = [{"type": "image", "image": image} for image in row["images"]]
+    return [{"role": "user", "content": [*content, {"type": "text", "text": prompt_text(row)}]}]
+
+
+def _record(args: argparse.Namespace, row: dict[str, Any], conversation: list[dict[str, Any]], text: Any) -> dict:
+    return {
+        "id": row["index"],
+        "question": row["question"],
+        "options": row["options"],
+        "answer": row["answer"],
+        "category": row["category"],
+        "l2-category": row["l2-category"],
+        "response": strip_reasoning(text),
+        "raw_response": str(text),
+    }
+
+
+def _budget_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    upstream = args.preset is not None  # a preset reproduces upstream: its pixel budget too, unless flags say
+    return {
+        "min_pixels": args.min_pixels if args.min_pixels is not None else (UPSTREAM_MIN_PIXELS if upstream else None),
+        "max_pixels": args.max_pixels if args.max_pixels is not None else (UPSTREAM_MAX_PIXELS if upstream else None),
+    }
+
+
+def _ids(args: argparse.Namespace) -> list[str]:
+    from qwenvl.evaluation import tsv
+
+    rows = tsv.read_rows(tsv_path(args), ("index", "question", "answer", "image"))
+    ids = [row["index"] for row in rows]
+    return ids[: args.limit] if args.limit else ids
+
+
+TASK = Task(
+    name="realworldqa",
+    module="qwenvl.evaluation.realworldqa",
+    question_ids=_ids,
+    rows=lambda args, ids: iter_rows(tsv_path(args), ids),
+    conversation=_conversation,
+    record=_record,
+    settings=lambda args: {"data_file": tsv_path(args), "limit": args.limit, "prompt": "upstream (VLMEvalKit MCQ)"},
+    presets=PRESETS,
+    budget_overrides=_budget_overrides,
+    answer_settings=("prompt",),
+)
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def score(records: list[dict[str, Any]], mode: str = "official", seed: int = 42) -> list[dict[str, Any]]:
+    """Per-question results: the letter read, how, and whether it is right (see the module doc)."""
+    if mode not in ("official", "upstream"):
+        raise ValueError(f"--scoring must be official or upstream, got {mode!r}")
+    rng = random.Random(seed)
+    out = []
+    for r in sorted(records, key=lambda r: _index_key(r["id"])):
+        options = {k: str(v) for k, v in r["options"].items()}
+        letter = can_infer(r["response"], options, "vlmevalkit" if mode == "official" else "upstream")
+        how = "rule"
+        if letter is None:
+            if mode == "upstream":
+                letter, how = rng.choice([*options, "Z"]), "random"
+            else:
+                letter, how = "Z", "unparsed"
+        out.append({
+            "id": r["id"], "answer": r["answer"], "extracted": letter, "method": how,
+            "correct": letter == r["answer"], "category": r.get("category"), "l2-category": r.get("l2-category"),
+        })  # fmt: skip
+    return out
+
+
+def _index_key(index: str) -> tuple[int, Any]:
+    return (0, int(index)) if str(index).isdigit() else (1, str(index))
+
+
+def aggregate(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "num": len(rs),
+            "correct": sum(r["correct"] for r in rs),
+            "acc": sum(r["correct"] for r in rs) / max(len(rs), 1),
+        }
+
+    report: dict[str, Any] = {"overall": summary(scored)}
+    report["methods"] = {m: sum(r["method"] == m for r in scored) for m in sorted({r["method"] for r in scored})}
+    for key in ("category", "l2-category"):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in scored:
+            if r.get(key):
+                groups.setdefault(r[key], []).append(r)
+        if groups:
+            report[key] = {k: summary(v) for k, v in sorted(groups.items())}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"{'':40} {'num':>5} {'acc':>7}"]
+    lines.append(f"{'Overall':40} {report['overall']['num']:>5} {report['overall']['acc']:>7.3f}")
+    for key in ("category", "l2-category"):
+        for name, s in report.get(key, {}).items():
+            lines.append(f"  {key} {name:<{38 - len(key)}} {s['num']:>5} {s['acc']:>7.3f}")
+    lines.append("extraction: " + ", ".join(f"{m} {n}" for m, n in report["methods"].items()))
+    return "\n".join(lines)
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    lines = read_results(path)
+    if not lines:
+        raise ValueError(f"{path}: no results to score")
+    for i, line in enumerate(lines):
+        for key in ("id", "options", "answer", "response"):
+            if key not in line:
+                raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of run_realworldqa.py infer)")
+    return lines
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    records = load_records(Path(args.input_file))
+    scored = score(records, args.scoring)
+    judge_summary = None
+    if args.judge:
+        scored, judge_summary = _judge(args, records, scored)
+    report = aggregate(scored)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    body = {"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored}
+    output.write_text(json.dumps(body, indent=1) + "\n")
+    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring,
+                            "judge": judge_summary, "seed": 42})  # fmt: skip
+    print(f"scoring: {args.scoring}" + (f" + judge {args.judge_model}" if args.judge else ""))
+    print(format_report(report))
+    print(f"-> {output}")
+    return 0
+
+
+def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]):
+    from qwenvl.evaluation.judge import Judge
+
+    if not args.base_url or not args.judge_model:
+        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+    output = Path(args.output_file)
+    judge = Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
+                  os.environ.get(args.api_key_env))  # fmt: skip
+    by_id = {r["id"]: r for r in records}
+    targets = [s for s in scored if args.judge == "all" or s["method"] in ("unparsed", "random")]
+    items = [(s["id"], by_id[s["id"]].get("question", ""), list(by_id[s["id"]]["options"].values()),
+              by_id[s["id"]]["response"]) for s in targets]  # fmt: skip
+    verdicts = judge.choose_all(items)
+    failures = 0
+    for s, verdict in zip(targets, verdicts):
+        if verdict.letter is None:
+            failures += 1
+            continue
+        s.update(extracted=verdict.letter, method="judge", correct=verdict.letter == s["answer"])
+    summary = {"model": args.judge_model, "base_url": args.base_url, "rechecked": len(targets), "failures": failures,
+               "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
+    return scored, summary
+
+
+def compare(args: argparse.Namespace) -> int:
+    a = {r["id"]: r for r in score(load_records(Path(args.a)), args.scoring)}
+    b = {r["id"]: r for r in score(load_records(Path(args.b)), args.scoring)}
+    common = [i for i in a if i in b]
+    changed = [i for i in common if a[i]["correct"] != b[i]["correct"]]
+    print(f"{len(common)} common question(s); accuracy A {sum(a[i]['correct'] for i in common) / max(len(common), 1):.3f}, "
+          f"B {sum(b[i]['correct'] for i in common) / max(len(common), 1):.3f}; {len(changed)} changed")  # fmt: skip
+    for i in changed:
+        print(f"  {i}: A {a[i]['extracted']} ({a[i]['method']}) -> B {b[i]['extracted']} ({b[i]['method']}), "
+              f"gold {a[i]['answer']}")  # fmt: skip
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(prog="run_realworldqa.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("infer", help="answer RealWorldQA and write results.jsonl (resumable)")
+    add_infer_arguments(p, PRESETS)
+    p.add_argument("--data-dir", default="LMUData", help=f"folder holding {TSV_NAME}")
+    p.add_argument("--data-file", default=None, help=f"the TSV itself ({TSV_NAME})")
+    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
+    p.add_argument("--min-pixels", type=int, default=None,
+                   help=f"per image (default: the checkpoint's; with --preset upstream's {UPSTREAM_MIN_PIXELS})")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help=f"per image (default: the checkpoint's; with --preset upstream's {UPSTREAM_MAX_PIXELS})")  # fmt: skip
+    p.set_defaults(func=lambda args: run_infer(args, TASK))
+    e = sub.add_parser("eval", help="score results.jsonl")
+    e.add_argument("--input-file", required=True)
+    e.add_argument("--output-file", required=True)
+    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
+    add_judge_arguments(e)
+    e.set_defaults(func=evaluate)
+    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
+    m.add_argument("--output-file", required=True)
+    m.add_argument("--num-shards", type=int, required=True)
+    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+    c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--scoring", default="official", choices=["official", "upstream"])
+    c.set_defaults(func=compare)
+    return parser
+
+
+def add_judge_arguments(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--judge", default=None, choices=["openai", "all"],
+                   help="re-check with an LLM judge on an OpenAI-compatible server: openai = the answers the rules "
+                        "cannot read; all = every answer")  # fmt: skip
+    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
+    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
