@@ -12,11 +12,12 @@ import re
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _SEP = r"\s*,\s*"
-BBOX_RE = re.compile(r'"bbox_2d"\s*:\s*\[\s*' + _SEP.join([_NUMBER] * 4) + r"\s*\]")
-POINT_RE = re.compile(r'"point_2d"\s*:\s*\[\s*' + _NUMBER + _SEP + _NUMBER + r"\s*\]")
+# JSON ("bbox_2d") and Python-repr ('bbox_2d') keys alike.
+BBOX_RE = re.compile(r"[\"']bbox_2d[\"']\s*:\s*\[\s*" + _SEP.join([_NUMBER] * 4) + r"\s*\]")
+POINT_RE = re.compile(r"[\"']point_2d[\"']\s*:\s*\[\s*" + _NUMBER + _SEP + _NUMBER + r"\s*\]")
 QWEN2_BOX_RE = re.compile(r"<\|box_start\|>\(\s*" + _NUMBER + _SEP + _NUMBER + r"\s*\)" + _SEP + r"\(\s*" + _NUMBER
                           + _SEP + _NUMBER + r"\s*\)<\|box_end\|>")  # fmt: skip
-LABEL_RE = re.compile(r'"label"\s*:\s*"([^"]*)"')
+LABEL_RE = re.compile(r"[\"']label[\"']\s*:\s*(?:\"([^\"]*)\"|'([^']*)')")
 
 
 def find_boxes(text: str) -> list[tuple[list[float], str]]:
@@ -28,7 +29,7 @@ def find_boxes(text: str) -> list[tuple[list[float], str]]:
         start = text.rfind("{", 0, match.start())
         end = text.find("}", match.end())
         label = LABEL_RE.search(text[max(start, 0) : end + 1 if end >= 0 else len(text)])
-        boxes.append((coords, label.group(1) if label else ""))
+        boxes.append((coords, (label.group(1) if label.group(1) is not None else label.group(2)) if label else ""))
     return boxes
 
 
