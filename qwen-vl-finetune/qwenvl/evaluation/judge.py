@@ -1,4 +1,5 @@
-"""An optional LLM judge (any OpenAI-compatible server) that matches a free-form answer to one of the options.
+"""An optional LLM judge (any OpenAI-compatible server) that matches a free-form answer to one of the options, or
+extracts a final answer from a worked solution (MathVision).
 
 Upstream scores MMMU with VLMEvalKit's rules and, where they find no option, asks a GPT model; after 25 failed
 tries it picks a random option with an unseeded RNG. Here the judge is asked at most ``retries`` times, its reply is
@@ -28,6 +29,18 @@ PROMPT = (
     "Answer: It looks like a small dog sitting on grass.\nReply: B\n\n"
     "Example: Question: What colour is the car?\nOptions:\nA. red\nB. blue\nAnswer: The car is green.\nReply: Z\n\n"
     "Question: {question}\nOptions:\n{options}\nAnswer: {answer}\nReply: "
+)
+
+
+EXTRACT_PROMPT = (
+    "Read the problem and a model's response, and extract the model's final answer: a number, an expression in "
+    "LaTeX, or the letter of an option. Reply with the answer only, without explanation; reply with nothing if the "
+    "response gives no answer.\n\n"
+    "Example: Problem: What is the missing number?\nModel response: The pattern adds 3 each step, so it is 14.\n"
+    "Extracted answer: 14\n\n"
+    "Example: Problem: Which option is right? (A) 5 (B) 8/11\nModel response: I computed 8/11, option (B).\n"
+    "Extracted answer: B\n\n"
+    "Problem: {question}\nModel response: {response}\nExtracted answer: "
 )
 
 
@@ -117,6 +130,24 @@ class Judge:
             with self.cache_path.open("a") as f:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
         return Verdict(letter, reply, False)
+
+    def extract(self, qid: str, question: str, response: str) -> str:
+        """The final answer the judge reads in ``response`` ('' for none), cached like verdicts."""
+        prompt = EXTRACT_PROMPT.format(question=question, response=response)
+        key = self._key(prompt)
+        if key in self._cache:
+            return self._cache[key]["reply"]
+        reply = self._ask(prompt)
+        entry = {"key": key, "id": qid, "model": self.model, "letter": None, "reply": reply}
+        with self._lock:
+            self._cache[key] = entry
+            with self.cache_path.open("a") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return reply
+
+    def extract_all(self, items: list[tuple[str, str, str]]) -> list[str]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda item: self.extract(*item), items))
 
     def choose_all(self, items: list[tuple[str, str, list[str], str]]) -> list[Verdict]:
         """``choose`` for every ``(id, question, options, answer)``, ``concurrency`` requests at a time."""

@@ -1,0 +1,473 @@
+"""MathVision (MATH-V): inference and scoring (``evaluation/MathVision/run_mathv.py`` is the entry point).
+
+Run::
+
+    python evaluation/MathVision/run_mathv.py infer --model-path Qwen/Qwen3-VL-8B-Instruct --data-dir LMUData \\
+        --dataset MathVision_MINI --output-file out/mathv.jsonl [--preset instruct|think] [--prompt upstream|official]
+    python evaluation/MathVision/run_mathv.py eval --input-file out/mathv.jsonl --output-file out/scores.json \\
+        [--scoring official|upstream] [--judge openai --judge-model NAME --base-url URL]
+
+Data: VLMEvalKit's ``MathVision.tsv`` / ``MathVision_MINI.tsv`` (``--data-dir`` holding them with
+``--dataset``, or ``--data-file``), the files upstream reads; or the official MATH-V release (``--data-file
+data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, 768..5120·28² pixels
+each (upstream's numbers).
+
+Prompts: ``upstream`` (default): the question text alone, as upstream sends it (``--use-cot`` appends " Let's
+think step by step."); ``official``: MATH-V's instruction to answer in one ``\\boxed{}``, the question, and the
+options as ``(A) value`` lines (unless they are the bare letters A-E, whose contents are in the image).
+
+Scoring:
+
+* ``official``: MATH-V's ``evaluate.py``: the answer taken from ``\\boxed{}`` / "the answer is" / a trailing
+  letter, normalised (units, ``\\frac``, ``\\sqrt``, ``a/b``, ``0.5``), and compared with the gold letter and the
+  gold option's value, numerically after rounding to 2 decimals; LaTeX is read with ``latex2sympy2`` (as
+  MATH-V does) and never passed to Python's ``eval``. Accuracy overall, per subject, per level and per subject and
+  level.
+* ``upstream``: upstream's rule stage (VLMEvalKit's old matcher for multiple choice; for free-form answers the
+  whole answer must equal the gold, within 1e-6) and, for what it cannot read, ``--judge`` (an LLM extracts the
+  answer, as upstream's GPT-4o does); without a judge such an answer is wrong. Accuracy overall and per subject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenvl.evaluation.core import (
+    Task,
+    add_infer_arguments,
+    merge_outputs,
+    read_results,
+    run_infer,
+    run_main,
+    strip_reasoning,
+    write_manifest,
+)
+
+
+UPSTREAM_MIN_PIXELS, UPSTREAM_MAX_PIXELS = 768 * 28 * 28, 5120 * 28 * 28
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(max_new_tokens=2048, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                    presence_penalty=0.0),
+    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
+                     presence_penalty=1.5),
+    "think": dict(max_new_tokens=40960, temperature=1.0, top_p=0.95, top_k=20, repetition_penalty=1.0,
+                  presence_penalty=0.0),
+}  # fmt: skip
+OFFICIAL_INSTRUCTION = (
+    'Please solve the problem step by step and put your answer in one "\\boxed{}". If it is a multiple choice '
+    'question, only one letter is allowed in the "\\boxed{}".'
+)
+COT = " Let's think step by step."
+BARE = ["A", "B", "C", "D", "E"]
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def data_path(args: argparse.Namespace) -> str:
+    if args.data_file:
+        return args.data_file
+    for candidate in (Path(args.data_dir) / f"{args.dataset}.tsv",):
+        if candidate.is_file():
+            return str(candidate)
+    raise ValueError(
+        f"--data-dir {args.data_dir} has no {args.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
+        "(a TSV, or MATH-V's data/test.jsonl)"
+    )
+
+
+def iter_problems(path: str, ids: set[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Problems as ``{id, question, options, answer, subject, level, images}``, in file order."""
+    if path.endswith(".jsonl"):
+        yield from _iter_jsonl(path, ids)
+        return
+    from qwenvl.evaluation import tsv
+
+    rows = tsv.read_rows(path, ("index", "question", "answer"))
+    by_index = {row["index"]: row for row in rows}
+    for row in rows:
+        if ids is not None and row["index"] not in ids:
+            continue
+        at = tsv.where(path, row)
+        options = tsv.cell_list(row.get("choices", "") or "[]", "choices", at)
+        yield {
+            "id": row["index"],
+            "question": row["question"],
+            "options": options,
+            "answer": row["answer"].strip(),
+            "subject": row.get("category") or row.get("subject") or "",
+            "level": row.get("level") if tsv.present(row.get("level")) else None,
+            "images": tsv.row_images(row, by_index, at),
+        }
+
+
+def _iter_jsonl(path: str, ids: set[str] | None) -> Iterator[dict[str, Any]]:
+    base = Path(path).parent
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{path}:{line_no}: not valid JSON") from None
+        qid = str(item["id"])
+        if ids is not None and qid not in ids:
+            continue
+        image = item.get("image")
+        images = []
+        if image:
+            found = next((p for p in (base / image, base.parent / image) if p.is_file()), None)
+            if found is None:
+                raise ValueError(f"{path}:{line_no} (id {qid}): image {image} not found beside the file or its parent")
+            images = [str(found)]
+        yield {"id": qid, "question": item["question"], "options": [str(o) for o in item.get("options") or []],
+               "answer": str(item["answer"]).strip(), "subject": item.get("subject", ""),
+               "level": item.get("level"), "images": images}  # fmt: skip
+
+
+def prompt_text(problem: dict[str, Any], style: str) -> str:
+    if style == "upstream":
+        return problem["question"]
+    options = problem["options"]
+    listed = ""
+    if options and options != BARE:
+        listed = "".join(f"({chr(ord('A') + i)}) {o}\n" for i, o in enumerate(options))
+    return f"{OFFICIAL_INSTRUCTION}\n{problem['question']}\n{listed}"
+
+
+def _conversation(args: argparse.Namespace, problem: dict[str, Any]) -> list[dict[str, Any]]:
+    images = [{"type": "image", "image": image} for image in problem["images"]]
+    text = prompt_text(problem, args.prompt) + ((args.cot_prompt or COT) if args.use_cot else "")
+    return [{"role": "user", "content": [*images, {"type": "text", "text": text}]}]
+
+
+def _record(args: argparse.Namespace, problem: dict[str, Any], conversation: Any, text: Any) -> dict:
+    return {k: problem[k] for k in ("id", "question", "options", "answer", "subject", "level")} | {
+        "response": strip_reasoning(text), "raw_response": str(text), "prompt": args.prompt}  # fmt: skip
+
+
+def _ids(args: argparse.Namespace) -> list[str]:
+    ids = [p["id"] for p in iter_problems(data_path(args))]
+    return ids[: args.num_samples] if args.num_samples else ids
+
+
+def _budget_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"min_pixels": args.min_pixels or UPSTREAM_MIN_PIXELS, "max_pixels": args.max_pixels or UPSTREAM_MAX_PIXELS}
+
+
+TASK = Task(
+    name="mathvision",
+    module="qwenvl.evaluation.mathvision",
+    question_ids=_ids,
+    rows=lambda args, ids: iter_problems(data_path(args), ids),
+    conversation=_conversation,
+    record=_record,
+    settings=lambda args: {
+        "data_file": data_path(args),
+        "prompt": args.prompt,
+        "cot": (args.cot_prompt or COT) if args.use_cot else None,
+    },  # fmt: skip
+    presets=PRESETS,
+    budget_overrides=_budget_overrides,
+    answer_settings=("prompt", "cot"),
+)
+
+
+# ----------------------------------------------------------------------------------------------- official scoring
+
+
+def _fix_fracs(s: str) -> str:
+    parts = s.split("\\frac")
+    out = parts[0]
+    for part in parts[1:]:
+        out += "\\frac"
+        if part.startswith("{") or len(part) < 2:
+            out += part
+            continue
+        a, b, rest = part[0], part[1], part[2:]
+        out += f"{{{a}}}{b}{rest}" if b == "{" else f"{{{a}}}{{{b}}}{rest}"
+    return out
+
+
+def _fix_sqrt(s: str) -> str:
+    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
+
+
+def _fix_a_slash_b(s: str) -> str:
+    if s.count("/") != 1:
+        return s
+    a, b = s.split("/")
+    if a.isdigit() and b.isdigit():
+        return f"\\frac{{{a}}}{{{b}}}"
+    return s
+
+
+def normalise(s: str) -> str:
+    """MATH-style normalisation of an extracted answer."""
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\left", "").replace("\\right", "").replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    s = _fix_sqrt(s).replace(" ", "")
+    s = _fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    return _fix_a_slash_b(s)
+
+
+def find_math_answer(s: str) -> str:
+    s = s.lower().replace("{}", "")
+    boxed = re.findall(r"oxed{(.*)}", s, flags=re.S)
+    ans = boxed[-1] if boxed else s
+    if "}" in ans and ("{" not in ans or ans.find("}") < ans.find("{")):
+        ans = ans.split("}")[0]
+    ans = ans.split("=")[-1].split("\\approx")[-1]
+    for old, new in ((" ", ""), ("\\,", ""), ("∞", "\\infty"), ("+\\infty", "\\infty"), ("\\\\", "\\"), ("\n", ""),
+                     ("\\text", ""), ("\\mbox", ""), ("bmatrix", "pmatrix"), ("\\left", ""), ("\\right", ""),
+                     ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""), ("{m}^3", ""), ("m^3", ""), ("{units}", ""),
+                     ("units", ""), ("{km}", ""), ("km", "")):  # fmt: skip
+        ans = ans.replace(old, new)
+    return normalise(ans)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+FLAGS = ["the final answer is", "the answer is", "the correct answer is", "the answer should be"]
+
+
+def official_extract(response: str) -> str:
+    """MATH-V ``evaluate.py``'s model answer."""
+    answer = response.strip()
+    for x in "ABCDE":
+        if (answer.endswith(f" {x}.") or answer.endswith(f" ({x}).") or answer.startswith(f"{x}\n")
+                or answer.startswith(f"({x})\n") or answer.startswith(f"({x}) {x}\n")):  # fmt: skip
+            answer = x
+    tail = answer.split("is ")[-1].rstrip(".")
+    if _is_number(tail):
+        answer = tail
+    if "oxed{" not in answer:
+        for flag in FLAGS:
+            for variant in (flag, flag.replace("the", "The")):
+                raw = answer
+                answer = answer.split(variant)[-1].strip()
+                if variant in raw:
+                    answer = answer.split("\n")[0].split(". ")[0]
+    elif answer.count("oxed{") > 1:
+        answer = "\\boxed{" + answer.split("oxed{")[-1]
+    answer = find_math_answer(answer)
+    for x in "abcde":
+        answer = answer.replace(f"({x})", x).replace(f"{{{x}}}", x)
+    return answer.rstrip(".").lstrip(":").strip()
+
+
+def _value(text: str) -> float | None:
+    """The numeric value of a LaTeX / plain expression (latex2sympy2, never ``eval``), or None."""
+    if not text or len(text) > 200:
+        return None
+    if _is_number(text):
+        return float(text)
+    try:
+        from latex2sympy2 import latex2sympy
+
+        expr = latex2sympy(text)
+        return float(expr.evalf()) if getattr(expr, "is_number", False) else None
+    except Exception:  # noqa: BLE001 - not an expression: no value
+        return None
+
+
+def _split_tuple(text: str) -> list[str] | None:
+    if len(text) >= 2 and text[0] in "([" and text[-1] in ")]":
+        return [p.strip() for p in text[1:-1].split(",")]
+    return None
+
+
+def is_equal(answer: str, gold: str, decimals: int | None = 2, tolerance: float = 1e-6) -> bool:
+    """MATH-V's comparison: equal strings (lower-cased), else element-wise / numeric equality after rounding to
+    ``decimals`` (official) or within ``tolerance`` (``decimals=None``: upstream)."""
+    a, g = str(answer).lower().strip(), str(gold).lower().strip()
+    if not a or not g:
+        return False
+    if a == g:
+        return True
+    parts_a, parts_g = _split_tuple(a), _split_tuple(g)
+    if parts_a is not None and parts_g is not None:
+        return len(parts_a) == len(parts_g) and all(
+            is_equal(x, y, decimals, tolerance) for x, y in zip(parts_a, parts_g)
+        )
+    va, vg = _value(a), _value(g)
+    if va is None or vg is None:
+        return False
+    return round(va, decimals) == round(vg, decimals) if decimals is not None else abs(va - vg) < tolerance
+
+
+def score_official(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in records:
+        extracted = official_extract(r["response"])
+        gold = r["answer"]
+        value = ""
+        if r["options"] and len(gold) == 1 and gold in "ABCDE" and ord(gold) - ord("A") < len(r["options"]):
+            value = r["options"][ord(gold) - ord("A")]  # compared raw, as MATH-V ("$18$" reads as 18)
+        correct = is_equal(extracted, gold) or (bool(value) and is_equal(extracted, value))
+        out.append({"id": r["id"], "subject": r.get("subject"), "level": r.get("level"), "answer": gold,
+                    "extracted": extracted, "method": "rule", "correct": correct})  # fmt: skip
+    return out
+
+
+def score_upstream(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from qwenvl.evaluation.mcq import can_infer
+
+    out = []
+    for r in records:
+        if r["options"]:
+            choices = {chr(ord("A") + i): o for i, o in enumerate(r["options"])}
+            letter = can_infer(r["response"], choices, "upstream")
+            extracted, resolved = letter or "", letter is not None
+            correct = resolved and letter == r["answer"]
+        else:
+            extracted = r["response"]
+            resolved = is_equal(extracted, r["answer"], decimals=None)
+            correct = resolved
+        out.append({"id": r["id"], "subject": r.get("subject"), "level": r.get("level"), "answer": r["answer"],
+                    "extracted": extracted, "method": "rule" if resolved else "unresolved", "correct": correct})  # fmt: skip
+    return out
+
+
+def aggregate(scored: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "num": len(rs),
+            "correct": sum(r["correct"] for r in rs),
+            "acc": sum(r["correct"] for r in rs) / max(len(rs), 1),
+        }
+
+    report: dict[str, Any] = {"overall": summary(scored)}
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {"subject": {}, "level": {}, "subject_level": {}}
+    for r in scored:
+        if r.get("subject"):
+            groups["subject"].setdefault(r["subject"], []).append(r)
+        if mode == "official" and r.get("level") not in (None, ""):
+            groups["level"].setdefault(f"level{r['level']}", []).append(r)
+            if r.get("subject"):
+                groups["subject_level"].setdefault(f"{r['subject']}_level{r['level']}", []).append(r)
+    for key, value in groups.items():
+        if value:
+            report[key] = {k: summary(v) for k, v in sorted(value.items())}
+    report["methods"] = {m: sum(r["method"] == m for r in scored) for m in sorted({r["method"] for r in scored})}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    o = report["overall"]
+    lines = [f"{'all':44} {o['correct']:>5}/{o['num']:<5} {100 * o['acc']:6.2f}%"]
+    for key in ("subject", "level", "subject_level"):
+        for name, s in report.get(key, {}).items():
+            lines.append(f"  {name:42} {s['correct']:>5}/{s['num']:<5} {100 * s['acc']:6.2f}%")
+    lines.append("extraction: " + ", ".join(f"{m} {n}" for m, n in report["methods"].items()))
+    return "\n".join(lines)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    records = read_results(Path(args.input_file))
+    if not records:
+        raise ValueError(f"{args.input_file}: no results to score")
+    for i, r in enumerate(records):
+        for key in ("id", "options", "answer", "response"):
+            if key not in r:
+                raise ValueError(f"{args.input_file}: line {i + 1} has no {key!r} (results of run_mathv.py infer)")
+    scored = score_official(records) if args.scoring == "official" else score_upstream(records)
+    judge_summary = _judge(args, records, scored) if args.judge else None
+    report = aggregate(scored, args.scoring)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
+                                 indent=1) + "\n")  # fmt: skip
+    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring,
+                            "judge": judge_summary})  # fmt: skip
+    print(f"scoring: {args.scoring}")
+    print(format_report(report))
+    print(f"-> {output}")
+    return 0
+
+
+def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """Upstream's judge stage: an LLM extracts the answer of what the rules could not read; it is then compared
+    like a rule result."""
+    from qwenvl.evaluation.judge import Judge
+    from qwenvl.evaluation.mcq import can_infer
+
+    if not args.base_url or not args.judge_model:
+        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+    output = Path(args.output_file)
+    judge = Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
+                  os.environ.get(args.api_key_env))  # fmt: skip
+    by_id = {r["id"]: r for r in records}
+    targets = [s for s in scored if args.judge == "all" or not s["correct"]]
+    replies = judge.extract_all([(s["id"], by_id[s["id"]]["question"], by_id[s["id"]]["response"]) for s in targets])
+    changed = 0
+    for s, reply in zip(targets, replies):
+        r = by_id[s["id"]]
+        if r["options"]:
+            choices = {chr(ord("A") + i): o for i, o in enumerate(r["options"])}
+            letter = can_infer(reply, choices, "upstream")
+            correct = letter == r["answer"]
+        else:
+            correct = is_equal(reply, r["answer"], decimals=None if args.scoring == "upstream" else 2)
+        changed += correct != s["correct"]
+        s.update(extracted=reply, method="judge", correct=correct)
+    return {"model": args.judge_model, "rechecked": len(targets), "changed": changed, "requests": judge.requests}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qwenvl.cli import StrictParser
+    from qwenvl.evaluation.realworldqa import add_judge_arguments
+
+    parser = StrictParser(prog="run_mathv.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("infer", help="solve MathVision and write results.jsonl (resumable)")
+    add_infer_arguments(p, PRESETS)
+    p.add_argument("--data-dir", default="LMUData", help="folder holding the VLMEvalKit TSV")
+    p.add_argument("--dataset", default="MathVision", choices=["MathVision", "MathVision_MINI"])
+    p.add_argument("--data-file", default=None, help="a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
+    p.add_argument("--num-samples", type=int, default=None, help="the first N problems only")
+    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"])
+    p.add_argument("--use-cot", action="store_true", help="append upstream's \" Let's think step by step.\"")
+    p.add_argument("--cot-prompt", default=None)
+    p.add_argument("--min-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MIN_PIXELS}")
+    p.add_argument("--max-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MAX_PIXELS}")
+    p.set_defaults(func=lambda args: run_infer(args, TASK))
+    e = sub.add_parser("eval", help="score results.jsonl")
+    e.add_argument("--input-file", required=True)
+    e.add_argument("--output-file", required=True)
+    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
+    add_judge_arguments(e)
+    e.set_defaults(func=evaluate)
+    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
+    m.add_argument("--output-file", required=True)
+    m.add_argument("--num-shards", type=int, required=True)
+    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
