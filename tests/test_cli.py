@@ -30,6 +30,22 @@ TOOLS = [
     (("module", "qwenvl.data.make_demo"), "--ou x", "--out"),
     (("path", "web_demo_mm.py"), "--server-prt 5", "--server-port"),
     (("path", "evaluation/mmmu/run_mmmu.py"), "infer --model-pat m --output-file o", "--model-path"),
+    (("path", "evaluation/RealWorldQA/run_realworldqa.py"), "infer --output-file o --data-fil x", "--data-file"),
+    (
+        ("path", "evaluation/VideoMME/run_videomme.py"),
+        "infer --output-file o --data-dir d --duratio short",
+        "--duration",
+    ),
+    (
+        ("path", "evaluation/MathVision/run_mathv.py"),
+        "eval --input-file i --output-file o --scorin official",
+        "--scoring",
+    ),
+    (
+        ("path", "evaluation/ODinW-13/run_odinw.py"),
+        "eval --input-file i --data-dir d --output-file o --coord auto",
+        "--coords",
+    ),
     (("path", "benchmarks/bench_train.py"), "--sample 3", "--samples"),
     (("path", "benchmarks/bench_vision.py"), "--nonsense 3", None),
     (("path", "benchmarks/bench_mmmu.py"), "--nonsense 3", None),
