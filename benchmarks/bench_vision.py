@@ -89,6 +89,56 @@ def build_corpus(root: Path, quick: bool) -> dict[str, list[str]]:
     return {"photos": photos, "alpha": [str(alpha)], "videos": videos}
 
 
+# What users feed a VLM, beyond the synthetic H.264 above (--wide): 30 s 1080p clips of moving, noisy content (so
+# the encoders work as on camera footage), one per row: x264 presets ultrafast..slow, GOP 30/60/250, 0-3 B-frames,
+# 10-bit, AAC audio, H.265, VP9, AV1, a phone clip with rotation metadata, variable frame rate, and a screen
+# recording (the picture changes every 5 s).
+_NOISY = "testsrc2=size=1920x1080:rate=30:duration=30,noise=alls=18:allf=t"
+_AUDIO = ["-f", "lavfi", "-i", "sine=frequency=440:duration=30"]
+WIDE = {
+    "x264_ultrafast_gop60_bf0": (_NOISY, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"], False),
+    "x264_veryfast_gop60_bf2_aac": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-bf", "2"], True),
+    "x264_veryfast_gop250_bf2_aac": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "250", "-bf", "2"], True),
+    "x264_medium_gop30_bf3": (_NOISY, ["-c:v", "libx264", "-preset", "medium", "-g", "30", "-bf", "3"], False),
+    "x264_slow_gop250_bf3": (_NOISY, ["-c:v", "libx264", "-preset", "slow", "-g", "250", "-bf", "3"], False),
+    "x264_10bit_veryfast_gop60": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-profile:v",
+                                           "high10", "-pix_fmt", "yuv420p10le"], False),
+    "x265_fast_gop60_aac": (_NOISY, ["-c:v", "libx265", "-preset", "fast", "-x265-params", "keyint=60:log-level=error"],
+                            True),
+    "vp9_realtime": (_NOISY, ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "4M",
+                              "-g", "120"], False),
+    "av1_svt_p12": (_NOISY, ["-c:v", "libsvtav1", "-preset", "12", "-g", "120"], False),
+    "phone_rotated90_aac": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-metadata:s:v:0",
+                                     "rotate=90"], True),
+    "vfr_x264": (_NOISY + ",select='lt(mod(n,30),18)+eq(mod(n,7),0)'",
+                 ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-vsync", "vfr"], False),
+    "screen_static_x264": ("testsrc2=size=1920x1080:rate=30:duration=30,fps=0.2,fps=30",
+                           ["-c:v", "libx264", "-preset", "veryfast", "-g", "250", "-tune", "stillimage"], False),
+}  # fmt: skip
+
+
+def build_wide_corpus(root: Path) -> list[str]:
+    """Encode the --wide corpus (cached); a codec this ffmpeg cannot encode is skipped with a note."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (source, codec, audio) in WIDE.items():
+        ext = ".webm" if name.startswith("vp9") else ".mp4"
+        path = root / f"{name}{ext}"
+        if not path.exists():
+            print(f"encoding {path.name} ...", flush=True)
+            cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, *(_AUDIO if audio else []),
+                   *codec, *(["-pix_fmt", "yuv420p"] if "-pix_fmt" not in codec else []),
+                   *(["-c:a", "aac" if ext == ".mp4" else "libopus", "-shortest"] if audio else []),
+                   str(path) + ".tmp" + ext]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"  skipped {name}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}")
+                continue
+            os.replace(str(path) + ".tmp" + ext, path)
+        paths.append(str(path))
+    return paths
+
+
 # ---------------------------------------------------------------------------------------------- upstream venv
 
 
@@ -255,6 +305,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "vision.json"))
     parser.add_argument("--rss-limit-gb", type=float, default=12.0)
     parser.add_argument("--only", nargs="*", help="case names to run")
+    parser.add_argument("--wide", action="store_true",
+                        help="the widened video corpus only (codecs, presets, GOPs, 10-bit, audio, rotation, VFR, "
+                             "screen recording): speed-up and RSS ratio per file with min/median/max")  # fmt: skip
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -263,16 +316,34 @@ def main() -> None:
 
     from timing import compare, load_average, ratio
 
-    corpus = build_corpus(Path(args.corpus), args.quick)
     upstream_python = str(ensure_upstream_venv())
     ours_python = sys.executable
+    if args.wide:
+        corpus = {"photos": [], "alpha": [], "videos": build_wide_corpus(Path(args.corpus) / "wide")}
+        cases = []
+    else:
+        corpus = build_corpus(Path(args.corpus), args.quick)
     photos = {"kind": "pvi", "paths": corpus["photos"], "max_pixels": MAX_PIXELS_8, "warmup_calls": 1}
-    cases = [
-        ("pvi_8_photos_max1M", photos, None, {}),
-        ("pvi_8_photos_max1M_no_draft (bit-exact)", photos, None, {"QWENVL_JPEG_DRAFT": "0"}),
-        ("fetch_image_12MP_default", {"kind": "image", "paths": corpus["photos"][:1], "warmup_calls": 1}, None, {}),
-        ("fetch_image_png_alpha_default", {"kind": "image", "paths": corpus["alpha"], "warmup_calls": 1}, None, {}),
-    ]
+    cases = (
+        []
+        if args.wide
+        else [
+            ("pvi_8_photos_max1M", photos, None, {}),
+            ("pvi_8_photos_max1M_no_draft (bit-exact)", photos, None, {"QWENVL_JPEG_DRAFT": "0"}),
+            (
+                "fetch_image_12MP_default",
+                {"kind": "image", "paths": corpus["photos"][:1], "warmup_calls": 1},
+                None,
+                {},
+            ),
+            (
+                "fetch_image_png_alpha_default",
+                {"kind": "image", "paths": corpus["alpha"], "warmup_calls": 1},
+                None,
+                {},
+            ),
+        ]
+    )
     for video in corpus["videos"]:
         name = Path(video).stem
         # Both sides on their own default backend (ours: pyav; upstream: torchcodec when installed, as here).
@@ -328,7 +399,16 @@ def main() -> None:
                                                     (envs["upstream"], envs["ours"]), Path(tmp))  # fmt: skip
         results.append(row)
 
+    spread = {}
+    for key in ("speedup", "rss_ratio"):
+        values = sorted(r[key] for r in results if r.get(key) is not None)
+        if values:
+            spread[key] = {"min": values[0], "median": values[len(values) // 2] if len(values) % 2 else
+                           (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2, "max": values[-1],
+                           "files": len(values)}  # fmt: skip
     report = {
+        "corpus": "wide" if args.wide else "standard",
+        "spread": spread,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -359,6 +439,8 @@ def main() -> None:
         print(
             f"{row['case']:50} {cell[0]:>24} {cell[1]:>22} {speed:>8} {rss:>15} {row.get('rss_ratio', float('nan')):>6.2f}"
         )
+    for key, sp in spread.items():
+        print(f"{key}: min {sp['min']:.2f}, median {sp['median']:.2f}, max {sp['max']:.2f} over {sp['files']} case(s)")
     print(f"\nload {report['load_start']} -> {report['load_end']}; written to {args.out}")
 
 
