@@ -1,12 +1,12 @@
 """Benchmark qwen_vl_utils against upstream qwen-vl-utils==0.0.14, in the same run, as separate processes.
 
 It generates its own corpus (JPEG photos 4032x3024 and 8192x5464, a PNG with alpha, H.264 1080p videos of
-10 s, 60 s and 300 s; cached under --corpus), installs upstream 0.0.14 into a separate virtualenv
+10 s, 60 s and 300 s; with --wide the widened video corpus of WIDE below; cached under --corpus), installs upstream 0.0.14 into a separate virtualenv
 (benchmarks/.upstream-venv, reusing this environment's torch/torchvision/av/decord/torchcodec through a
 .pth file so both sides run the same libraries), then times each case with benchmarks/timing.py: one warm-up
 process per side, then --repeats (>= 5) rounds alternating which side runs first, each measurement a fresh process
-(imports excluded: for videos both sides import torch and the decoder before the timed call; image cases make one
-untimed call first). It reports the median, min and max per side, the ratio of medians, peak RSS, and whether the
+(imports excluded: for videos both sides import torch and the decoder before the timed call, and upstream its
+torchvision at `import qwen_vl_utils`; image cases make one untimed call first). It reports the median, min and max per side, the ratio of medians, peak RSS, and whether the
 outputs are bit-identical (images: compared pixel by pixel in a separate untimed run, with the mean absolute
 difference where they differ; videos: by a digest of the output tensor). A caller who has not imported torch pays
 that import (about a second) in its first video call; the figures here exclude it on both sides.
@@ -89,29 +89,32 @@ def build_corpus(root: Path, quick: bool) -> dict[str, list[str]]:
     return {"photos": photos, "alpha": [str(alpha)], "videos": videos}
 
 
-# What users feed a VLM, beyond the synthetic H.264 above (--wide): 30 s 1080p clips of moving, noisy content (so
-# the encoders work as on camera footage), one per row: x264 presets ultrafast..slow, GOP 30/60/250, 0-3 B-frames,
-# 10-bit, AAC audio, H.265, VP9, AV1, a phone clip with rotation metadata, variable frame rate, and a screen
-# recording (the picture changes every 5 s).
-_NOISY = "testsrc2=size=1920x1080:rate=30:duration=30,noise=alls=18:allf=t"
+# What users feed a VLM, beyond the synthetic H.264 above (--wide): 30 s 1080p clips of moving content with light
+# sensor-like noise, at the bitrates of phone and camera footage (capped at 16 Mbit/s; 1080p30 phone video is about
+# 17), one per row: x264 presets ultrafast..slow, GOP 30/60/250, 0-3 B-frames, 10-bit, AAC audio, H.265, VP9, AV1,
+# a phone clip with rotation metadata, variable frame rate, and a screen recording (the picture changes every 5 s).
+_NOISY = "testsrc2=size=1920x1080:rate=30:duration=30,noise=alls=6:allf=t"
+_RATE = ["-maxrate", "16M", "-bufsize", "32M"]
 _AUDIO = ["-f", "lavfi", "-i", "sine=frequency=440:duration=30"]
 WIDE = {
-    "x264_ultrafast_gop60_bf0": (_NOISY, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"], False),
-    "x264_veryfast_gop60_bf2_aac": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-bf", "2"], True),
-    "x264_veryfast_gop250_bf2_aac": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "250", "-bf", "2"], True),
-    "x264_medium_gop30_bf3": (_NOISY, ["-c:v", "libx264", "-preset", "medium", "-g", "30", "-bf", "3"], False),
-    "x264_slow_gop250_bf3": (_NOISY, ["-c:v", "libx264", "-preset", "slow", "-g", "250", "-bf", "3"], False),
-    "x264_10bit_veryfast_gop60": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-profile:v",
+    "x264_ultrafast_gop60_bf0": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "ultrafast", "-g", "60"], False),
+    "x264_veryfast_gop60_bf2_aac": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-bf",
+                                             "2"], True),
+    "x264_veryfast_gop250_bf2_aac": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "veryfast", "-g", "250", "-bf",
+                                              "2"], True),
+    "x264_medium_gop30_bf3": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "medium", "-g", "30", "-bf", "3"], False),
+    "x264_slow_gop250_bf3": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "slow", "-g", "250", "-bf", "3"], False),
+    "x264_10bit_veryfast_gop60": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-profile:v",
                                            "high10", "-pix_fmt", "yuv420p10le"], False),
-    "x265_fast_gop60_aac": (_NOISY, ["-c:v", "libx265", "-preset", "fast", "-x265-params", "keyint=60:log-level=error"],
-                            True),
+    "x265_fast_gop60_aac": (_NOISY, [*_RATE, "-c:v", "libx265", "-preset", "fast", "-x265-params",
+                                     "keyint=60:log-level=error"], True),
     "vp9_realtime": (_NOISY, ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "4M",
                               "-g", "120"], False),
-    "av1_svt_p12": (_NOISY, ["-c:v", "libsvtav1", "-preset", "12", "-g", "120"], False),
-    "phone_rotated90_aac": (_NOISY, ["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-metadata:s:v:0",
+    "av1_svt_p12": (_NOISY, ["-b:v", "8M", "-c:v", "libsvtav1", "-preset", "12", "-g", "120"], False),
+    "phone_rotated90_aac": (_NOISY, [*_RATE, "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-metadata:s:v:0",
                                      "rotate=90"], True),
     "vfr_x264": (_NOISY + ",select='lt(mod(n,30),18)+eq(mod(n,7),0)'",
-                 ["-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-vsync", "vfr"], False),
+                 [*_RATE, "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-vsync", "vfr"], False),
     "screen_static_x264": ("testsrc2=size=1920x1080:rate=30:duration=30,fps=0.2,fps=30",
                            ["-c:v", "libx264", "-preset", "veryfast", "-g", "250", "-tune", "stillimage"], False),
 }  # fmt: skip
@@ -174,12 +177,12 @@ def worker(case: dict) -> dict:
 
     kind = case["kind"]
     if kind == "video":
-        # Both sides need torch/torchvision for video; upstream imports them at `import qwen_vl_utils`, ours on the
-        # first video. Import them (and the backend that will decode) before timing so neither pays it inside a call.
+        # Both sides need torch for video; upstream imports it (and torchvision) at `import qwen_vl_utils`, ours on
+        # the first video (and never torchvision). Import torch and the backend that will decode before timing, so
+        # neither pays an import inside the call; each process holds what its implementation needs.
         import importlib
 
         import torch  # noqa: F401
-        import torchvision.transforms.functional  # noqa: F401
 
         chooser = getattr(q, "get_video_reader_backend", None) or q.vision_process.get_video_reader_backend
         backend = chooser()  # the forced one, else the implementation's default
