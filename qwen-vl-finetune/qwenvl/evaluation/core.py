@@ -478,3 +478,87 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     except (ValueError, ConnectionError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+# ----------------------------------------------------------------------------------------------- eval helpers
+
+
+def upstream_presets(default_tokens: int, think_temperature: float, think_tokens: int) -> dict[str, dict[str, Any]]:
+    """Greedy ``default`` decoding and upstream's ``instruct`` / ``think`` shell presets (the think preset's
+    temperature and token limit differ between upstream's benchmarks)."""
+    return {
+        "default": dict(max_new_tokens=default_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                        presence_penalty=0.0),
+        "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
+                         presence_penalty=1.5),
+        "think": dict(max_new_tokens=think_tokens, temperature=think_temperature, top_p=0.95, top_k=20,
+                      repetition_penalty=1.0, presence_penalty=0.0),
+    }  # fmt: skip
+
+
+def add_merge_command(sub: Any) -> None:
+    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
+    m.add_argument("--output-file", required=True, help="the --output-file the shards were run with")
+    m.add_argument("--num-shards", type=int, required=True)
+    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+
+
+def add_judge_arguments(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--judge", default=None, choices=["openai", "all"],
+                   help="re-check with an LLM judge on an OpenAI-compatible server: openai = the answers the rules "
+                        "cannot read; all = every answer")  # fmt: skip
+    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
+    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
+
+
+def make_judge(args: argparse.Namespace) -> Any:
+    """The judge of ``eval --judge``, its verdicts cached beside ``--output-file``."""
+    from qwenvl.evaluation.judge import Judge
+
+    if not args.base_url or not args.judge_model:
+        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+    output = Path(args.output_file)
+    return Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
+                 os.environ.get(args.api_key_env))  # fmt: skip
+
+
+def judge_choices(
+    args: argparse.Namespace,
+    scored: list[dict[str, Any]],
+    unresolved: tuple[str, ...],
+    item: Callable[[dict[str, Any]], tuple[str, str, list[str], str]],
+) -> dict[str, Any]:
+    """Multiple-choice re-checking: every scored answer whose ``method`` is in ``unresolved`` (all with ``--judge
+    all``) is matched to an option by the judge; a usable verdict replaces the rule result (``item`` gives ``(id,
+    question, option texts, answer)``). Returns the summary for the report."""
+    judge = make_judge(args)
+    targets = [s for s in scored if args.judge == "all" or s["method"] in unresolved]
+    verdicts = judge.choose_all([item(s) for s in targets])
+    failures = 0
+    for s, verdict in zip(targets, verdicts):
+        if verdict.letter is None:
+            failures += 1  # the rule result stands
+            continue
+        s.update(extracted=verdict.letter, method="judge", answered=True, correct=verdict.letter == s["answer"])
+    return {"model": args.judge_model, "base_url": args.base_url, "rechecked": len(targets), "failures": failures,
+            "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
+
+
+def load_records(path: Path, required: tuple[str, ...], tool: str) -> list[dict[str, Any]]:
+    """The results of ``tool infer`` in ``path``, each line checked for the ``required`` fields."""
+    lines = read_results(path)
+    if not lines:
+        raise ValueError(f"{path}: no results to score")
+    for i, line in enumerate(lines):
+        for key in required:
+            if key not in line:
+                raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of {tool} infer)")
+    return lines
+
+
+def write_scores(output: Path, body: dict[str, Any], settings: dict[str, Any]) -> None:
+    """The scores JSON and its manifest."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(body, indent=1) + "\n")
+    write_manifest(output, {"mode": "eval", **settings})

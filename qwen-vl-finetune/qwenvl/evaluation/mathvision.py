@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -41,24 +40,20 @@ from typing import Any, Iterator
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
-    merge_outputs,
-    read_results,
+    add_judge_arguments,
+    add_merge_command,
+    load_records,
+    make_judge,
     run_infer,
     run_main,
     strip_reasoning,
-    write_manifest,
+    upstream_presets,
+    write_scores,
 )
 
 
 UPSTREAM_MIN_PIXELS, UPSTREAM_MAX_PIXELS = 768 * 28 * 28, 5120 * 28 * 28
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(max_new_tokens=2048, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    presence_penalty=0.0),
-    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
-                     presence_penalty=1.5),
-    "think": dict(max_new_tokens=40960, temperature=1.0, top_p=0.95, top_k=20, repetition_penalty=1.0,
-                  presence_penalty=0.0),
-}  # fmt: skip
+PRESETS = upstream_presets(default_tokens=2048, think_temperature=1.0, think_tokens=40960)
 OFFICIAL_INSTRUCTION = (
     'Please solve the problem step by step and put your answer in one "\\boxed{}". If it is a multiple choice '
     'question, only one letter is allowed in the "\\boxed{}".'
@@ -384,22 +379,16 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    records = read_results(Path(args.input_file))
-    if not records:
-        raise ValueError(f"{args.input_file}: no results to score")
-    for i, r in enumerate(records):
-        for key in ("id", "options", "answer", "response"):
-            if key not in r:
-                raise ValueError(f"{args.input_file}: line {i + 1} has no {key!r} (results of run_mathv.py infer)")
+    records = load_records(Path(args.input_file), ("id", "options", "answer", "response"), "run_mathv.py")
     scored = score_official(records) if args.scoring == "official" else score_upstream(records)
     judge_summary = _judge(args, records, scored) if args.judge else None
     report = aggregate(scored, args.scoring)
     output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
-                                 indent=1) + "\n")  # fmt: skip
-    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring,
-                            "judge": judge_summary})  # fmt: skip
+    write_scores(
+        output,
+        {"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
+        {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary},
+    )
     print(f"scoring: {args.scoring}")
     print(format_report(report))
     print(f"-> {output}")
@@ -409,14 +398,9 @@ def evaluate(args: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]) -> dict[str, Any]:
     """Upstream's judge stage: an LLM extracts the answer of what the rules could not read; it is then compared
     like a rule result."""
-    from qwenvl.evaluation.judge import Judge
     from qwenvl.evaluation.mcq import can_infer
 
-    if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
-    output = Path(args.output_file)
-    judge = Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
-                  os.environ.get(args.api_key_env))  # fmt: skip
+    judge = make_judge(args)
     by_id = {r["id"]: r for r in records}
     targets = [s for s in scored if args.judge == "all" or not s["correct"]]
     replies = judge.extract_all([(s["id"], by_id[s["id"]]["question"], by_id[s["id"]]["response"]) for s in targets])
@@ -436,7 +420,6 @@ def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list
 
 def build_parser() -> argparse.ArgumentParser:
     from qwenvl.cli import StrictParser
-    from qwenvl.evaluation.realworldqa import add_judge_arguments
 
     parser = StrictParser(prog="run_mathv.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -458,10 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scoring", default="official", choices=["official", "upstream"])
     add_judge_arguments(e)
     e.set_defaults(func=evaluate)
-    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
-    m.add_argument("--output-file", required=True)
-    m.add_argument("--num-shards", type=int, required=True)
-    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+    add_merge_command(sub)
     return parser
 
 

@@ -40,24 +40,18 @@ from typing import Any, Iterator
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
-    merge_outputs,
+    add_merge_command,
     read_results,
     run_infer,
     run_main,
     strip_reasoning,
+    upstream_presets,
     write_manifest,
 )
 
 
 MIN_PIXELS, MAX_PIXELS = 768 * 32 * 32, 12800 * 32 * 32
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(max_new_tokens=2048, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    presence_penalty=0.0),
-    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
-                     presence_penalty=1.5),
-    "think": dict(max_new_tokens=32768, temperature=0.6, top_p=0.95, top_k=20, repetition_penalty=1.0,
-                  presence_penalty=0.0),
-}  # fmt: skip
+PRESETS = upstream_presets(default_tokens=2048, think_temperature=0.6, think_tokens=32768)
 # MMDetection's odinw13: prefix -> (folder under data/odinw/, annotation file, image folder, classes)
 DATASETS: dict[str, tuple[str, str, str, list[str]]] = {
     "AerialMaritimeDrone": ("AerialMaritimeDrone/large/", "valid/annotations_without_background.json", "valid/",
@@ -356,10 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--coords", default="auto", choices=["auto", "relative", "absolute"],
                    help="auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL")  # fmt: skip
     e.set_defaults(func=evaluate)
-    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
-    m.add_argument("--output-file", required=True)
-    m.add_argument("--num-shards", type=int, required=True)
-    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+    add_merge_command(sub)
     return parser
 
 

@@ -25,8 +25,6 @@ The report gives Overall and, when the TSV has them, per ``category`` and ``l2-c
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -35,26 +33,22 @@ from typing import Any, Iterator
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
-    merge_outputs,
-    read_results,
+    add_judge_arguments,
+    add_merge_command,
+    judge_choices,
+    load_records,
     run_infer,
     run_main,
     strip_reasoning,
-    write_manifest,
+    upstream_presets,
+    write_scores,
 )
 from qwenvl.evaluation.mcq import can_infer
 
 
 TSV_NAME = "RealWorldQA.tsv"
 UPSTREAM_MIN_PIXELS, UPSTREAM_MAX_PIXELS = 768 * 28 * 28, 5120 * 28 * 28
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    presence_penalty=0.0),
-    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
-                     presence_penalty=1.5),
-    "think": dict(max_new_tokens=32768, temperature=0.6, top_p=0.95, top_k=20, repetition_penalty=1.0,
-                  presence_penalty=0.0),
-}  # fmt: skip
+PRESETS = upstream_presets(default_tokens=128, think_temperature=0.6, think_tokens=32768)
 
 
 def tsv_path(args: argparse.Namespace) -> str:
@@ -210,63 +204,32 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    lines = read_results(path)
-    if not lines:
-        raise ValueError(f"{path}: no results to score")
-    for i, line in enumerate(lines):
-        for key in ("id", "options", "answer", "response"):
-            if key not in line:
-                raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of run_realworldqa.py infer)")
-    return lines
+def _load(path: Path) -> list[dict[str, Any]]:
+    return load_records(path, ("id", "options", "answer", "response"), "run_realworldqa.py")
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    records = load_records(Path(args.input_file))
+    records = _load(Path(args.input_file))
     scored = score(records, args.scoring)
     judge_summary = None
     if args.judge:
-        scored, judge_summary = _judge(args, records, scored)
+        by_id = {r["id"]: r for r in records}
+        judge_summary = judge_choices(args, scored, ("unparsed", "random"), lambda s: (
+            s["id"], by_id[s["id"]].get("question", ""), list(by_id[s["id"]]["options"].values()),
+            by_id[s["id"]]["response"]))  # fmt: skip
     report = aggregate(scored)
     output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    body = {"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored}
-    output.write_text(json.dumps(body, indent=1) + "\n")
-    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring,
-                            "judge": judge_summary, "seed": 42})  # fmt: skip
+    write_scores(output, {"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
+                 {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary, "seed": 42})  # fmt: skip
     print(f"scoring: {args.scoring}" + (f" + judge {args.judge_model}" if args.judge else ""))
     print(format_report(report))
     print(f"-> {output}")
     return 0
 
 
-def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]):
-    from qwenvl.evaluation.judge import Judge
-
-    if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
-    output = Path(args.output_file)
-    judge = Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
-                  os.environ.get(args.api_key_env))  # fmt: skip
-    by_id = {r["id"]: r for r in records}
-    targets = [s for s in scored if args.judge == "all" or s["method"] in ("unparsed", "random")]
-    items = [(s["id"], by_id[s["id"]].get("question", ""), list(by_id[s["id"]]["options"].values()),
-              by_id[s["id"]]["response"]) for s in targets]  # fmt: skip
-    verdicts = judge.choose_all(items)
-    failures = 0
-    for s, verdict in zip(targets, verdicts):
-        if verdict.letter is None:
-            failures += 1
-            continue
-        s.update(extracted=verdict.letter, method="judge", correct=verdict.letter == s["answer"])
-    summary = {"model": args.judge_model, "base_url": args.base_url, "rechecked": len(targets), "failures": failures,
-               "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
-    return scored, summary
-
-
 def compare(args: argparse.Namespace) -> int:
-    a = {r["id"]: r for r in score(load_records(Path(args.a)), args.scoring)}
-    b = {r["id"]: r for r in score(load_records(Path(args.b)), args.scoring)}
+    a = {r["id"]: r for r in score(_load(Path(args.a)), args.scoring)}
+    b = {r["id"]: r for r in score(_load(Path(args.b)), args.scoring)}
     common = [i for i in a if i in b]
     changed = [i for i in common if a[i]["correct"] != b[i]["correct"]]
     print(f"{len(common)} common question(s); accuracy A {sum(a[i]['correct'] for i in common) / max(len(common), 1):.3f}, "
@@ -298,25 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scoring", default="official", choices=["official", "upstream"])
     add_judge_arguments(e)
     e.set_defaults(func=evaluate)
-    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
-    m.add_argument("--output-file", required=True)
-    m.add_argument("--num-shards", type=int, required=True)
-    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+    add_merge_command(sub)
     c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--scoring", default="official", choices=["official", "upstream"])
     c.set_defaults(func=compare)
     return parser
-
-
-def add_judge_arguments(e: argparse.ArgumentParser) -> None:
-    e.add_argument("--judge", default=None, choices=["openai", "all"],
-                   help="re-check with an LLM judge on an OpenAI-compatible server: openai = the answers the rules "
-                        "cannot read; all = every answer")  # fmt: skip
-    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
-    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
 
 
 def main(argv: list[str] | None = None) -> int:

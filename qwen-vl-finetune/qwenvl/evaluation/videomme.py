@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import random
 import re
@@ -46,25 +45,21 @@ from typing import Any, Iterator
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
-    merge_outputs,
-    read_results,
+    add_judge_arguments,
+    add_merge_command,
+    judge_choices,
+    load_records,
     run_infer,
     run_main,
     strip_reasoning,
-    write_manifest,
+    upstream_presets,
+    write_scores,
 )
 from qwenvl.evaluation.mcq import can_infer
 
 
 DURATIONS = ("short", "medium", "long")
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    presence_penalty=0.0),
-    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
-                     presence_penalty=1.5),
-    "think": dict(max_new_tokens=32768, temperature=0.6, top_p=0.95, top_k=20, repetition_penalty=1.0,
-                  presence_penalty=0.0),
-}  # fmt: skip
+PRESETS = upstream_presets(default_tokens=128, think_temperature=0.6, think_tokens=32768)
 VIDEO_DEFAULTS = dict(fps=2.0, min_pixels=128 * 28 * 28, max_pixels=512 * 28 * 28, min_frames=4, max_frames=512,
                       total_pixels=24576 * 28 * 28)  # fmt: skip
 PRESET_VIDEO = dict(min_pixels=3584, total_pixels=19267584)  # upstream's infer_*.sh
@@ -331,61 +326,31 @@ def format_report(report: dict[str, Any], mode: str) -> str:
     return "\n".join(lines)
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    lines = read_results(path)
-    if not lines:
-        raise ValueError(f"{path}: no results to score")
-    for i, line in enumerate(lines):
-        for key in ("id", "options", "answer", "response"):
-            if key not in line:
-                raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of run_videomme.py infer)")
-    return lines
+def _load(path: Path) -> list[dict[str, Any]]:
+    return load_records(path, ("id", "options", "answer", "response"), "run_videomme.py")
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    records = load_records(Path(args.input_file))
+    records = _load(Path(args.input_file))
     scored = score(records, args.scoring)
     judge_summary = None
     if args.judge:
-        scored, judge_summary = _judge(args, records, scored)
+        by_id = {r["id"]: r for r in records}
+        judge_summary = judge_choices(args, scored, ("random", "unanswered"), lambda s: (
+            s["id"], by_id[s["id"]]["question"], list(option_texts(by_id[s["id"]]["options"]).values()),
+            by_id[s["id"]]["response"]))  # fmt: skip
     report = aggregate(scored, args.scoring)
-    output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
-                                 indent=1) + "\n")  # fmt: skip
-    write_manifest(output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "seed": 42})
+    write_scores(Path(args.output_file), {"scoring": args.scoring, "judge": judge_summary, **report,
+                                          "questions": scored},
+                 {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary, "seed": 42})  # fmt: skip
     print(f"scoring: {args.scoring}")
     print(format_report(report, args.scoring))
-    print(f"-> {output}")
+    print(f"-> {args.output_file}")
     return 0
-
-
-def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]):
-    from qwenvl.evaluation.judge import Judge
-
-    if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
-    output = Path(args.output_file)
-    judge = Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
-                  os.environ.get(args.api_key_env))  # fmt: skip
-    by_id = {r["id"]: r for r in records}
-    targets = [s for s in scored if args.judge == "all" or s["method"] in ("random", "unanswered")]
-    items = [(s["id"], by_id[s["id"]]["question"], list(option_texts(by_id[s["id"]]["options"]).values()),
-              by_id[s["id"]]["response"]) for s in targets]  # fmt: skip
-    verdicts = judge.choose_all(items)
-    failures = 0
-    for s, verdict in zip(targets, verdicts):
-        if verdict.letter is None:
-            failures += 1
-            continue
-        s.update(extracted=verdict.letter, method="judge", answered=True, correct=verdict.letter == s["answer"])
-    return scored, {"model": args.judge_model, "rechecked": len(targets), "failures": failures,
-                    "requests": judge.requests}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     from qwenvl.cli import StrictParser
-    from qwenvl.evaluation.realworldqa import add_judge_arguments
 
     parser = StrictParser(prog="run_videomme.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -411,10 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scoring", default="official", choices=["official", "upstream"])
     add_judge_arguments(e)
     e.set_defaults(func=evaluate)
-    m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
-    m.add_argument("--output-file", required=True)
-    m.add_argument("--num-shards", type=int, required=True)
-    m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
+    add_merge_command(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ from qwenvl.evaluation.core import (
     run_infer,
     run_main,
     strip_reasoning,
+    upstream_presets,
     write_manifest,
 )
 from qwenvl.evaluation.core import generation_settings as _generation_settings
@@ -49,14 +50,7 @@ from qwenvl.evaluation.mmmu.scoring import (
 
 
 # Upstream's shell presets (spec: evaluation/mmmu infer_instruct.sh / infer_think.sh) and our defaults.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    presence_penalty=0.0),
-    "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
-                     presence_penalty=1.5),
-    "think": dict(max_new_tokens=40960, temperature=1.0, top_p=0.95, top_k=20, repetition_penalty=1.0,
-                  presence_penalty=0.0),
-}  # fmt: skip
+PRESETS = upstream_presets(default_tokens=128, think_temperature=1.0, think_tokens=40960)
 # Upstream's --use-cot sentence, appended to the question text.
 COT_PROMPT = (
     " If you are uncertain or the problem is too complex, make a reasoned guess based on the information provided. "

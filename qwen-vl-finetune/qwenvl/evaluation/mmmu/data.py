@@ -59,68 +59,30 @@ def _parquet(pattern: str) -> list[str]:
 TSV_NAME = "MMMU_DEV_VAL.tsv"
 
 
-def _tsv_cell_list(value: str, what: str, where: str) -> list[str]:
-    """A TSV cell that may hold a list literal (``"['a', 'b']"``): its items, or the cell alone."""
-    text = value.strip()
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise DataError(f"{where}: {what} looks like a list but is not a valid list literal") from None
-        if not isinstance(parsed, list):
-            raise DataError(f"{where}: {what} must be a list literal")
-        return [str(v) for v in parsed]
-    return [text] if text else []
-
-
-def _decode_image(data: str, where: str) -> Any:
-    import base64
-    import io
-
-    from PIL import Image
-
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
-        image.load()
-    except Exception as e:  # noqa: BLE001 - any undecodable cell is named
-        raise DataError(f"{where}: the image cell is not a base64 image ({type(e).__name__}: {e})") from None
-    return image
-
-
 def iter_tsv_questions(path: str, split: str, subjects: list[str]) -> Iterator[dict[str, Any]]:
     """Rows of VLMEvalKit's MMMU TSV for the wanted split and subjects, in the hub's row format (``id``,
     ``question``, ``options``, ``answer``, ``question_type``, ``image_1``.. as PIL images), subject by subject."""
-    import csv
-    import sys
+    from qwenvl.evaluation import tsv
 
-    csv.field_size_limit(sys.maxsize)  # base64 image cells are megabytes long
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if not rows or "question" not in rows[0] or "index" not in rows[0]:
-        raise DataError(f"{path}: not a VLMEvalKit MMMU TSV (needs the columns index, question, answer, image)")
+    try:
+        rows = tsv.read_rows(path, ("index", "question"))
+    except tsv.TSVError as e:
+        raise DataError(f"{e} (a VLMEvalKit MMMU TSV needs the columns index, question, answer, image)") from None
     by_index = {row["index"]: row for row in rows}
-    letters = [c for c in "ABCDEFGHIJ" if c in rows[0]]
     wanted = set(subjects)
     by_subject: dict[str, list[dict[str, Any]]] = {}
-    for line_no, row in enumerate(rows, start=2):
-        where = f"{path}:{line_no} (index {row['index']})"
+    for row in rows:
+        at = tsv.where(path, row)
         qid = row.get("id") or f"{row.get('split', split)}_{row.get('category', 'Unknown')}_{row['index']}"
-        row_split = row.get("split") or qid.split("_", 1)[0]
-        if row_split != split:
+        if (row.get("split") or qid.split("_", 1)[0]) != split or subject_of(qid) not in wanted:
             continue
-        subject = subject_of(qid)
-        if subject not in wanted:
-            continue
-        image_cell = row.get("image", "")
-        if image_cell and len(image_cell) <= 64:  # a reference to another row's image
-            target = by_index.get(image_cell.strip())
-            if target is None or len(target.get("image", "")) <= 64:
-                raise DataError(f"{where}: the image cell refers to index {image_cell!r}, which has no image")
-            image_cell = target["image"]
-        images = [_decode_image(cell, where) for cell in _tsv_cell_list(image_cell, "image", where)]
-        options = [row[c] for c in letters if row.get(c, "").strip() and row[c].strip().lower() != "nan"]
-        if not options and row.get("options"):
-            options = _tsv_cell_list(row["options"], "options", where)
+        try:
+            images = tsv.row_images(row, by_index, at)
+            options = list(tsv.letter_options(row).values())
+            if not options and row.get("options"):
+                options = tsv.cell_list(row["options"], "options", at)
+        except tsv.TSVError as e:
+            raise DataError(str(e)) from None
         out: dict[str, Any] = {
             "id": qid,
             "question": row["question"],
@@ -128,11 +90,11 @@ def iter_tsv_questions(path: str, split: str, subjects: list[str]) -> Iterator[d
             "answer": row.get("answer", ""),
             "question_type": "multiple-choice" if options else "open",
         }
-        if row.get("hint", "").strip() and row["hint"].strip().lower() != "nan":
+        if tsv.present(row.get("hint")):
             out["hint"] = row["hint"]
         for n, image in enumerate(images[:7], start=1):
             out[f"image_{n}"] = image
-        by_subject.setdefault(subject, []).append(out)
+        by_subject.setdefault(subject_of(qid), []).append(out)
     for subject in subjects:
         yield from by_subject.get(subject, [])
 
