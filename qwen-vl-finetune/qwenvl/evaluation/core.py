@@ -562,3 +562,28 @@ def write_scores(output: Path, body: dict[str, Any], settings: dict[str, Any]) -
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(body, indent=1) + "\n")
     write_manifest(output, {"mode": "eval", **settings})
+
+
+def accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{num, correct, acc}`` of scored records (each with a boolean ``correct``)."""
+    correct = sum(bool(r["correct"]) for r in records)
+    return {"num": len(records), "correct": correct, "acc": correct / max(len(records), 1)}
+
+
+def grouped(
+    records: list[dict[str, Any]],
+    key: Callable[[dict[str, Any]], Any],
+    summary: Callable[[list[dict[str, Any]]], dict[str, Any]] = accuracy,
+) -> dict[str, dict[str, Any]]:
+    """``summary`` of the records per value of ``key`` (records whose key is empty or None left out), sorted."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        value = key(r)
+        if value not in (None, ""):
+            groups.setdefault(str(value), []).append(r)
+    return {k: summary(v) for k, v in sorted(groups.items())}
+
+
+def extraction_methods(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many answers each extraction method (rule, judge, random, ...) gave."""
+    return {m: sum(r["method"] == m for r in records) for m in sorted({r["method"] for r in records})}

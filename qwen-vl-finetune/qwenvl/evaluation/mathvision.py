@@ -39,9 +39,12 @@ from typing import Any, Iterator
 
 from qwenvl.evaluation.core import (
     Task,
+    accuracy,
     add_infer_arguments,
     add_judge_arguments,
     add_merge_command,
+    extraction_methods,
+    grouped,
     load_records,
     make_judge,
     run_infer,
@@ -345,26 +348,18 @@ def score_upstream(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def aggregate(scored: list[dict[str, Any]], mode: str) -> dict[str, Any]:
-    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "num": len(rs),
-            "correct": sum(r["correct"] for r in rs),
-            "acc": sum(r["correct"] for r in rs) / max(len(rs), 1),
-        }
-
-    report: dict[str, Any] = {"overall": summary(scored)}
-    groups: dict[str, dict[str, list[dict[str, Any]]]] = {"subject": {}, "level": {}, "subject_level": {}}
-    for r in scored:
-        if r.get("subject"):
-            groups["subject"].setdefault(r["subject"], []).append(r)
-        if mode == "official" and r.get("level") not in (None, ""):
-            groups["level"].setdefault(f"level{r['level']}", []).append(r)
-            if r.get("subject"):
-                groups["subject_level"].setdefault(f"{r['subject']}_level{r['level']}", []).append(r)
-    for key, value in groups.items():
-        if value:
-            report[key] = {k: summary(v) for k, v in sorted(value.items())}
-    report["methods"] = {m: sum(r["method"] == m for r in scored) for m in sorted({r["method"] for r in scored})}
+    """Overall and per subject; officially also per level and per subject and level (MATH-V's report)."""
+    report: dict[str, Any] = {"overall": accuracy(scored)}
+    keys: dict[str, Any] = {"subject": lambda r: r.get("subject")}
+    if mode == "official":
+        keys["level"] = lambda r: f"level{r['level']}" if r.get("level") not in (None, "") else None
+        keys["subject_level"] = lambda r: (f"{r['subject']}_level{r['level']}"
+                                           if r.get("subject") and r.get("level") not in (None, "") else None)  # fmt: skip
+    for name, key in keys.items():
+        groups = grouped(scored, key)
+        if groups:
+            report[name] = groups
+    report["methods"] = extraction_methods(scored)
     return report
 
 

@@ -32,9 +32,12 @@ from typing import Any, Iterator
 
 from qwenvl.evaluation.core import (
     Task,
+    accuracy,
     add_infer_arguments,
     add_judge_arguments,
     add_merge_command,
+    extraction_methods,
+    grouped,
     judge_choices,
     load_records,
     run_infer,
@@ -175,22 +178,11 @@ def _index_key(index: str) -> tuple[int, Any]:
 
 
 def aggregate(scored: list[dict[str, Any]]) -> dict[str, Any]:
-    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "num": len(rs),
-            "correct": sum(r["correct"] for r in rs),
-            "acc": sum(r["correct"] for r in rs) / max(len(rs), 1),
-        }
-
-    report: dict[str, Any] = {"overall": summary(scored)}
-    report["methods"] = {m: sum(r["method"] == m for r in scored) for m in sorted({r["method"] for r in scored})}
+    report: dict[str, Any] = {"overall": accuracy(scored), "methods": extraction_methods(scored)}
     for key in ("category", "l2-category"):
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in scored:
-            if r.get(key):
-                groups.setdefault(r[key], []).append(r)
+        groups = grouped(scored, lambda r, key=key: r.get(key))
         if groups:
-            report[key] = {k: summary(v) for k, v in sorted(groups.items())}
+            report[key] = groups
     return report
 
 
