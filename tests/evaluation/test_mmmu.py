@@ -461,6 +461,10 @@ def test_data_layouts(tmp_path):
     (tmp_path / "mirror" / "data").mkdir(parents=True)
     merged.to_parquet(str(tmp_path / "mirror" / "data" / "validation-00000-of-00001.parquet"))
     assert len(list(iter_questions(str(tmp_path / "mirror"), "validation", ["Math"]))) == SUBJECTS["Math"]
+    # Listing the questions (infer's first pass) decodes no image, in every layout.
+    for layout in ("hub", "mirror"):
+        listed = list(iter_questions(str(tmp_path / layout), "validation", ["Art", "Math"], images=False))
+        assert listed and not any(k.startswith("image_") for r in listed for k in r)
     datasets.DatasetDict({"validation": merged}).save_to_disk(str(tmp_path / "disk"))
     assert len(list(iter_questions(str(tmp_path / "disk"), "validation", ["Art", "Math", "Physics"]))) == len(rows)
 
@@ -583,6 +587,7 @@ def test_upstream_vlmevalkit_tsv(tiny_checkpoints, tmp_path):
     assert got[3]["question_type"] == "open" and got[3]["options"] == []
     assert prompt_text(got[0], "qwen").startswith("Hint: Look closely.\nQuestion: Colour of <image 1>?")
     assert [r["id"] for r in iter_questions(str(data / "MMMU_DEV_VAL.tsv"), "dev", ["Art"])] == ["dev_Art_1"]
+    assert "image_1" not in next(iter_questions(str(data), "validation", ["Art"], images=False))
 
     # Hostile or broken cells are refused by name, never evaluated.
     evil = tmp_path / "evil.tsv"

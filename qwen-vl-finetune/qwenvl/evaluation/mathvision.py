@@ -151,7 +151,13 @@ def _record(args: argparse.Namespace, problem: dict[str, Any], conversation: Any
 
 
 def _ids(args: argparse.Namespace) -> list[str]:
-    ids = [p["id"] for p in iter_problems(data_path(args))]
+    path = data_path(args)
+    if path.endswith(".jsonl"):
+        ids = [p["id"] for p in iter_problems(path)]  # images are paths there: nothing is decoded
+    else:
+        from qwenvl.evaluation import tsv
+
+        ids = [row["index"] for row in tsv.read_rows(path, ("index", "question", "answer"))]
     return ids[: args.num_samples] if args.num_samples else ids
 
 

@@ -67,7 +67,8 @@ def generation_settings(args: argparse.Namespace) -> Any:
 def _selected_ids(args: argparse.Namespace) -> list[str]:
     ids: list[str] = []
     per_subject: dict[str, int] = {}
-    for row in iter_questions(args.data_file or args.data_dir, args.split, resolve_subjects(args.subjects)):
+    source = args.data_file or args.data_dir
+    for row in iter_questions(source, args.split, resolve_subjects(args.subjects), images=False):
         subject = subject_of(row["id"])
         if args.limit is not None and per_subject.get(subject, 0) >= args.limit:
             continue

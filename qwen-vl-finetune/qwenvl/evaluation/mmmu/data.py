@@ -59,9 +59,10 @@ def _parquet(pattern: str) -> list[str]:
 TSV_NAME = "MMMU_DEV_VAL.tsv"
 
 
-def iter_tsv_questions(path: str, split: str, subjects: list[str]) -> Iterator[dict[str, Any]]:
+def iter_tsv_questions(path: str, split: str, subjects: list[str], images: bool = True) -> Iterator[dict[str, Any]]:
     """Rows of VLMEvalKit's MMMU TSV for the wanted split and subjects, in the hub's row format (``id``,
-    ``question``, ``options``, ``answer``, ``question_type``, ``image_1``.. as PIL images), subject by subject."""
+    ``question``, ``options``, ``answer``, ``question_type``, ``image_1``.. as PIL images), subject by subject.
+    Images are decoded row by row as the rows are yielded (none with ``images=False``)."""
     from qwenvl.evaluation import tsv
 
     try:
@@ -70,54 +71,65 @@ def iter_tsv_questions(path: str, split: str, subjects: list[str]) -> Iterator[d
         raise DataError(f"{e} (a VLMEvalKit MMMU TSV needs the columns index, question, answer, image)") from None
     by_index = {row["index"]: row for row in rows}
     wanted = set(subjects)
-    by_subject: dict[str, list[dict[str, Any]]] = {}
+    by_subject: dict[str, list[tuple[str, dict[str, str]]]] = {}
     for row in rows:
-        at = tsv.where(path, row)
         qid = row.get("id") or f"{row.get('split', split)}_{row.get('category', 'Unknown')}_{row['index']}"
-        if (row.get("split") or qid.split("_", 1)[0]) != split or subject_of(qid) not in wanted:
-            continue
-        try:
-            images = tsv.row_images(row, by_index, at)
-            options = list(tsv.letter_options(row).values())
-            if not options and row.get("options"):
-                options = tsv.cell_list(row["options"], "options", at)
-        except tsv.TSVError as e:
-            raise DataError(str(e)) from None
-        out: dict[str, Any] = {
-            "id": qid,
-            "question": row["question"],
-            "options": options,
-            "answer": row.get("answer", ""),
-            "question_type": "multiple-choice" if options else "open",
-        }
-        if tsv.present(row.get("hint")):
-            out["hint"] = row["hint"]
-        for n, image in enumerate(images[:7], start=1):
-            out[f"image_{n}"] = image
-        by_subject.setdefault(subject_of(qid), []).append(out)
+        if (row.get("split") or qid.split("_", 1)[0]) == split and subject_of(qid) in wanted:
+            by_subject.setdefault(subject_of(qid), []).append((qid, row))
     for subject in subjects:
-        yield from by_subject.get(subject, [])
+        for qid, row in by_subject.get(subject, []):
+            at = tsv.where(path, row)
+            try:
+                decoded = tsv.row_images(row, by_index, at) if images else []
+                options = list(tsv.letter_options(row).values())
+                if not options and row.get("options"):
+                    options = tsv.cell_list(row["options"], "options", at)
+            except tsv.TSVError as e:
+                raise DataError(str(e)) from None
+            out: dict[str, Any] = {
+                "id": qid,
+                "question": row["question"],
+                "options": options,
+                "answer": row.get("answer", ""),
+                "question_type": "multiple-choice" if options else "open",
+            }
+            if tsv.present(row.get("hint")):
+                out["hint"] = row["hint"]
+            for n, image in enumerate(decoded[:7], start=1):
+                out[f"image_{n}"] = image
+            yield out
 
 
-def iter_questions(data_dir: str, split: str, subjects: list[str]) -> Iterator[dict[str, Any]]:
-    """Rows of the wanted subjects and split, subject by subject (in ``subjects`` order)."""
+def _without_images(rows: Any) -> Any:
+    return rows.remove_columns([c for c in rows.column_names if c.startswith("image_")])
+
+
+def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool = True) -> Iterator[dict[str, Any]]:
+    """Rows of the wanted subjects and split, subject by subject (in ``subjects`` order), decoded one at a time as
+    they are yielded; ``images=False`` leaves the image fields out (listing the questions costs no decoding)."""
     import datasets
 
     if data_dir.endswith(".tsv"):
         if not os.path.isfile(data_dir):
             raise DataError(f"--data-file {data_dir}: no such file")
-        yield from iter_tsv_questions(data_dir, split, subjects)
+        yield from iter_tsv_questions(data_dir, split, subjects, images)
         return
     if os.path.isfile(os.path.join(data_dir, TSV_NAME)):
-        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects)
+        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects, images)
         return
+
+    def prepared(rows: Any) -> Any:
+        return rows if images else _without_images(rows)
+
     wanted = set(subjects)
     if os.path.isdir(data_dir):
         per_subject = {s: _parquet(os.path.join(data_dir, s, f"{split}-*.parquet")) for s in subjects}
         if any(per_subject.values()):
             for subject in subjects:
                 if per_subject[subject]:
-                    yield from datasets.load_dataset("parquet", data_files=per_subject[subject], split="train")
+                    yield from prepared(
+                        datasets.load_dataset("parquet", data_files=per_subject[subject], split="train")
+                    )
             return
         merged = _parquet(os.path.join(data_dir, f"{split}-*.parquet")) or _parquet(
             os.path.join(data_dir, "data", f"{split}-*.parquet")
@@ -134,13 +146,14 @@ def iter_questions(data_dir: str, split: str, subjects: list[str]) -> Iterator[d
                 f"{data_dir} has no MMMU data for split {split!r}: expected <Subject>/{split}-*.parquet, "
                 f"{split}-*.parquet, data/{split}-*.parquet or a save_to_disk folder"
             )
-        by_subject: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            subject = subject_of(row["id"])
-            if subject in wanted:
-                by_subject.setdefault(subject, []).append(row)
+        rows = prepared(rows)
+        positions: dict[str, list[int]] = {}  # row numbers per subject, from the id column alone
+        for i, qid in enumerate(rows["id"]):
+            if subject_of(qid) in wanted:
+                positions.setdefault(subject_of(qid), []).append(i)
         for subject in subjects:
-            yield from by_subject.get(subject, [])
+            for i in positions.get(subject, []):
+                yield rows[i]
         return
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
         "HF_DATASETS_OFFLINE", "") not in ("", "0")  # fmt: skip
@@ -155,7 +168,7 @@ def iter_questions(data_dir: str, split: str, subjects: list[str]) -> Iterator[d
                 f"{first[:200]}. Download it once (huggingface-cli download --repo-type dataset MMMU/MMMU "
                 "--local-dir MMMU) and pass --data-dir with that folder"
             ) from None
-        yield from rows
+        yield from prepared(rows)
 
 
 def question_options(row: dict[str, Any]) -> list[str]:
