@@ -15,26 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # web_demo_mm.py lives at the repository root
-sys.path.insert(0, str(HERE))  # timing.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(HERE))  # timing.py, serving.py
 
 
 def one_request(backend, messages, gen, tokenizer) -> dict:
@@ -118,6 +108,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "demo.json"))
     args = parser.parse_args()
     from PIL import Image
+    from serving import transformers_serve
 
     from qwenvl.inference import load_backend
     from qwenvl.inference.base import GenerationSettings
@@ -143,21 +134,8 @@ def main() -> None:
             results["vllm (in-process async engine, its own venv; measured alone)"] = vllm_result
             print("vllm", vllm_result, flush=True)
 
-        exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
-        port = free_port()
-        server = subprocess.Popen(
-            [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            backend = load_backend("openai", model, api_base=f"http://127.0.0.1:{port}/v1", model=model)
+        with transformers_serve(model) as base:
+            backend = load_backend("openai", model, api_base=base, model=model)
             # hf and openai alternate in one run (one warm-up each, then A B, B A, ...).
             both = compare(
                 {"hf": lambda: one_request(hf, messages, gen, tokenizer),
@@ -168,9 +146,6 @@ def main() -> None:
                 results[name] = _side_report(side)
                 print(name, results[name], flush=True)
             load = {"load_start": both["load_start"], "load_end": both["load_end"]}
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",

@@ -117,29 +117,10 @@ def main() -> None:
 
 def measure_openai(model: Path, root: Path, args) -> dict:
     """``--backend openai`` against ``transformers serve``: concurrency 1 vs 8, alternated."""
-    import shutil
-    import socket
-    import urllib.request
-
+    from serving import transformers_serve
     from timing import compare, ratio
 
-    exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [exe, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        base = f"http://127.0.0.1:{port}/v1"
+    with transformers_serve(str(model)) as base:
         sides = {
             f"openai_concurrency_{c}": (
                 lambda c=c: run(model, root / "data", root / f"served_c{c}.jsonl", 16, args.questions,
@@ -149,9 +130,6 @@ def measure_openai(model: Path, root: Path, args) -> dict:
             for c in (1, 8)
         }  # fmt: skip
         result = compare(sides, repeats=args.repeats, on_result=lambda name, r, x: print(name, r, x, flush=True))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     result["speedup_median"] = ratio(result, "openai_concurrency_1", "openai_concurrency_8")
     print(f"openai backend, 8 vs 1 requests in flight: {result['speedup_median']:.2f}x")
     return result

@@ -73,41 +73,17 @@ def artifacts_dir() -> Path:
 def transformers_server(tiny_checkpoints: dict[str, Path]) -> Iterator[tuple[str, str]]:
     """A real `transformers serve` of the tiny Qwen3-VL checkpoint on 127.0.0.1: ``(base URL, model name)``."""
     import shutil
-    import socket
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
-    if exe is None:
+    from benchmarks.serving import transformers_serve
+
+    if shutil.which("transformers", path=os.path.dirname(sys.executable)) is None:
         missing_prerequisite("the transformers CLI is not installed")
     model = str(tiny_checkpoints["qwen3_vl"])
-    import tempfile
-
-    log = tempfile.TemporaryFile()  # a pipe would fill up and stall the server during a long session
-    proc = subprocess.Popen(
-        [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
-        stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"transformers serve exited: {log.read().decode(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not become ready")
-    yield f"http://127.0.0.1:{port}/v1", model
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        server = transformers_serve(model)
+        base = server.__enter__()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield base, model
+    server.__exit__(None, None, None)
