@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 PROMPT = (
@@ -110,40 +110,41 @@ class Judge:
             raise RuntimeError(f"the judge at {self.base_url} answered HTTP {e.status_code}") from None
         return (response.choices[0].message.content or "").strip()
 
-    def choose(self, qid: str, question: str, options: list[str], answer: str) -> Verdict:
-        letters = [chr(ord("A") + i) for i in range(len(options))]
-        listed = "".join(f"{letter}. {text}\n" for letter, text in zip(letters, options)).rstrip("\n")
-        prompt = PROMPT.format(question=question or "(not recorded)", options=listed, answer=answer)
+    def _cached(self, qid: str, prompt: str, ask: Callable[[], tuple[str | None, str]]) -> tuple[dict[str, Any], bool]:
+        """The cache entry of ``prompt`` (and True), or ``ask()``'s ``(letter, reply)`` stored as a new one."""
         key = self._key(prompt)
         if key in self._cache:
-            entry = self._cache[key]
-            return Verdict(entry["letter"], entry["reply"], True)
-        reply, letter = "", None
-        for _ in range(self.retries):
-            reply = self._ask(prompt)
-            letter = read_choice(reply, letters)
-            if letter is not None:
-                break
+            return self._cache[key], True
+        letter, reply = ask()
         entry = {"key": key, "id": qid, "model": self.model, "letter": letter, "reply": reply}
         with self._lock:
             self._cache[key] = entry
             with self.cache_path.open("a") as f:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        return Verdict(letter, reply, False)
+        return entry, False
+
+    def choose(self, qid: str, question: str, options: list[str], answer: str) -> Verdict:
+        """The option letter the judge matches ``answer`` to (``Z``: none; ``None``: no usable reply)."""
+        letters = [chr(ord("A") + i) for i in range(len(options))]
+        listed = "".join(f"{letter}. {text}\n" for letter, text in zip(letters, options)).rstrip("\n")
+        prompt = PROMPT.format(question=question or "(not recorded)", options=listed, answer=answer)
+
+        def ask() -> tuple[str | None, str]:
+            reply = ""
+            for _ in range(self.retries):
+                reply = self._ask(prompt)
+                letter = read_choice(reply, letters)
+                if letter is not None:
+                    return letter, reply
+            return None, reply
+
+        entry, cached = self._cached(qid, prompt, ask)
+        return Verdict(entry["letter"], entry["reply"], cached)
 
     def extract(self, qid: str, question: str, response: str) -> str:
         """The final answer the judge reads in ``response`` ('' for none), cached like verdicts."""
         prompt = EXTRACT_PROMPT.format(question=question, response=response)
-        key = self._key(prompt)
-        if key in self._cache:
-            return self._cache[key]["reply"]
-        reply = self._ask(prompt)
-        entry = {"key": key, "id": qid, "model": self.model, "letter": None, "reply": reply}
-        with self._lock:
-            self._cache[key] = entry
-            with self.cache_path.open("a") as f:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        return reply
+        return self._cached(qid, prompt, lambda: (None, self._ask(prompt)))[0]["reply"]
 
     def extract_all(self, items: list[tuple[str, str, str]]) -> list[str]:
         with ThreadPoolExecutor(self.concurrency) as pool:
