@@ -169,7 +169,6 @@ def test_browser_upload_ask_stream_regenerate_stop_clear(running_demo, browser, 
     assert page.locator("#stop_btn").is_disabled()  # nothing runs yet
     _ask(page, "What colour is it?", image_file)
     page.locator("[data-testid=user] img").first.wait_for(timeout=20000)
-    assert page.locator("#stop_btn").is_enabled() or page.locator("#regen_btn").is_enabled()
     seen: list[str] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
