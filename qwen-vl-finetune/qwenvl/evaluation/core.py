@@ -503,6 +503,17 @@ def add_merge_command(sub: Any) -> None:
     m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
 
 
+def add_eval_command(sub: Any, evaluate: Callable[[argparse.Namespace], int], judge: bool = True) -> None:
+    """``eval --input-file --output-file --scoring official|upstream`` (and the judge flags)."""
+    e = sub.add_parser("eval", help="score results.jsonl")
+    e.add_argument("--input-file", required=True)
+    e.add_argument("--output-file", required=True)
+    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
+    if judge:
+        add_judge_arguments(e)
+    e.set_defaults(func=evaluate)
+
+
 def add_judge_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--judge", default=None, choices=["openai", "all"],
                    help="re-check with an LLM judge on an OpenAI-compatible server: openai = the answers the rules "

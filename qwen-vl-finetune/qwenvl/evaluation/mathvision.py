@@ -40,8 +40,8 @@ from typing import Any, Iterator
 from qwenvl.evaluation.core import (
     Task,
     accuracy,
+    add_eval_command,
     add_infer_arguments,
-    add_judge_arguments,
     add_merge_command,
     extraction_methods,
     grouped,
@@ -436,12 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MIN_PIXELS}")
     p.add_argument("--max-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MAX_PIXELS}")
     p.set_defaults(func=lambda args: run_infer(args, TASK))
-    e = sub.add_parser("eval", help="score results.jsonl")
-    e.add_argument("--input-file", required=True)
-    e.add_argument("--output-file", required=True)
-    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
-    add_judge_arguments(e)
-    e.set_defaults(func=evaluate)
+    add_eval_command(sub, evaluate)
     add_merge_command(sub)
     return parser
 

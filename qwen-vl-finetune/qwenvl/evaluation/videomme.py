@@ -44,8 +44,8 @@ from typing import Any, Iterator
 
 from qwenvl.evaluation.core import (
     Task,
+    add_eval_command,
     add_infer_arguments,
-    add_judge_arguments,
     add_merge_command,
     judge_choices,
     load_records,
@@ -370,12 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help=f"default {VIDEO_DEFAULTS['max_frames']}")
     p.add_argument("--total-pixels", type=int, default=None, help=f"default {VIDEO_DEFAULTS['total_pixels']}")
     p.set_defaults(func=lambda args: run_infer(args, TASK))
-    e = sub.add_parser("eval", help="score results.jsonl")
-    e.add_argument("--input-file", required=True)
-    e.add_argument("--output-file", required=True)
-    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
-    add_judge_arguments(e)
-    e.set_defaults(func=evaluate)
+    add_eval_command(sub, evaluate)
     add_merge_command(sub)
     return parser
 
