@@ -145,13 +145,23 @@ def _ask(page, text: str, image: str | None = None) -> None:
         page.locator("#chat_input img").first.wait_for(timeout=20000)
     page.locator("#chat_input textarea").fill(text)
     page.locator("#chat_input textarea").press("Enter")
+    # The turn has reached the server once the question shows in the chat: until then the page still looks idle
+    # (Regenerate enabled, nothing pending), and a _wait_idle right after Enter returned before the answer began.
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('#chatbot [data-testid=user]')].some(e => e.innerText.includes(t))",
+        arg=text,
+        timeout=20000,
+    )
 
 
 def _wait_idle(page, timeout: float = 60) -> None:
     regen = page.locator("#regen_btn")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if regen.is_enabled() and not page.locator(".generating, .pending").count():
+        # The input stays locked from the question's arrival to the answer's end (Regenerate is briefly enabled
+        # between the two steps of a turn), so all three together mean the turn is over.
+        idle = regen.is_enabled() and page.locator("#chat_input textarea").is_editable()
+        if idle and not page.locator(".generating, .pending").count():
             return
         time.sleep(0.1)
     raise AssertionError("generation did not finish")
