@@ -316,3 +316,47 @@ def test_a_retry_that_fails_too_reports_both_decoders_as_one_vision_input_error(
     assert f"{first} failed (RuntimeError: {first} could not seek)" in message
     assert f"{second} failed too (RuntimeError: {second} could not seek)" in message
     assert ".cpp" not in message and "plain.mp4" in message
+
+
+def test_resizing_beside_the_decoder_runs_on_one_torch_thread_and_puts_the_count_back(videos, monkeypatch):
+    """The resize shares the cores with the decoder's threads, so it runs single-threaded (a second OpenMP team
+    spun against the decoder); the caller's thread count, and the one new threads start with, are left as found,
+    after a success, a failure and concurrent calls from a pool."""
+    import threading
+
+    import qwen_vl_utils.video_io as video_io
+
+    seen: list[int] = []
+    resize = video_io._resize_frame
+
+    def recording(frame, size):
+        seen.append(torch.get_num_threads())
+        return resize(frame, size)
+
+    monkeypatch.setattr(video_io, "_resize_frame", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        fetch_video({"video": str(videos["plain"]), "nframes": 4})
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 3
+        with pytest.raises(video_io.DecodeTimeoutError):  # fails inside the decode loop
+            fetch_video({"video": str(videos["plain"]), "nframes": 8, "decode_timeout": 1e-9})
+        assert torch.get_num_threads() == 3
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video", "video": str(videos[k]), "nframes": 4} for k in videos if k != "truncated"
+                ],
+            }  # fmt: skip
+        ]
+        process_vision_info(messages)
+        assert torch.get_num_threads() == 3
+        fresh: list[int] = []
+        worker = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert fresh == [3]  # what new threads start with was not left at 1
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ the same frame indices, so the returned frames and metadata do not depend on the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -48,6 +49,8 @@ AUTO_ORDER = ("pyav", "torchcodec", "decord")
 MAX_NUM_WORKERS_FETCH_VIDEO = 8
 # Frames decoded per backend call: bounds the full-resolution frames held at once.
 DECODE_CHUNK = 8
+# Decoded full-resolution frames waiting for the resize (6 MB each at 1080p).
+PREFETCH_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,10 @@ def _resize_frame(frame: Any, size: tuple[int, int]) -> Any:
 
     if tuple(frame.shape[-2:]) == size:
         return frame.to(torch.float32)
-    out = F.interpolate(frame.unsqueeze(0).to(torch.float32), size=list(size), mode="bicubic", align_corners=False,
-                        antialias=True)[0]  # fmt: skip
+    # Planar first: PyAV and decord give HWC frames (a CHW view of them is strided), and both the conversion and
+    # the antialiased kernel run about a third slower on that layout (same result, bit for bit).
+    planar = frame.contiguous().to(torch.float32)
+    out = F.interpolate(planar.unsqueeze(0), size=list(size), mode="bicubic", align_corners=False, antialias=True)[0]
     return out.clamp_(0, 255).round_()
 
 
@@ -484,20 +489,51 @@ def _prefetched(frames: Iterator[Any], depth: int) -> Iterator[Any]:
         thread.join()
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+@contextlib.contextmanager
+def _one_intraop_thread() -> Iterator[None]:
+    """Run the calling thread's torch ops on one thread while it resizes beside a decoder.
+
+    The decoder's own threads already keep the cores busy; a second OpenMP team for each resize competed with them
+    and spun while waiting (1.3x the CPU time and a slower call on 2 cores, benchmarks/RESULTS.md). torch has no
+    per-call setting, so the thread's count is set to 1 and put back afterwards; the count that new threads start
+    with is left as the first of overlapping calls found it."""
+    import torch
+
+    global _threads_users, _threads_before
+    mine = torch.get_num_threads()
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = mine
+        _threads_users += 1
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            torch.set_num_threads(_threads_before if _threads_users == 0 else mine)
+
+
 def _decode_resized(
     path: str, indices: list[int], probe: VideoProbe, backend: str, size: tuple[int, int], deadline: _Deadline
 ) -> Any:
-    """Fill a preallocated float32 (T, 3, H, W) tensor frame by frame, so memory is the output plus a chunk or
-    two of decoded frames (decoding runs one chunk ahead of resizing, in a thread)."""
+    """Fill a preallocated float32 (T, 3, H, W) tensor frame by frame, so memory is the output plus a few decoded
+    frames (decoding runs ahead of resizing, in a thread; resizing runs on one torch thread meanwhile)."""
     import torch
 
     out = torch.empty((len(indices), 3, *size), dtype=torch.float32)
     n = 0
-    for frame in _prefetched(_DECODERS[backend](path, list(indices), probe, deadline), DECODE_CHUNK):
-        if n >= len(indices):
-            raise RuntimeError(f"{backend} returned more frames than the {len(indices)} requested")
-        out[n].copy_(_resize_frame(frame, size))
-        n += 1
+    with _one_intraop_thread():
+        for frame in _prefetched(_DECODERS[backend](path, list(indices), probe, deadline), PREFETCH_FRAMES):
+            if n >= len(indices):
+                raise RuntimeError(f"{backend} returned more frames than the {len(indices)} requested")
+            out[n].copy_(_resize_frame(frame, size))
+            n += 1
     if n != len(indices):
         raise VisionInputError(f"{backend} returned {n} of {len(indices)} requested frames from {path!r}")
     return out
