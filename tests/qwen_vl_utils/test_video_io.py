@@ -327,13 +327,13 @@ def test_resizing_beside_the_decoder_runs_on_one_torch_thread_and_puts_the_count
     import qwen_vl_utils.video_io as video_io
 
     seen: list[int] = []
-    resize = video_io._resize_frame
+    resize = video_io._FrameResizer.into
 
-    def recording(frame, size):
+    def recording(self, slot, frame):
         seen.append(torch.get_num_threads())
-        return resize(frame, size)
+        return resize(self, slot, frame)
 
-    monkeypatch.setattr(video_io, "_resize_frame", recording)
+    monkeypatch.setattr(video_io._FrameResizer, "into", recording)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:

@@ -199,21 +199,35 @@ def frame_indices(start: int, end: int, nframes: int) -> list[int]:
     return torch.linspace(start, end, nframes).round().long().tolist()
 
 
-def _resize_frame(frame: Any, size: tuple[int, int]) -> Any:
-    """Bicubic + antialias resize of one uint8 CHW frame to float32 with integer values: exactly the ops upstream's
-    ``torchvision.transforms.functional.resize`` applies to the whole stack (uint8 -> float32, ``interpolate``
-    bicubic with antialias, clamp to 0..255, round), then its ``.float()``, without importing torchvision (about
-    170 MB and half a second) and without the uint8 round trip."""
-    import torch
-    from torch.nn import functional as F
+class _FrameResizer:
+    """Bicubic + antialias resize of uint8 CHW frames into float32 slots with integer values: exactly the ops
+    upstream's ``torchvision.transforms.functional.resize`` applies to the whole stack (uint8 -> float32,
+    ``interpolate`` bicubic with antialias, clamp to 0..255, round), then its ``.float()``, without importing
+    torchvision (about 170 MB and half a second) and without the uint8 round trip.
 
-    if tuple(frame.shape[-2:]) == size:
-        return frame.to(torch.float32)
-    # Planar first: PyAV and decord give HWC frames (a CHW view of them is strided), and both the conversion and
-    # the antialiased kernel run about a third slower on that layout (same result, bit for bit).
-    planar = frame.contiguous().to(torch.float32)
-    out = F.interpolate(planar.unsqueeze(0), size=list(size), mode="bicubic", align_corners=False, antialias=True)[0]
-    return out.clamp_(0, 255).round_()
+    The full-resolution float32 frame (25 MB at 1080p) is one buffer reused for every frame, and the kernel writes
+    straight into the output slot: allocating those per frame let the C allocator return them to the kernel and
+    fault them back in on some runs (4x the page faults, a 1.4x slower call, benchmarks/RESULTS.md)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+        self.planar: Any = None
+
+    def into(self, slot: Any, frame: Any) -> None:
+        import torch
+
+        if tuple(frame.shape[-2:]) == self.size:
+            slot.copy_(frame)
+            return
+        if self.planar is None or self.planar.shape != frame.shape:
+            self.planar = torch.empty(frame.shape, dtype=torch.float32)
+        # Planar, converted in one pass: PyAV and decord give HWC frames (a CHW view of them is strided), and the
+        # kernel runs about a fifth slower on that layout (same result, bit for bit).
+        self.planar.copy_(frame)
+        # F.interpolate(..., mode="bicubic", antialias=True) with a size and no scale factor, written into the slot.
+        torch.ops.aten._upsample_bicubic2d_aa.out(self.planar[None], list(self.size), False, None, None,
+                                                  out=slot[None])  # fmt: skip
+        slot.clamp_(0, 255).round_()
 
 
 def _decode_torchcodec(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
@@ -527,12 +541,13 @@ def _decode_resized(
     import torch
 
     out = torch.empty((len(indices), 3, *size), dtype=torch.float32)
+    resizer = _FrameResizer(size)
     n = 0
     with _one_intraop_thread():
         for frame in _prefetched(_DECODERS[backend](path, list(indices), probe, deadline), PREFETCH_FRAMES):
             if n >= len(indices):
                 raise RuntimeError(f"{backend} returned more frames than the {len(indices)} requested")
-            out[n].copy_(_resize_frame(frame, size))
+            resizer.into(out[n], frame)
             n += 1
     if n != len(indices):
         raise VisionInputError(f"{backend} returned {n} of {len(indices)} requested frames from {path!r}")
