@@ -360,3 +360,39 @@ def test_resizing_beside_the_decoder_runs_on_one_torch_thread_and_puts_the_count
         assert fresh == [3]  # what new threads start with was not left at 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_split_by_keyframe_keeps_every_target_in_order_and_never_cuts_a_keyframe_interval():
+    from qwen_vl_utils.video_io import _split_by_keyframe
+
+    keyframes = [0, 30, 60, 90, 250, 260]
+    targets = [0, 5, 20, 31, 59, 61, 62, 95, 200, 255, 261, 299]
+    interval = {t: max(k for k in keyframes if k <= t) for t in targets}
+    for parts in (1, 2, 3, 4, 10):
+        split = _split_by_keyframe(targets, keyframes, parts)
+        assert [t for part in split for t in part] == targets and all(split)
+        assert len(split) == min(parts, len(set(interval.values())))
+        for left, right in zip(split, split[1:]):  # a frame is decoded from one keyframe by one decoder only
+            assert interval[left[-1]] != interval[right[0]]
+    # Balanced by the frames each part decodes (21+30+3 | 111+6+40 of 211: the cut falls before the long interval
+    # from keyframe 90, whose midpoint lies past half the work).
+    assert _split_by_keyframe(targets, keyframes, 2) == [targets[:7], targets[7:]]
+    assert _split_by_keyframe([0, 10, 20], [0], 4) == [[0, 10, 20]]  # one interval: one decoder
+
+
+@pytest.mark.parametrize("name", ["plain", "rotated"])
+def test_several_pyav_decoders_give_the_frames_of_one(videos, name, monkeypatch):
+    """Decoders on separate keyframe intervals (each resizing its own frames) fill the same output as one decoder
+    running ahead of the resize: sparse and dense sampling (nearly every frame), with rotation."""
+    from qwen_vl_utils.video_io import _pyav_table, _split_by_keyframe
+
+    keyframes = _pyav_table(str(videos[name]))[1]
+    assert len(_split_by_keyframe(list(range(0, 120, 10)), keyframes, 3)) == 3  # 4 keyframes: 3 decoders run
+    outputs = {}
+    for workers in ("1", "3"):
+        monkeypatch.setenv("QWENVL_DECODE_WORKERS", workers)
+        for ele in ({"nframes": 12}, {"fps": 24.0, "min_pixels": 32 * 28 * 28, "max_pixels": 64 * 28 * 28}):
+            video = fetch_video({"video": str(videos[name]), "video_reader_backend": "pyav", **ele})
+            outputs.setdefault(str(ele), []).append(video)
+    for first, second in outputs.values():
+        assert torch.equal(first, second)

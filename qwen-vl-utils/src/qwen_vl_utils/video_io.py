@@ -51,6 +51,8 @@ MAX_NUM_WORKERS_FETCH_VIDEO = 8
 DECODE_CHUNK = 8
 # Decoded full-resolution frames waiting for the resize (6 MB each at 1080p).
 PREFETCH_FRAMES = 8
+# PyAV decoders run at once on separate keyframe intervals (QWENVL_DECODE_WORKERS overrides; 1: one decoder).
+DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -283,30 +285,44 @@ def _decode_skipping(container: Any, stream: Any, seek_pts: int, wanted: set[int
         yield from packet.decode()
 
 
-def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
-    """Decode in presentation order, seeking to the keyframe before a wanted frame when that skips work, and
-    skipping unneeded non-reference frames (see ``_decode_skipping``)."""
+def _pyav_table(path: str) -> tuple[list[int], list[int]]:
+    import av
+
+    with av.open(path) as container:
+        return _frame_table(container, container.streams.video[0])
+
+
+def _pyav_targets(
+    path: str,
+    table: tuple[list[int], list[int]],
+    targets: list[int],
+    wanted_pts: set[int],
+    rotation: int,
+    deadline: _Deadline,
+    threads: int = 0,
+) -> Iterator[tuple[int, Any]]:
+    """``(index, uint8 CHW frame)`` for each of the sorted, distinct frame ``targets``, in order: decoding seeks to
+    the keyframe before a target when that skips work, and skips unneeded non-reference frames (see
+    ``_decode_skipping``). ``threads`` is the decoder's thread count (0: FFmpeg's choice)."""
     import bisect
-    from collections import Counter
 
     import av
     import torch
 
+    pts, keyframes = table
+    index_of = {p: i for i, p in enumerate(pts)}
     with av.open(path) as container:
         stream = container.streams.video[0]
-        pts, keyframes = _frame_table(container, stream)
-        index_of = {p: i for i, p in enumerate(pts)}
         stream.thread_type = "AUTO"
-        counts = Counter(indices)
-        wanted = {pts[i] for i in counts if i < len(pts)}
+        stream.codec_context.thread_count = threads
         decoded: Iterator[Any] | None = None
         position = -1  # index of the last decoded frame
-        for target in sorted(counts):
+        for target in targets:
             if target >= len(pts):
                 raise VisionInputError(f"frame {target} is beyond the {len(pts)} frames found in {path!r}")
             keyframe = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
             if decoded is None or keyframe > position:
-                decoded = _decode_skipping(container, stream, pts[keyframe], wanted)
+                decoded = _decode_skipping(container, stream, pts[keyframe], wanted_pts)
             for frame in decoded:
                 deadline.check()
                 if frame.pts not in index_of:
@@ -318,9 +334,77 @@ def _decode_pyav(path: str, indices: list[int], probe: VideoProbe, deadline: _De
                 raise VisionInputError(f"video {path!r} ended before frame {target} (truncated?)")
             if position != target:
                 raise VisionInputError(f"decoder skipped frame {target} of {path!r} (got frame {position})")
-            image = _rotate(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1), probe.rotation)
-            for _ in range(counts[target]):
-                yield image
+            yield target, _rotate(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1), rotation)
+
+
+def _split_by_keyframe(targets: list[int], keyframes: list[int], parts: int) -> list[list[int]]:
+    """Split sorted ``targets`` into at most ``parts`` contiguous runs, cut only where a new keyframe starts (so
+    no frame is decoded twice) and balanced by the frames each run must decode (keyframe to last target)."""
+    import bisect
+
+    runs: list[tuple[int, list[int]]] = []  # (keyframe, targets decoded from it)
+    for target in targets:
+        key = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
+        if runs and runs[-1][0] == key:
+            runs[-1][1].append(target)
+        else:
+            runs.append((key, [target]))
+    costs = [group[-1] - key + 1 for key, group in runs]
+    total, acc = sum(costs), 0
+    split: list[list[int]] = [[]]
+    for (_, group), cost in zip(runs, costs):
+        # Start the next part once this run's midpoint would pass the current part's share of the total.
+        if split[-1] and len(split) < parts and acc + cost / 2 > total * len(split) / parts:
+            split.append([])
+        split[-1].extend(group)
+        acc += cost
+    return split
+
+
+def _fill_pyav(
+    path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline, out: Any, size: tuple[int, int]
+) -> None:
+    """Decode and resize ``indices`` into ``out`` with up to ``DECODE_WORKERS`` PyAV decoders at once, each on its
+    own stretch of keyframe intervals (independent by construction) and each resizing its own frames on one torch
+    thread: on 2 cores that keeps both busy where one frame-threaded decoder plus a resize left a third idle. A
+    video with one keyframe interval (a screen recording, a short clip) gets one decoder with FFmpeg's threads."""
+    from collections import defaultdict
+
+    table = _pyav_table(path)
+    slots: dict[int, list[int]] = defaultdict(list)
+    for position, index in enumerate(indices):
+        slots[index].append(position)
+    targets = sorted(slots)
+    wanted = {table[0][i] for i in targets if i < len(table[0])}
+    workers = int(os.environ.get("QWENVL_DECODE_WORKERS", DECODE_WORKERS))
+    parts = _split_by_keyframe(targets, table[1], max(1, workers))
+    threads = 0 if len(parts) == 1 else max(1, (os.cpu_count() or 1) // len(parts))
+    failed = threading.Event()
+
+    def work(part: list[int]) -> None:
+        resizer = _FrameResizer(size)
+        try:
+            for index, frame in _pyav_targets(path, table, part, wanted, probe.rotation, deadline, threads):
+                if failed.is_set():
+                    return
+                for position in slots[index]:
+                    resizer.into(out[position], frame)
+        except BaseException:
+            failed.set()
+            raise
+
+    if len(parts) == 1:  # one decoder: it runs ahead in a thread while this one resizes
+        frames = _prefetched(_pyav_targets(path, table, targets, wanted, probe.rotation, deadline), PREFETCH_FRAMES)
+        resizer = _FrameResizer(size)
+        for index, frame in frames:
+            for position in slots[index]:
+                resizer.into(out[position], frame)
+        return
+    # The pool's threads start inside _one_intraop_thread's window, so their torch ops run on one thread each.
+    with concurrent.futures.ThreadPoolExecutor(len(parts), "qwen-vl-utils-decode") as pool:
+        futures = [pool.submit(work, part) for part in parts]
+    for future in futures:
+        future.result()
 
 
 def _decode_torchvision(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
@@ -343,10 +427,10 @@ def _decode_torchvision(path: str, indices: list[int], probe: VideoProbe, deadli
         yield _rotate(frames[0], probe.rotation)
 
 
+# In-order frame iterators of the other backends (PyAV fills the output itself: _fill_pyav).
 _DECODERS: dict[str, Callable[[str, list[int], VideoProbe, _Deadline], Iterator[Any]]] = {
     "torchcodec": _decode_torchcodec,
     "decord": _decode_decord,
-    "pyav": _decode_pyav,
     "torchvision": _decode_torchvision,
 }
 
@@ -541,6 +625,10 @@ def _decode_resized(
     import torch
 
     out = torch.empty((len(indices), 3, *size), dtype=torch.float32)
+    if backend == "pyav":
+        with _one_intraop_thread():
+            _fill_pyav(path, list(indices), probe, deadline, out, size)
+        return out
     resizer = _FrameResizer(size)
     n = 0
     with _one_intraop_thread():
