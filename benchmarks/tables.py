@@ -47,6 +47,15 @@ def vision(path: Path) -> list[str]:
         else:
             output = "-" if not out else json.dumps(out)
         lines.append(f"| {row['case']} | {up_cell} | {_s(ours.get('seconds'))} | {speed} | {rss} | {output} |")
+    image_rows = [row for row in data["results"] if row["case"].startswith("fetch_image")]
+    if image_rows:  # an image case's worker times `import qwen_vl_utils` alone (nothing else imported before it)
+        row = image_rows[0]
+        cells = []
+        for impl in ("ours", "upstream"):
+            values = sorted(r["import_s"] for r in row["sides"][impl]["runs"])
+            cells.append(f"{impl} {values[len(values) // 2]:.3f} s ({values[0]:.3f}-{values[-1]:.3f})")
+        lines.append(f"\n`import qwen_vl_utils` in a fresh process ({row['case']}'s {len(values)} timed runs): "
+                     + ", ".join(cells))  # fmt: skip
     for key, spread in data.get("spread", {}).items():
         lines.append(f"\n{key} over {spread['files']} case(s): min {spread['min']:.2f}, median {spread['median']:.2f}, "
                      f"max {spread['max']:.2f}")  # fmt: skip
@@ -120,8 +129,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(HERE / "results"))
     args = parser.parse_args()
     root = Path(args.results)
-    for name, fn in (("vision.json", vision), ("vision_wide.json", vision), ("train.json", train), ("mmmu.json", mmmu),
-                     ("demo.json", demo)):  # fmt: skip
+    for name, fn in (("vision.json", vision), ("vision_wide.json", vision), ("vision_300s_backends.json", vision),
+                     ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
         path = root / name
         if path.is_file():
             print("\n".join(fn(path)) + "\n")

@@ -396,3 +396,22 @@ def test_several_pyav_decoders_give_the_frames_of_one(videos, name, monkeypatch)
             outputs.setdefault(str(ele), []).append(video)
     for first, second in outputs.values():
         assert torch.equal(first, second)
+
+
+def test_av1_decoders_opened_mid_file_do_not_skip_wanted_frames(tmp_path, monkeypatch):
+    """libdav1d reads skip_frame only when it opens: a decoder that opened on an unneeded packet under NONREF
+    dropped wanted non-reference frames for good ("decoder skipped frame 503" on a 30 s AV1 clip, only with
+    several decoders). Every decoder now opens with nothing skipped; the output matches torchcodec's."""
+    path = tmp_path / "av1.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=4", "-c:v", "libsvtav1", "-preset", "12",
+            "-g", "30", "-pix_fmt", "yuv420p", str(path))  # fmt: skip
+    from qwen_vl_utils.video_io import _pyav_table, _split_by_keyframe
+
+    assert len(_split_by_keyframe(list(range(1, 120, 7)), _pyav_table(str(path))[1], 3)) == 3
+    ele = {"video": str(path), "nframes": 18}
+    monkeypatch.setenv("QWENVL_DECODE_WORKERS", "3")
+    several = fetch_video({**ele, "video_reader_backend": "pyav"})
+    monkeypatch.setenv("QWENVL_DECODE_WORKERS", "1")
+    assert torch.equal(several, fetch_video({**ele, "video_reader_backend": "pyav"}))
+    if is_backend_available("torchcodec"):
+        assert torch.equal(several, fetch_video({**ele, "video_reader_backend": "torchcodec"}))

@@ -315,6 +315,10 @@ def _pyav_targets(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
+        # Opened before the first packet, with nothing skipped: some decoders read skip_frame only when they open
+        # (libdav1d), and a decoder opened at a non-wanted packet under NONREF would skip wanted AV1 frames for good.
+        stream.codec_context.skip_frame = "DEFAULT"
+        stream.codec_context.open()
         decoded: Iterator[Any] | None = None
         position = -1  # index of the last decoded frame
         for target in targets:
