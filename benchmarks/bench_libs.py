@@ -1,0 +1,220 @@
+"""Maintained libraries against what qwen_vl_utils uses, one step at a time, on the benchmark corpus.
+
+Issue 17 asks, for each step of fetching images and videos (JPEG decoding, resizing, colour conversion), whether a
+maintained library does it faster than what we use, measured side by side. Each row times one step in this
+process, all sides single-threaded (torch, OpenCV), with the timing discipline of ``timing.py`` (a warm-up, the
+sides rotated, >= 5 repetitions, median and spread), and says how far each side's output is from the one
+qwen_vl_utils must return (upstream's: PIL for images, torch's antialiased bicubic for video frames, FFmpeg's
+swscale for colour). A faster side only counts if its output is the same where the package promises
+bit-identical output.
+
+Needs (beside the project's environment): ``pip install simplejpeg opencv-python-headless``. Run::
+
+    .venv/bin/python benchmarks/bench_vision.py --quick   # once, to generate the corpus
+    .venv/bin/python benchmarks/bench_libs.py [--out benchmarks/results/libs.json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # benchmarks/timing.py
+
+
+def _timed(fn: Callable[[], Any], keep: dict[str, Any], name: str) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
+        t = time.perf_counter()
+        keep[name] = fn()
+        return {"seconds": time.perf_counter() - t}
+
+    return run
+
+
+def _difference(a: Any, b: Any) -> dict[str, Any]:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return {"shape": list(a.shape), "reference_shape": list(b.shape)}
+    diff = np.abs(a - b)
+    return {"identical": bool((diff == 0).all()), "max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+
+
+def steps(corpus: Path) -> list[tuple[str, str, dict[str, Callable[[], Any]]]]:
+    """(step, reference side, {side: function}) for every comparison."""
+    import av
+    import cv2
+    import numpy as np
+    import simplejpeg
+    import torch
+    from PIL import Image
+    from torch.nn import functional as F
+
+    from qwen_vl_utils import smart_resize
+
+    photo = corpus / "photo_0_4032x3024.jpg"
+    data = photo.read_bytes()
+    with Image.open(photo) as im:
+        width, height = im.size
+    h, w = smart_resize(height, width, 28, max_pixels=1024 * 1024)  # the 8-photo case's budget
+
+    def pil_full() -> Any:
+        with Image.open(photo) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def pil_draft() -> Any:
+        with Image.open(photo) as im:
+            im.draft("RGB", (w, h))
+            return np.asarray(im.convert("RGB"))
+
+    draft_size = pil_draft().shape[:2]
+    scale = width // draft_size[1]
+    full = pil_full()
+    full_image = Image.fromarray(full)
+
+    with av.open(str(corpus / "video_1080p_10s.mp4")) as container:
+        yuv = next(container.decode(video=0))
+    rgb = yuv.to_ndarray(format="rgb24")
+    planes = yuv.to_ndarray(format="yuv420p")  # (H * 3 / 2, W): the I420 layout OpenCV converts from
+    frame_chw = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    fh, fw = 560, 1008  # what the 1080p video resizes to under the default budget
+
+    def torch_aa() -> Any:
+        out = F.interpolate(
+            frame_chw[None].float(), size=[fh, fw], mode="bicubic", align_corners=False, antialias=True
+        )
+        return out[0].clamp(0, 255).round().permute(1, 2, 0).numpy()
+
+    return [
+        (
+            "jpeg_decode_12MP_full",
+            "pil",
+            {
+                "pil": pil_full,
+                "simplejpeg": lambda: simplejpeg.decode_jpeg(data, colorspace="RGB"),
+                "opencv": lambda: cv2.cvtColor(
+                    cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+                ),  # fmt: skip
+            },
+        ),
+        (
+            f"jpeg_decode_12MP_reduced_1/{scale}",
+            "pil_draft",
+            {
+                "pil_draft": pil_draft,
+                "simplejpeg": lambda: simplejpeg.decode_jpeg(
+                    data, colorspace="RGB", min_height=draft_size[0], min_width=draft_size[1]
+                ),  # fmt: skip
+                "opencv": lambda: cv2.cvtColor(
+                    cv2.imdecode(
+                        np.frombuffer(data, np.uint8),
+                        {
+                            2: cv2.IMREAD_REDUCED_COLOR_2,
+                            4: cv2.IMREAD_REDUCED_COLOR_4,
+                            8: cv2.IMREAD_REDUCED_COLOR_8,
+                        }.get(scale, 1),
+                    ),
+                    cv2.COLOR_BGR2RGB,
+                ),  # fmt: skip
+            },
+        ),
+        (
+            f"resize_12MP_to_{w}x{h}",
+            "pil_bicubic",
+            {
+                "pil_bicubic": lambda: np.asarray(full_image.resize((w, h), Image.Resampling.BICUBIC)),
+                "opencv_cubic": lambda: cv2.resize(full, (w, h), interpolation=cv2.INTER_CUBIC),
+                "opencv_area": lambda: cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA),
+            },
+        ),
+        (
+            f"video_frame_resize_1080p_to_{fw}x{fh}",
+            "torch_aa_bicubic",
+            {
+                "torch_aa_bicubic": torch_aa,
+                "pil_bicubic_uint8": lambda: np.asarray(
+                    Image.fromarray(rgb).resize((fw, fh), Image.Resampling.BICUBIC)
+                ),
+                "opencv_cubic_uint8": lambda: cv2.resize(rgb, (fw, fh), interpolation=cv2.INTER_CUBIC),
+                "opencv_area_uint8": lambda: cv2.resize(rgb, (fw, fh), interpolation=cv2.INTER_AREA),
+            },
+        ),
+        (
+            "yuv420p_to_rgb_1080p",
+            "pyav_swscale",
+            {
+                "pyav_swscale": lambda: yuv.to_ndarray(format="rgb24"),
+                "opencv_i420": lambda: cv2.cvtColor(planes, cv2.COLOR_YUV2RGB_I420),
+            },
+        ),
+    ]
+
+
+def main() -> None:
+    from qwenvl.cli import StrictParser
+
+    parser = StrictParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per side, rotated, after one warm-up")
+    parser.add_argument("--corpus", default=str(HERE / ".corpus"), help="bench_vision.py's corpus folder")
+    parser.add_argument("--out", default=str(HERE / "results" / "libs.json"))
+    args = parser.parse_args()
+    corpus = Path(args.corpus)
+    if not (corpus / "photo_0_4032x3024.jpg").is_file() or not (corpus / "video_1080p_10s.mp4").is_file():
+        parser.error(f"no corpus in {corpus}: run benchmarks/bench_vision.py --quick once to generate it")
+    try:
+        import cv2
+        import simplejpeg  # noqa: F401
+    except ImportError as e:
+        parser.error(f"{e.name} is missing: pip install simplejpeg opencv-python-headless")
+    import torch
+    from timing import compare, load_average
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    rows = []
+    load_start = load_average()
+    for step, reference, sides in steps(corpus):
+        outputs: dict[str, Any] = {}
+        timed = compare({name: _timed(fn, outputs, name) for name, fn in sides.items()}, repeats=args.repeats)
+        row = {"step": step, "reference": reference, "sides": {}}
+        for name in sides:
+            seconds = timed["sides"][name]["seconds"]
+            row["sides"][name] = {
+                "seconds": seconds,
+                "vs_reference": timed["sides"][reference]["seconds"]["median"] / seconds["median"],
+                "output": _difference(outputs[name], outputs[reference]),
+            }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    import cv2 as _cv2
+    import simplejpeg as _sj
+    from PIL import __version__ as pil_version
+
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_start": load_start,
+        "load_end": load_average(),
+        "threads": 1,
+        "versions": {
+            "pillow": pil_version,
+            "simplejpeg": _sj.__version__,
+            "opencv": _cv2.__version__,
+            "torch": torch.__version__,
+        },  # fmt: skip
+        "repeats": args.repeats,
+        "results": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
