@@ -69,6 +69,12 @@ def corpus(tmp_path_factory) -> dict[str, dict]:
     big.save(root / "photo.jpg", quality=90)
     cases["jpeg_photo"] = {"image": str(root / "photo.jpg")}
     cases["jpeg_photo_patch16"] = {"image": str(root / "photo.jpg"), "patch": 16, "max_pixels": 640 * 480}
+    # simplejpeg decodes RGB JPEGs (bit-identical to PIL's decoder): a progressive and a 4:4:4 file beside the
+    # baseline 4:2:0 one, none of them drafted (exact comparison).
+    big.save(root / "progressive.jpg", quality=90, progressive=True)
+    cases["jpeg_progressive"] = {"image": str(root / "progressive.jpg")}
+    big.save(root / "s444.jpg", quality=95, subsampling=0)
+    cases["jpeg_444"] = {"image": str(root / "s444.jpg"), "max_pixels": 1000 * 750}
     big.convert("CMYK").save(root / "cmyk.jpg", quality=90)
     cases["jpeg_cmyk"] = {"image": str(root / "cmyk.jpg")}
     rgba = big.resize((400, 300)).convert("RGBA")

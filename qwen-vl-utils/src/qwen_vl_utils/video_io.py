@@ -682,7 +682,8 @@ def read_frame_list(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[An
     out = torch.empty((nframes, 3, height, width), dtype=torch.float32)
 
     def load(i: int) -> None:
-        image = decode_image(headers[i], frames[i], (width, height))
+        # No target for a caller's own PIL image: a draft() or a close() would change the caller's object.
+        image = decode_image(headers[i], frames[i], None if headers[i] is frames[i] else (width, height))
         if image.size != (width, height):
             from PIL import Image
 
