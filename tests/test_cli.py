@@ -51,6 +51,7 @@ TOOLS = [
     (("path", "benchmarks/bench_mmmu.py"), "--nonsense 3", None),
     (("path", "benchmarks/bench_demo.py"), "--repea 3", "--repeat"),
     (("path", "benchmarks/tables.py"), "--result x", "--results"),
+    (("path", "benchmarks/bench_libs.py"), "--repeat 3", "--repeats"),
     (("module", "qwenvl.cli"), "lint --dataset_use a --model_name_or_path m --seeed 1", "--seed"),
 ]
 
