@@ -62,6 +62,30 @@ def vision(path: Path) -> list[str]:
     return lines
 
 
+def libs(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
+    lines = [
+        f"{path.name}: {data['date']}, load {data['load_start']} -> {data['load_end']}, one thread per side, "
+        f"{data['repeats']} rotated runs after a warm-up; {versions}",
+        "",
+        "| step | side | ms, median (min-max) | vs the first side | output vs the first side |",
+        "|---|---|---:|---:|---|",
+    ]
+    for row in data["results"]:
+        for name, side in row["sides"].items():
+            ms = {k: v * 1000 for k, v in side["seconds"].items()}
+            out = side["output"]
+            if out.get("identical"):
+                cell = "identical"
+            elif "max_abs" in out:
+                cell = f"differs: max {out['max_abs']:.0f}, mean {out['mean_abs']:.3f} of 255"
+            else:
+                cell = json.dumps(out)
+            lines.append(f"| {row['step']} | {name} | {_s(ms, 1)} | {side['vs_reference']:.2f}x | {cell} |")
+    return lines
+
+
 def train(path: Path) -> list[str]:
     data = json.loads(path.read_text())
     lines = [
@@ -130,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.results)
     for name, fn in (("vision.json", vision), ("vision_wide.json", vision), ("vision_300s_backends.json", vision),
-                     ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
+                     ("libs.json", libs), ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
         path = root / name
         if path.is_file():
             print("\n".join(fn(path)) + "\n")
