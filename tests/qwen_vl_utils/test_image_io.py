@@ -323,31 +323,3 @@ print("PEAK_MB", peak // 1024)
     assert result.returncode == 0, result.stderr[-3000:]
     peak = int(result.stdout.split("PEAK_MB")[1])
     assert peak < 2048, f"peak RSS {peak} MB"
-
-
-@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"subsampling": 0}, {"subsampling": 1}])
-@pytest.mark.parametrize("max_pixels", [None, 200 * 150, 90 * 60])  # full decode, 1/2 and 1/4 DCT scale
-def test_simplejpeg_decodes_the_pixels_pil_decodes(tmp_path, monkeypatch, save, max_pixels):
-    """RGB JPEGs are decoded by simplejpeg (libjpeg-turbo's TurboJPEG API, 3x faster than PIL's decoder), at full
-    and at reduced DCT scale: the images must be PIL's own, bit for bit, from a path and from bytes alike."""
-    import qwen_vl_utils.image_io as image_io
-
-    rng = np.random.default_rng(1)
-    photo = Image.fromarray(rng.normal(128, 50, (60, 80, 3)).clip(0, 255).astype(np.uint8)).resize((800, 600))
-    path = tmp_path / "photo.jpg"
-    photo.save(path, quality=92, **save)
-    ele = {"image": str(path), **({"max_pixels": max_pixels, "min_pixels": 28 * 28} if max_pixels else {})}
-    used: list[bool] = []
-    turbo = image_io._decode_turbo
-
-    def spy(image):
-        out = turbo(image)
-        used.append(out is not None)
-        return out
-
-    monkeypatch.setattr(image_io, "_decode_turbo", spy)
-    ours = [np.asarray(fetch_image(ele)), np.asarray(fetch_image({**ele, "image": path.read_bytes()}))]
-    assert used == [True, True]  # simplejpeg decoded both
-    monkeypatch.setenv("QWENVL_SIMPLEJPEG", "0")
-    pil = np.asarray(fetch_image(ele))
-    assert all(np.array_equal(o, pil) for o in ours)

@@ -69,8 +69,7 @@ def corpus(tmp_path_factory) -> dict[str, dict]:
     big.save(root / "photo.jpg", quality=90)
     cases["jpeg_photo"] = {"image": str(root / "photo.jpg")}
     cases["jpeg_photo_patch16"] = {"image": str(root / "photo.jpg"), "patch": 16, "max_pixels": 640 * 480}
-    # simplejpeg decodes RGB JPEGs (bit-identical to PIL's decoder): a progressive and a 4:4:4 file beside the
-    # baseline 4:2:0 one, none of them drafted (exact comparison).
+    # A progressive and a 4:4:4 file beside the baseline 4:2:0 one, none of them drafted (exact comparison).
     big.save(root / "progressive.jpg", quality=90, progressive=True)
     cases["jpeg_progressive"] = {"image": str(root / "progressive.jpg")}
     big.save(root / "s444.jpg", quality=95, subsampling=0)

@@ -370,63 +370,15 @@ def decoded_pixels(image: Image.Image, target: tuple[int, int] | None) -> int:
     return -(-width // scale) * -(-height // scale)
 
 
-def _turbo_enabled() -> bool:
-    return os.environ.get("QWENVL_SIMPLEJPEG", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _jpeg_bytes(image: Image.Image) -> bytes | None:
-    """The encoded bytes behind an unloaded JPEG that :func:`open_image` opened (from memory or a file)."""
-    if isinstance(image.fp, io.BytesIO):
-        return image.fp.getvalue()
-    if image.fp is not None and getattr(image, "filename", None):
-        with open(image.filename, "rb") as f:
-            return f.read()
-    return None
-
-
-def _decode_turbo(image: Image.Image) -> Image.Image | None:
-    """Decode an RGB JPEG with simplejpeg (libjpeg-turbo's TurboJPEG API) at ``image.size``, which a ``draft()``
-    may already have reduced; None where it does not apply (PIL then decodes).
-
-    Same library, same inverse DCT (accurate integer) and the same fancy upsampling as PIL's decoder, so the pixels
-    are PIL's bit for bit (the parity tier checks baseline, progressive, 4:4:4 and reduced-scale files); about 3x
-    faster for a 12-megapixel photo, because PIL unpacks every scanline into its 4-byte pixel layout on the way
-    (benchmarks/RESULTS.md, bench_libs)."""
-    if image.format != "JPEG" or image.mode != "RGB" or not image.tile or not _turbo_enabled():
-        return None
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
-    data = _jpeg_bytes(image)
-    if data is None:
-        return None
-    width, height = image.size
-    try:
-        array = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=width, min_height=height)
-    except ValueError:  # anything libjpeg-turbo refuses: PIL decodes it, or explains the failure
-        return None
-    if array.shape[:2] != (height, width):
-        return None
-    return Image.fromarray(array)
-
-
 def decode_image(image: Image.Image, source: Any, target: tuple[int, int] | None = None) -> Image.Image:
     """Decode an opened image to RGB; ``source`` is only used in error messages.
 
     With ``target=(width, height)`` a JPEG decodes at reduced DCT scale when the target is at most half the
-    source, which is several times faster and stays within about 0.7/255 (mean) of a full decode + resize. A
-    ``target`` also means the caller opened ``image`` itself (:func:`open_image`), so an RGB JPEG may be decoded
-    by simplejpeg (:func:`_decode_turbo`, the same pixels) and ``image`` closed; without one, PIL decodes.
+    source, which is several times faster and stays within about 0.7/255 (mean) of a full decode + resize.
     """
     try:
         if _uses_draft(image, target):
             image.draft("RGB", target)
-        if target is not None:
-            decoded = _decode_turbo(image)
-            if decoded is not None:
-                image.close()
-                return decoded
         image.load()
     except Image.DecompressionBombError as e:
         raise _bomb_error(source, e) from e
