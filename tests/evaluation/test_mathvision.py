@@ -124,33 +124,16 @@ def test_infer_and_eval(tiny_checkpoints, tmp_path):
 def test_upstream_judge_extracts_answers_and_caches(tmp_path):
     """--judge: an LLM extracts the final answer of what the rules could not read (here a deterministic local
     server that replies with the last number of the model response); verdicts are cached."""
-    import http.server
     import re
-    import threading
 
-    requests = []
+    from tests.evaluation.chat_server import chat_server
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests.append(body)
-            response = body["messages"][-1]["content"].rsplit("Model response: ", 1)[1].split("\nExtracted answer:")[0]
-            numbers = re.findall(r"\d+(?:\.\d+)?", response)
-            data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                   "role": "assistant", "content": numbers[-1] if numbers else ""}}]}).encode()  # fmt: skip
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def last_number(body: dict) -> str:
+        response = body["messages"][-1]["content"].rsplit("Model response: ", 1)[1].split("\nExtracted answer:")[0]
+        numbers = re.findall(r"\d+(?:\.\d+)?", response)
+        return numbers[-1] if numbers else ""
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with chat_server(last_number) as server:
         results = tmp_path / "r.jsonl"
         lines = [_rec("Counting carefully, I get 12 apples in all", "12") | {"id": "1", "question": "How many?"},
                  _rec("12", "12") | {"id": "2", "question": "How many?"}]  # fmt: skip
@@ -158,14 +141,12 @@ def test_upstream_judge_extracts_answers_and_caches(tmp_path):
         scores = tmp_path / "s.json"
         args = [sys.executable, str(RUN), "eval", "--input-file", str(results), "--output-file", str(scores),
                 "--scoring", "upstream", "--judge", "openai", "--judge-model", "j",
-                "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1"]  # fmt: skip
+                "--base-url", server.url]  # fmt: skip
         out = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         report = json.loads(scores.read_text())
         by_id = {q["id"]: q for q in report["questions"]}
         assert by_id["1"]["method"] == "judge" and by_id["1"]["correct"]  # the rules could not read it
-        assert by_id["2"]["method"] == "rule" and len(requests) == 1  # read by the rules: not sent
+        assert by_id["2"]["method"] == "rule" and len(server.requests) == 1  # read by the rules: not sent
         assert subprocess.run(args, capture_output=True, text=True, timeout=120).returncode == 0
-        assert len(requests) == 1  # the second run answers from the cache
-    finally:
-        server.shutdown()
+        assert len(server.requests) == 1  # the second run answers from the cache

@@ -716,48 +716,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _JudgeServer:
-    """A deterministic OpenAI-compatible judge on 127.0.0.1: it replies with the letter of the only option whose
-    text appears in the answer, else Z; "garble" in an answer gets an unusable reply."""
+def _option_judge(body: dict) -> str:
+    """A deterministic judge: the letter of the only option whose text appears in the answer, else Z; "garble" in
+    an answer gets an unusable reply."""
+    import re
 
-    def __init__(self) -> None:
-        import http.server
-        import re
-        import threading
-
-        self.requests = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests += 1
-                prompt = body["messages"][-1]["content"]
-                last = prompt.rsplit("Question: ", 1)[-1]
-                options = dict(re.findall(r"^([A-Z])\. (.*)$", last.split("\nAnswer: ")[0], re.M))
-                answer = last.split("\nAnswer: ", 1)[1].rsplit("\nReply:", 1)[0]
-                hits = [k for k, v in options.items() if v.lower() in answer.lower()]
-                reply = "I cannot say" if "garble" in answer else (hits[0] if len(hits) == 1 else "Z")
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": reply}}]}).encode()  # fmt: skip
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    last = body["messages"][-1]["content"].rsplit("Question: ", 1)[-1]
+    options = dict(re.findall(r"^([A-Z])\. (.*)$", last.split("\nAnswer: ")[0], re.M))
+    answer = last.split("\nAnswer: ", 1)[1].rsplit("\nReply:", 1)[0]
+    hits = [k for k, v in options.items() if v.lower() in answer.lower()]
+    return "I cannot say" if "garble" in answer else (hits[0] if len(hits) == 1 else "Z")
 
 
 def test_llm_judge_rechecks_and_caches(tmp_path):
-    server = _JudgeServer()
-    try:
+    from tests.evaluation.chat_server import chat_server
+
+    with chat_server(_option_judge) as server:
         lines = [
             _mc("validation_Art_1", "B"),  # parsed by the rules: not re-checked by --judge openai
             dict(_mc("validation_Art_2", "it is o1", answer="B"), question="Which?"),
@@ -785,11 +759,11 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
         assert "judge" not in judged["validation_Art_1"] and "judge" not in judged["validation_Math_1"]
         assert report["judge"]["rechecked"] == 3 and report["judge"]["failures"] == 1
         assert "rule" in out.stdout and "judged" in out.stdout
-        first_requests = server.requests
+        first_requests = len(server.requests)
         assert first_requests == 1 + 1 + 3  # the garbled answer is asked three times
 
         again = _run(*args)  # every verdict from the cache: no request
-        assert again.returncode == 0 and server.requests == first_requests
+        assert again.returncode == 0 and len(server.requests) == first_requests
         assert json.loads(scores.read_text())["judge"]["cached"] == 3
 
         # --judge all also asks about parsed and open answers (open: A = the gold answer, B = other answers).
@@ -799,5 +773,3 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
         judged = {q["id"]: q for q in report["judged_questions"]}
         assert judged["validation_Math_1"]["judge"] == "A" and judged["validation_Math_1"]["correct"]
         assert report["judge"]["rechecked"] == 5
-    finally:
-        server.httpd.shutdown()

@@ -514,10 +514,11 @@ def add_eval_command(sub: Any, evaluate: Callable[[argparse.Namespace], int], ju
     e.set_defaults(func=evaluate)
 
 
-def add_judge_arguments(e: argparse.ArgumentParser) -> None:
+def add_judge_arguments(e: argparse.ArgumentParser, unread: str = "the answers the rules cannot read") -> None:
+    """--judge, --judge-model, --base-url, --api-key-env; ``unread`` says what ``--judge openai`` re-checks."""
     e.add_argument("--judge", default=None, choices=["openai", "all"],
-                   help="re-check with an LLM judge on an OpenAI-compatible server: openai = the answers the rules "
-                        "cannot read; all = every answer")  # fmt: skip
+                   help=f"re-check with an LLM judge on an OpenAI-compatible server: openai = {unread}; all = every "
+                        "answer")  # fmt: skip
     e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
     e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
+    add_judge_arguments,
     merge_outputs,
     read_results,
     run_infer,
@@ -352,12 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output-file", required=True)
     e.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
     e.add_argument("--answers", default=None, help=answers_help)
-    e.add_argument("--judge", default=None, choices=["openai", "all"],
-                   help="re-check with an LLM judge on an OpenAI-compatible server: openai = the multiple-choice "
-                        "answers the rules cannot parse; all = every answer")  # fmt: skip
-    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
-    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
+    add_judge_arguments(e, unread="the multiple-choice answers the rules cannot parse")
     e.add_argument("--judge-concurrency", type=int, default=8)
     e.set_defaults(func=evaluate)
     c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
