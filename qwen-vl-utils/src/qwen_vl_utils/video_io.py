@@ -286,6 +286,13 @@ def _decode_skipping(container: Any, stream: Any, seek_pts: int, wanted: set[int
         yield from packet.decode()
 
 
+def _keyframe_before(keyframes: list[int], index: int) -> int:
+    """The last keyframe at or before frame ``index`` (sorted ``keyframes``; the first if none is)."""
+    import bisect
+
+    return keyframes[max(0, bisect.bisect_right(keyframes, index) - 1)]
+
+
 def _pyav_table(path: str) -> tuple[list[int], list[int]]:
     import av
 
@@ -305,8 +312,6 @@ def _pyav_targets(
     """``(index, uint8 CHW frame)`` for each of the sorted, distinct frame ``targets``, in order: decoding seeks to
     the keyframe before a target when that skips work, and skips unneeded non-reference frames (see
     ``_decode_skipping``). ``threads`` is the decoder's thread count (0: FFmpeg's choice)."""
-    import bisect
-
     import av
     import torch
 
@@ -325,7 +330,7 @@ def _pyav_targets(
         for target in targets:
             if target >= len(pts):
                 raise VisionInputError(f"frame {target} is beyond the {len(pts)} frames found in {path!r}")
-            keyframe = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
+            keyframe = _keyframe_before(keyframes, target)
             if decoded is None or keyframe > position:
                 decoded = _decode_skipping(container, stream, pts[keyframe], wanted_pts)
             for frame in decoded:
@@ -345,11 +350,9 @@ def _pyav_targets(
 def _split_by_keyframe(targets: list[int], keyframes: list[int], parts: int) -> list[list[int]]:
     """Split sorted ``targets`` into at most ``parts`` contiguous runs, cut only where a new keyframe starts (so
     no frame is decoded twice) and balanced by the frames each run must decode (keyframe to last target)."""
-    import bisect
-
     runs: list[tuple[int, list[int]]] = []  # (keyframe, targets decoded from it)
     for target in targets:
-        key = keyframes[max(0, bisect.bisect_right(keyframes, target) - 1)]
+        key = _keyframe_before(keyframes, target)
         if runs and runs[-1][0] == key:
             runs[-1][1].append(target)
         else:
@@ -386,11 +389,11 @@ def _fill_pyav(
     threads = 0 if len(parts) == 1 else max(1, (os.cpu_count() or 1) // len(parts))
     failed = threading.Event()
 
-    def work(part: list[int]) -> None:
+    def fill(frames: Iterator[tuple[int, Any]]) -> None:
         resizer = _FrameResizer(size)
         try:
-            for index, frame in _pyav_targets(path, table, part, wanted, probe.rotation, deadline, threads):
-                if failed.is_set():
+            for index, frame in frames:
+                if failed.is_set():  # another decoder failed: its error is the one raised
                     return
                 for position in slots[index]:
                     resizer.into(out[position], frame)
@@ -399,15 +402,14 @@ def _fill_pyav(
             raise
 
     if len(parts) == 1:  # one decoder: it runs ahead in a thread while this one resizes
-        frames = _prefetched(_pyav_targets(path, table, targets, wanted, probe.rotation, deadline), PREFETCH_FRAMES)
-        resizer = _FrameResizer(size)
-        for index, frame in frames:
-            for position in slots[index]:
-                resizer.into(out[position], frame)
+        fill(_prefetched(_pyav_targets(path, table, targets, wanted, probe.rotation, deadline), PREFETCH_FRAMES))
         return
     # The pool's threads start inside _one_intraop_thread's window, so their torch ops run on one thread each.
     with concurrent.futures.ThreadPoolExecutor(len(parts), "qwen-vl-utils-decode") as pool:
-        futures = [pool.submit(work, part) for part in parts]
+        futures = [
+            pool.submit(fill, _pyav_targets(path, table, part, wanted, probe.rotation, deadline, threads))
+            for part in parts
+        ]
     for future in futures:
         future.result()
 
@@ -415,11 +417,9 @@ def _fill_pyav(
 def _decode_torchvision(path: str, indices: list[int], probe: VideoProbe, deadline: _Deadline) -> Iterator[Any]:
     """torchvision releases that still have ``io.read_video``: one call per sampled frame, bounded to that frame's
     timestamp, so only the sampled frames (and the run from their keyframe) are decoded."""
-    import av
     import torchvision.io
 
-    with av.open(path) as container:
-        pts, _ = _frame_table(container, container.streams.video[0])
+    pts, _ = _pyav_table(path)
     for index in indices:
         deadline.check()
         if index >= len(pts):
@@ -682,7 +682,7 @@ def read_frame_list(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[An
     out = torch.empty((nframes, 3, height, width), dtype=torch.float32)
 
     def load(i: int) -> None:
-        # No target for a caller's own PIL image: a draft() or a close() would change the caller's object.
+        # No target for a caller's own PIL image: a draft() would shrink the caller's object.
         image = decode_image(headers[i], frames[i], None if headers[i] is frames[i] else (width, height))
         if image.size != (width, height):
             from PIL import Image
