@@ -186,6 +186,21 @@ def test_frame_list_video():
     assert video[0, :, 10, 10].tolist() == [0.0, 255.0, 128.0]
 
 
+def test_frame_list_leaves_the_callers_own_jpeg_images_unchanged(tmp_path):
+    """Frames given as opened (not yet decoded) PIL JPEGs are the caller's objects: no reduced-scale decoding may
+    shrink them, though their paths would be decoded at reduced scale (the target is under half the source)."""
+    paths = []
+    for i, frame in enumerate(_frames(4, (1600, 1200))):
+        frame.save(tmp_path / f"{i}.jpg", quality=90)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+    ele = {"sample_fps": 1.0, "max_pixels": 128 * 28 * 28}
+    opened = [Image.open(p) for p in paths]
+    from_images = fetch_video({"video": opened, **ele})
+    assert [im.size for im in opened] == [(1600, 1200)] * 4
+    from_paths = fetch_video({"video": paths, **ele})
+    assert from_images.shape == from_paths.shape and tuple(from_images.shape[-2:]) == (280, 392)
+
+
 def test_frame_list_errors():
     with pytest.raises(VisionInputError, match="sample_fps must be a positive number, got '1'"):
         fetch_video({"video": _frames(2), "sample_fps": "1"})
