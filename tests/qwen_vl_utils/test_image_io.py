@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen_vl_utils import VisionInputError, configure_http, fetch_image, http_config
+from qwen_vl_utils import VisionInputError, configure_http, fetch_image, http_config, process_vision_info
 from qwen_vl_utils.image_io import decode_image, open_image
 
 
@@ -323,3 +323,59 @@ print("PEAK_MB", peak // 1024)
     assert result.returncode == 0, result.stderr[-3000:]
     peak = int(result.stdout.split("PEAK_MB")[1])
     assert peak < 2048, f"peak RSS {peak} MB"
+
+
+def test_a_batch_reuses_freed_image_blocks_and_releases_them_at_the_end(tmp_path):
+    """Inside process_vision_info, the blocks of one decoded photo are handed to the next (PIL's block cache), and
+    the caller's setting (no cache) is back afterwards, with nothing left cached."""
+    from qwen_vl_utils.image_io import reuse_image_blocks
+
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"p{i}.jpg"
+        path.write_bytes(_jpeg_bytes(_photo(2400, 1800, seed=i)))
+        paths.append(str(path))
+    core = Image.core
+    core.set_blocks_max(0)
+    before = core.get_stats()
+    messages = [{"role": "user", "content": [{"type": "image", "image": p, "max_pixels": 200_000} for p in paths]}]
+    images, _ = process_vision_info(messages)
+    after = core.get_stats()
+    assert after["reused_blocks"] > before["reused_blocks"]  # the second and third photo took freed blocks
+    assert core.get_blocks_max() == 0 and after["blocks_cached"] == 0  # released, setting restored
+    alone = [fetch_image({"image": p, "max_pixels": 200_000}) for p in paths]
+    assert [np.asarray(a).tobytes() for a in images] == [np.asarray(a).tobytes() for a in alone]
+
+    # Nested and overlapping users share one setting; the last to leave restores the caller's own value.
+    core.set_blocks_max(3)
+    with reuse_image_blocks():
+        inside = core.get_blocks_max()
+        with reuse_image_blocks():
+            assert core.get_blocks_max() == inside
+        assert core.get_blocks_max() == inside
+    assert inside >= 16 and core.get_blocks_max() == 3
+    core.set_blocks_max(0)
+
+
+def test_local_batches_start_the_largest_item_first_and_keep_their_order(tmp_path, monkeypatch):
+    """Largest-first scheduling (network items and videos, then images by encoded size) with one thread per core
+    for local media; the results still come back in the conversation's order."""
+    from qwen_vl_utils import vision_process
+
+    small, big = tmp_path / "small.jpg", tmp_path / "big.jpg"
+    small.write_bytes(_jpeg_bytes(_photo(300, 200, seed=1)))
+    big.write_bytes(_jpeg_bytes(_photo(1600, 1200, seed=2)))
+    infos = [{"image": str(small)}, {"image": f"file://{big}"}, {"image": "https://example.com/x.jpg"},
+             {"video": str(small)}, {"image": big.read_bytes()}]  # fmt: skip
+    order = sorted(range(len(infos)), key=lambda i: vision_process._fetch_cost(infos[i]))
+    assert order == [2, 3, 1, 4, 0]  # remote and video first (input order), then by size (the two bigs tie)
+    monkeypatch.delenv("QWENVL_FETCH_WORKERS", raising=False)
+    cores = __import__("os").cpu_count() or 2
+    local = [{"image": str(small)}] * 20
+    assert vision_process._fetch_workers(local) == min(cores, 20)
+    assert vision_process._fetch_workers([*local, infos[2]]) == min(8, cores + 2)
+
+    monkeypatch.setenv("QWENVL_FETCH_WORKERS", "2")
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(p)} for p in (small, big, small, big)]}]
+    images, _ = process_vision_info(messages)
+    assert [im.size for im in images] == [fetch_image({"image": str(p)}).size for p in (small, big, small, big)]

@@ -452,6 +452,40 @@ def decode_gate() -> PixelGate:
         return _gate
 
 
+# PIL image blocks (16 MB each by default) kept for reuse while a batch is fetched: freed blocks of one photo are
+# handed to the next instead of going back to the OS and being faulted in (and zeroed) again, which was about an
+# eighth of the CPU time of 8 large photos (benchmarks/RESULTS.md). Bounded, and released when the batch ends.
+REUSE_BLOCKS_BYTES = 256 * 1024 * 1024
+_blocks_lock = threading.Lock()
+_blocks_users = 0
+_blocks_before = 0
+
+
+@contextlib.contextmanager
+def reuse_image_blocks() -> Iterator[None]:
+    """Let PIL cache up to ``REUSE_BLOCKS_BYTES`` of freed image blocks for the duration of the block (a batch);
+    nested and concurrent uses share one setting, and the caller's own setting is put back by the last to leave
+    (which frees the cached blocks when that setting is smaller)."""
+    global _blocks_users, _blocks_before
+    core = Image.core
+    if not (hasattr(core, "get_blocks_max") and hasattr(core, "set_blocks_max")):
+        yield
+        return
+    with _blocks_lock:
+        if _blocks_users == 0:
+            _blocks_before = core.get_blocks_max()
+            wanted = max(_blocks_before, REUSE_BLOCKS_BYTES // max(1, core.get_block_size()))
+            core.set_blocks_max(wanted)
+        _blocks_users += 1
+    try:
+        yield
+    finally:
+        with _blocks_lock:
+            _blocks_users -= 1
+            if _blocks_users == 0:
+                core.set_blocks_max(_blocks_before)
+
+
 _big_lock = threading.Lock()
 _big_pool: Any = None
 

@@ -17,6 +17,7 @@ from qwen_vl_utils.image_io import (
     configure_http,
     fetch_image,
     http_config,
+    reuse_image_blocks,
     to_rgb,
 )
 from qwen_vl_utils.resize import (
@@ -157,10 +158,46 @@ def extract_vision_info(conversations: list[dict] | list[list[dict]]) -> list[di
     return infos
 
 
-def _fetch_workers(n_items: int) -> int:
+def _is_remote(info: dict) -> bool:
+    source = info.get("video", info.get("image", info.get("image_url")))
+    if isinstance(source, dict):
+        source = source.get("url")
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+def _fetch_workers(infos: list[dict]) -> int:
+    """Threads for fetching ``infos``: one per core for local media (decoding is CPU-bound; more threads only
+    interleave the same work and hold more images at once), two more when some item waits on the network."""
     raw = os.environ.get("QWENVL_FETCH_WORKERS")
-    limit = int(raw) if raw else min(8, (os.cpu_count() or 2) + 2)
-    return max(1, min(limit, n_items))
+    cores = os.cpu_count() or 2
+    limit = int(raw) if raw else min(8, cores + 2 if any(_is_remote(info) for info in infos) else cores)
+    return max(1, min(limit, len(infos)))
+
+
+def _fetch_cost(info: dict) -> tuple[int, int]:
+    """Sort key, most work first: network items and videos (long, or waiting on I/O) lead, then images by their
+    encoded size on disk or in memory. Starting the big items first keeps every core busy to the end instead of
+    leaving one large photo alone on one core while the others idle (largest-first scheduling)."""
+    if "video" in info or _is_remote(info):
+        return (0, 0)
+    source = info.get("image", info.get("image_url"))
+    if isinstance(source, dict):
+        source = source.get("url")
+    size = 0
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        size = len(source)
+    elif isinstance(source, str) and not source.startswith("data:"):
+        path = source[len("file://") :] if source.startswith("file://") else source
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0  # fetch_image reports it
+    elif isinstance(source, str):
+        size = len(source) * 3 // 4
+    elif hasattr(source, "size") and isinstance(getattr(source, "size"), tuple):
+        width, height = source.size
+        size = width * height // 4  # a decoded photo, weighed like a JPEG of about 4:1
+    return (1, -size)
 
 
 def process_vision_info(
@@ -193,11 +230,14 @@ def process_vision_info(
             return_video_metadata=return_video_metadata,
         )
 
-    if len(infos) <= 1:
-        results = [fetch(info) for info in infos]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=_fetch_workers(len(infos))) as pool:
-            results = list(pool.map(fetch, infos))
+    with reuse_image_blocks():
+        if len(infos) <= 1:
+            results = [fetch(info) for info in infos]
+        else:
+            order = sorted(range(len(infos)), key=lambda i: _fetch_cost(infos[i]))
+            with concurrent.futures.ThreadPoolExecutor(max_workers=_fetch_workers(infos)) as pool:
+                futures = {i: pool.submit(fetch, infos[i]) for i in order}
+            results = [futures[i].result() for i in range(len(infos))]
 
     images, videos, fps_list = [], [], []
     for info, result in zip(infos, results):
