@@ -24,7 +24,7 @@ def vision(path: Path) -> list[str]:
     data = json.loads(path.read_text())
     lines = [
         f"{path.name}: {data['date']}, load {data['load_start']} -> {data['load_end']}, "
-        f"OMP_NUM_THREADS={data['omp_num_threads']}",
+        f"OMP_NUM_THREADS={data['omp_num_threads']}" + (f", corpus: {data['corpus']}" if "corpus" in data else ""),
         "",
         "| case | upstream s, median (min-max) | ours s, median (min-max) | speed-up | peak RSS MB upstream / ours "
         "(ratio) | output |",
@@ -146,6 +146,25 @@ def demo(path: Path) -> list[str]:
     return lines
 
 
+def photo_profile(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    cores = data["cores"]
+    lines = [
+        f"{path.name}: {data['date']}, load {data['load_start']} -> {data['load_end']}, one thread per process, "
+        f"{len(data['photos'])} photos, max_pixels {data['max_pixels']}",
+        "",
+        f"| side | CPU s, median (min-max) | JPEG decoding s | PIL resize s | PIL copies s | floor on {cores} cores s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in data["sides"].items():
+        med = {k: v[len(v) // 2] for k, v in row.items()}
+        lines.append(
+            f"| {name} | {med['cpu_s']:.3f} ({row['cpu_s'][0]:.3f}-{row['cpu_s'][-1]:.3f}) | {med['decode_s']:.3f} | "
+            f"{med['resize_s']:.3f} | {med['copy_s']:.3f} | {med['cpu_s'] / cores:.3f} |"
+        )
+    return lines
+
+
 def main() -> None:
     from qwenvl.cli import StrictParser
 
@@ -153,8 +172,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(HERE / "results"))
     args = parser.parse_args()
     root = Path(args.results)
-    for name, fn in (("vision.json", vision), ("vision_wide.json", vision), ("vision_300s_backends.json", vision),
-                     ("libs.json", libs), ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
+    for name, fn in (("vision.json", vision), ("vision_wide.json", vision), ("vision_wide_30s.json", vision),
+                     ("vision_300s_backends.json", vision), ("photo_profile.json", photo_profile), ("libs.json", libs), ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
         path = root / name
         if path.is_file():
             print("\n".join(fn(path)) + "\n")

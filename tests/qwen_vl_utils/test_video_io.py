@@ -279,11 +279,11 @@ def test_torchvision_backend_on_a_release_that_still_reads_video(videos):
 def test_pyav_skips_unneeded_non_reference_frames_without_changing_wanted_ones(videos, step):
     import av
 
-    from qwen_vl_utils.video_io import _decode_skipping, _frame_table
+    from qwen_vl_utils.video_io import _decode_skipping, _scan_packets
 
     with av.open(str(videos["plain"])) as container:
         stream = container.streams.video[0]
-        pts, _ = _frame_table(container, stream)
+        pts, _, _ = _scan_packets(container, stream)
         container.seek(pts[0], stream=stream)
         full = {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(stream)}
         wanted = set(pts[::step]) | {pts[-1]}

@@ -126,7 +126,7 @@ def inspect(args: argparse.Namespace) -> int:
 
     report = {
         "video": args.video,
-        "probe": asdict(probe),
+        "probe": {k: v for k, v in asdict(probe).items() if k not in ("frame_pts", "keyframes")},  # not the scan
         "budget": asdict(budget),
         "budget_source": source,
         "frames": plan.nframes,
