@@ -1,10 +1,11 @@
 """Where the CPU time of the 8-photo case goes, ours (draft on and off) beside upstream 0.0.14: one thread each.
 
-Each measurement is a fresh process that fetches the 8 photos of bench_vision.py's corpus once untimed, then once
-under cProfile, one photo after another on one thread (so the CPU seconds are the work itself, not the
-concurrency), and reports the call's CPU seconds and the part spent in JPEG decoding (PIL's ``ImagingDecoder.decode``),
-PIL's resize, and PIL's image copies. With both cores busy for the whole call, a 2-core machine cannot do the batch
-in less than half the CPU seconds: these figures are the floors that RESULTS.md compares the timed calls against.
+Each measurement is a fresh process that runs ``process_vision_info`` on the 8 photos of bench_vision.py's corpus
+once untimed, then once measured with one fetch thread (``QWENVL_FETCH_WORKERS=1``; upstream fetches one at a time
+anyway), so the CPU seconds are the work itself, not the concurrency; it reports the call's CPU seconds and the
+thread CPU time inside PIL's ``load`` (decoding), ``resize`` and ``copy`` (also behind ``convert``). With both
+cores busy for the whole call, a 2-core machine cannot do the batch in less than half the CPU seconds: these
+figures are the floors that RESULTS.md compares the timed calls against.
 
 Run (after ``bench_vision.py``, which builds the corpus and upstream's virtualenv)::
 
@@ -27,26 +28,34 @@ HERE = Path(__file__).resolve().parent
 MAX_PIXELS_8 = 1_003_520  # bench_vision.MAX_PIXELS_8
 
 WORKER = r"""
-import cProfile, json, pstats, sys, time
+import json, sys, threading, time
 paths, max_pixels = json.loads(sys.argv[1]), int(sys.argv[2])
-from qwen_vl_utils import fetch_image
-items = [{"type": "image", "image": p, "max_pixels": max_pixels} for p in paths]
-for item in items:
-    fetch_image(item)
-profile = cProfile.Profile()
+from PIL import Image, ImageFile
+spent = {"decode": 0.0, "resize": 0.0, "copy": 0.0}
+lock = threading.Lock()
+def timed(key, method):
+    def wrapper(*args, **kwargs):
+        start = time.thread_time()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            with lock:
+                spent[key] += time.thread_time() - start
+    return wrapper
+# The same PIL methods on both sides: load() decodes, resize() resamples, copy() is also what convert() calls
+# when the mode does not change. Thread CPU time, so a fetch thread's work counts wherever it runs.
+ImageFile.ImageFile.load = timed("decode", ImageFile.ImageFile.load)
+Image.Image.resize = timed("resize", Image.Image.resize)
+Image.Image.copy = timed("copy", Image.Image.copy)
+from qwen_vl_utils import process_vision_info
+messages = [{"role": "user", "content": [{"type": "image", "image": p, "max_pixels": max_pixels} for p in paths]}]
+process_vision_info(messages)
+for key in spent:
+    spent[key] = 0.0
 cpu = time.process_time()
-profile.enable()
-for item in items:
-    fetch_image(item)
-profile.disable()
+process_vision_info(messages)
 cpu = time.process_time() - cpu
-parts = {"decode": 0.0, "resize": 0.0, "copy": 0.0}
-for (_, _, name), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
-    for key, method in (("decode", "'decode' of 'ImagingDecoder'"), ("resize", "'resize' of 'ImagingCore'"),
-                        ("copy", "'copy' of 'ImagingCore'")):
-        if method in name:
-            parts[key] += tottime
-print(json.dumps({"cpu_s": cpu, **{f"{k}_s": v for k, v in parts.items()}}))
+print(json.dumps({"cpu_s": cpu, **{f"{k}_s": v for k, v in spent.items()}}))
 """
 
 
@@ -66,7 +75,7 @@ def main() -> None:
 
     photos = build_corpus(Path(args.corpus), quick=True)["photos"]
     upstream_python = str(ensure_upstream_venv())
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", QWENVL_FETCH_WORKERS="1")
     env.pop("PYTHONPATH", None)
     sides_spec = {
         "upstream": (upstream_python, {}),
