@@ -11,12 +11,16 @@ import logging
 import os
 from typing import Any
 
+from PIL import Image
+
 from qwen_vl_utils.image_io import (
     HttpConfig,
     VisionInputError,
     configure_http,
     fetch_image,
+    file_url_to_path,
     http_config,
+    image_source,
     reuse_image_blocks,
     to_rgb,
 )
@@ -158,10 +162,13 @@ def extract_vision_info(conversations: list[dict] | list[list[dict]]) -> list[di
     return infos
 
 
+def _source(info: dict) -> Any:
+    """What an item fetches: its video, or its image source (``image_source`` unwraps ``{"url": ...}``)."""
+    return info["video"] if "video" in info else image_source(info)
+
+
 def _is_remote(info: dict) -> bool:
-    source = info.get("video", info.get("image", info.get("image_url")))
-    if isinstance(source, dict):
-        source = source.get("url")
+    source = _source(info)
     return isinstance(source, str) and source.startswith(("http://", "https://"))
 
 
@@ -180,23 +187,20 @@ def _fetch_cost(info: dict) -> tuple[int, int]:
     leaving one large photo alone on one core while the others idle (largest-first scheduling)."""
     if "video" in info or _is_remote(info):
         return (0, 0)
-    source = info.get("image", info.get("image_url"))
-    if isinstance(source, dict):
-        source = source.get("url")
+    source = _source(info)
     size = 0
     if isinstance(source, (bytes, bytearray, memoryview)):
         size = len(source)
-    elif isinstance(source, str) and not source.startswith("data:"):
-        path = source[len("file://") :] if source.startswith("file://") else source
+    elif isinstance(source, Image.Image):
+        size = source.width * source.height // 4  # a decoded photo, weighed like a JPEG of about 4:1
+    elif isinstance(source, str) and source.startswith("data:"):
+        size = len(source) * 3 // 4
+    elif isinstance(source, (str, os.PathLike)):
+        path = file_url_to_path(source) if str(source).startswith("file://") else source
         try:
             size = os.path.getsize(path)
         except OSError:
             size = 0  # fetch_image reports it
-    elif isinstance(source, str):
-        size = len(source) * 3 // 4
-    elif hasattr(source, "size") and isinstance(getattr(source, "size"), tuple):
-        width, height = source.size
-        size = width * height // 4  # a decoded photo, weighed like a JPEG of about 4:1
     return (1, -size)
 
 
