@@ -77,7 +77,9 @@ sys.exit(code)
 
 
 def _probe(kind: str, target: str, *argv: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # This checkout's sources first, whichever checkout the packages were installed from.
+    paths = [ROOT / "qwen-vl-finetune", ROOT / "qwen-vl-utils" / "src", ROOT]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)))
     return subprocess.run(
         [sys.executable, "-c", PROBE.format(heavy=HEAVY), kind, target, *argv],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
@@ -199,3 +201,43 @@ def test_qwenvl_console_script(tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
     assert json.loads((tmp_path / "t" / "config.json").read_text())["model_type"] == "qwen2_vl"
+
+
+def test_train_flag_values_are_checked_before_heavy_imports():
+    """A value of the wrong kind is refused by the light parser in one line (torch and transformers not imported)."""
+    base = ["--output_dir", "x", "--dataset_use", "demo_images"]
+    cases = [
+        (["--learning_rate", "abc"], "--learning_rate/--learning-rate: invalid float value: 'abc'"),
+        (["--max_steps", "1.5"], "--max_steps/--max-steps: invalid int value: '1.5'"),
+        (["--bf16", "maybe"], "--bf16: invalid boolean (true/false) value: 'maybe'"),
+        (["--overlong", "cut"], "--overlong: invalid choice: 'cut'"),
+        (["--dataset_use", "colours%abc"], "'abc' after % is not a percentage; write colours%N"),
+        (["--dataset_use", "colours%0"], "'colours%0': the sampling percentage must be positive"),
+        (["--eval_dataset_use", "colours%x"], "--eval_dataset_use 'colours%x': 'x' after % is not a percentage"),
+    ]
+    for flags, expected in cases:
+        result = _probe("module", "qwenvl.train.train_qwen", *base, *flags)
+        assert result.returncode == 2, result.stderr[-2000:]
+        err = result.stderr[: result.stderr.rindex("HEAVY=")]
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        assert result.stderr.rstrip().endswith("HEAVY="), f"{flags}: heavy modules imported before the check"
+
+
+def test_train_boolean_flags_accept_the_bare_form(tmp_path):
+    from qwenvl.train.arguments import parse_args
+
+    model_args, data_args, args = parse_args(["--output_dir", str(tmp_path), "--dataset_use", "demo_images",
+                                              "--use_cpu", "--tune_mm_vision", "--data_packing", "--bf16",
+                                              "--tune_mm_llm", "false", "--report_to", "none"])  # fmt: skip
+    assert model_args.tune_mm_vision is True and model_args.tune_mm_llm is False
+    assert data_args.data_packing is True and args.bf16 is True and args.use_cpu is True
+
+
+def test_train_help_shows_value_kinds_and_single_percent_signs():
+    result = _probe("module", "qwenvl.train.train_qwen", "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert "[V ...]" not in text and "%%" not in text
+    for shown in ("--learning_rate FLOAT", "--max_steps INT", "--bf16 [BOOL]", "--tune_mm_vision [BOOL]",
+                  "--overlong {error,skip,truncate_text}", "name%N samples N%", "--report_to VALUE [VALUE ...]"):  # fmt: skip
+        assert shown in text, shown

@@ -222,14 +222,16 @@ OURS = (ModelArguments, DataArguments, QwenTrainingFields)
 
 
 def light_parser(prog: str | None = None) -> StrictParser:
-    """A parser that knows every flag's name (and help) without importing transformers: values are taken as text
-    and parsed for real afterwards."""
+    """A parser that knows every flag's name, help and value kind without importing transformers: a value of the
+    wrong kind (``--learning_rate abc``, ``--bf16 maybe``) is refused here, in well under two seconds. Values stay
+    text (:func:`canonical_argv` hands them to transformers' parser, which builds the dataclasses)."""
     parser = StrictParser(
         prog=prog,
         usage="%(prog)s [--config YAML] --model_name_or_path M --dataset_use D --output_dir OUT [flags]",
         description="Fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) with the HF Trainer."
         "\n\nRun: torchrun --nproc_per_node N qwenvl/train/train_qwen.py "
-        "--model_name_or_path ... --dataset_use ... --output_dir ...  (or qwenvl train recipe.yaml)",
+        "--model_name_or_path ... --dataset_use ... --output_dir ...  (or qwenvl train recipe.yaml)"
+        "\n\nA boolean flag alone means True (--bf16 is --bf16 True).",
     )
     parser.add_argument("--config", metavar="YAML", help="read flags from a YAML file (command-line flags win)")
     ours: set[str] = set()
@@ -239,22 +241,98 @@ def light_parser(prog: str | None = None) -> StrictParser:
             ours.add(f.name)
             default = f.default if f.default is not MISSING else None
             text = f.metadata.get("help", "") + (f" (default {default})" if default not in (None, "") else "")
-            _add_flag(group, f.name, text.replace("%", "%%") if "%%" not in text else text, default is True)
+            _add_flag(group, f.name, str(f.type), text, default is True)
     group = parser.add_argument_group("training (transformers.TrainingArguments)")
     for name, annotation, default, help_text in _transformers_training_fields():
         if name in ours:
             continue
         text = " ".join(help_text.split()) + (f" (default {default})" if default not in (None, "") else "")
-        _add_flag(group, name, text.replace("%", "%%"), default is True and annotation.startswith("bool"))
+        _add_flag(group, name, annotation, text, default is True and annotation.startswith("bool"))
     return parser
 
 
-def _add_flag(group: Any, name: str, help_text: str, bool_default_true: bool) -> None:
+def _escape_percent(text: str) -> str:
+    """Help text for argparse, which %-formats it: every ``%`` doubled once (transformers' help is already
+    escaped for its own parser, ours is not)."""
+    return text.replace("%%", "%").replace("%", "%%")
+
+
+_TRUE = ("yes", "true", "t", "y", "1")
+_FALSE = ("no", "false", "f", "n", "0")
+
+
+def _checker(kind: str, check: Any) -> Any:
+    """An argparse ``type`` that refuses a value ``check`` refuses and keeps the text; named ``kind`` so argparse's
+    message reads ``invalid float value: 'abc'``."""
+
+    def convert(text: str) -> str:
+        check(text)
+        return text
+
+    convert.__name__ = kind
+    return convert
+
+
+def _check_bool(text: str) -> None:
+    if text.lower() not in _TRUE + _FALSE:
+        raise ValueError(text)
+
+
+def _value_kind(annotation: str) -> tuple[str, Any, Any]:
+    """``(metavar, argparse type, choices)`` of a field from its annotation text (``"float | None"``,
+    ``"Literal['a', 'b']"``, ``"IntervalStrategy | str"``); anything that admits text is taken as text."""
+    if annotation.startswith("Optional[") and annotation.endswith("]"):
+        annotation = annotation[len("Optional[") : -1]
+    parts = {p.strip() for p in annotation.split("|")} - {"None"}
+    if len(parts) == 1 and next(iter(parts)).startswith("Literal["):
+        choices = ast.literal_eval("[" + next(iter(parts))[len("Literal[") : -1] + "]")
+        return "{" + ",".join(map(str, choices)) + "}", None, choices
+    if parts == {"bool"}:
+        return "BOOL", _checker("boolean (true/false)", _check_bool), None
+    if parts == {"int"}:
+        return "INT", _checker("int", int), None
+    if parts <= {"int", "float"} and parts:
+        return "FLOAT", _checker("float", float), None
+    if any(p.startswith("dict") for p in parts):
+        return "JSON_OR_PATH", None, None
+    return "VALUE", None, None
+
+
+def _add_flag(group: Any, name: str, annotation: str, help_text: str, bool_default_true: bool) -> None:
     options = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    group.add_argument(*options, dest=name, nargs="*", metavar="V", help=help_text)
+    metavar, kind, choices = _value_kind(annotation)
+    kwargs: dict[str, Any] = {"dest": name, "metavar": metavar, "help": _escape_percent(help_text)}
+    if kind is not None:
+        kwargs["type"] = kind
+    if choices is not None:
+        kwargs["choices"] = [str(c) for c in choices]
+    if metavar == "BOOL":
+        kwargs.update(nargs="?", const="True")  # a bare --flag means True, for every boolean flag
+    elif any("list[" in p for p in annotation.split("|")):
+        kwargs["nargs"] = "+"
+    group.add_argument(*options, **kwargs)
     if bool_default_true:  # transformers' parser adds --no_<flag> for booleans that default to True
         group.add_argument(f"--no_{name}", f"--no-{name.replace('_', '-')}", dest=f"no_{name}",
                            action="store_const", const=True, help=argparse.SUPPRESS)  # fmt: skip
+
+
+def canonical_argv(parser: StrictParser, seen: argparse.Namespace) -> list[str]:
+    """The flags ``seen`` holds, as ``--name value`` pairs for transformers' parser (the last occurrence of a flag
+    has won; a bare boolean flag has become ``True``)."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if action.dest in ("help", "config") or not action.option_strings:
+            continue
+        value = getattr(seen, action.dest, None)
+        if value is None:
+            continue
+        if action.dest.startswith("no_") and value is True and action.nargs == 0:
+            argv.append(f"--{action.dest}")
+        elif isinstance(value, list):
+            argv += [f"--{action.dest}", *value]
+        else:
+            argv += [f"--{action.dest}", value]
+    return argv
 
 
 PATH_KEYS = ("deepspeed", "dataset_registry")
@@ -365,6 +443,15 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[
         light.error("--output_dir is required (checkpoints, logs and the final model go there)")
     if seen.base_interval is not None:
         logger.warning("--base_interval is accepted for upstream's scripts and ignored (frames follow --video_fps)")
+    from qwenvl.data.registry import parse_dataset_use
+
+    for flag in ("dataset_use", "eval_dataset_use"):
+        try:
+            if getattr(seen, flag):
+                parse_dataset_use(getattr(seen, flag))
+        except UserError as e:
+            light.error(str(e).replace("--dataset_use", f"--{flag}"))
+    argv = canonical_argv(light, seen)
 
     import transformers
 
