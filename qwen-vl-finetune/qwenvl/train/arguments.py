@@ -42,7 +42,8 @@ class ModelArguments:
         metadata={"help": "train the merger incl. Qwen3-VL deepstack mergers fully (default: True without LoRA)"},
     )
     tune_mm_llm: bool | None = field(
-        default=None, metadata={"help": "train the LLM fully (default: True without LoRA; not allowed with LoRA)"}
+        default=None,
+        metadata={"help": "train the LLM fully (default: True without LoRA; with LoRA ignored, the adapters train it)"},
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = field(
         default="auto", metadata={"help": "auto = flash_attention_2 when installed and on GPU, else sdpa"}
@@ -134,10 +135,12 @@ def resolve_components(model_args: ModelArguments, training_args: Any) -> None:
     """Fill the tune_* defaults and check every cross-flag rule, naming the flags (before any weights load)."""
     lora = training_args.lora_enable
     if lora and model_args.tune_mm_llm:
-        raise UserError(
-            "--tune_mm_llm True and --lora_enable True both train the LLM; drop --tune_mm_llm (LoRA trains the LLM) "
-            "or drop --lora_enable for a full fine-tune"
+        # Upstream's sft_30a3b_lora.sh passes both; upstream ignores the tune flags under LoRA.
+        logger.warning(
+            "--tune_mm_llm True with --lora_enable True: the LLM trains through its LoRA adapters, its base weights "
+            "stay frozen (as upstream does); drop --lora_enable for a full fine-tune of the LLM"
         )
+        model_args.tune_mm_llm = False
     if model_args.tune_mm_vision is None:
         model_args.tune_mm_vision = False
     if model_args.tune_mm_mlp is None:
@@ -387,6 +390,78 @@ def config_file_args(argv: list[str], known: list[str] | None = None) -> list[st
     return expanded + argv[:i] + argv[i + 2 :]
 
 
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator that transformers would train on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def choose_cpu_settings(args: Any) -> None:
+    """On a machine without a GPU, train on the CPU unasked: ``--use_cpu True``, and ``--bf16`` / ``--fp16``
+    (the recipes' GPU precision) off, so training runs in float32, with one warning naming what changed. Without it
+    transformers refuses bf16, and under torchrun DeepSpeed counts the ranks differently from accelerate (a
+    batch-size AssertionError). ``--use_cpu True --bf16 True`` given explicitly is left as it is."""
+    if args.use_cpu or has_accelerator():
+        return
+    args.use_cpu = True
+    changed = ["--use_cpu True"]
+    for flag in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
+        if getattr(args, flag, False):
+            setattr(args, flag, False)
+            changed.append(f"--{flag} False")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
+        logger.warning(
+            "no GPU found: training on the CPU in float32 (%s); pass --use_cpu True --bf16 True to train in bf16 on "
+            "a CPU that supports it", ", ".join(changed),
+        )  # fmt: skip
+
+
+def prepare_single_process_launch(deepspeed: Any) -> None:
+    """DeepSpeed started without a launcher (``qwenvl train recipe.yaml`` on one GPU or CPU) looks for MPI unless
+    the launcher's variables are set; set those of a one-process job (rank 0 of 1, a free local port)."""
+    import os
+
+    if not deepspeed or any(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    logger.info("DeepSpeed without a launcher: one process (rank 0 of 1, port %d)", port)
+
+
+# --report_to names (transformers' integrations) and the module each needs.
+REPORTERS = {
+    "wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
+    "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio",
+    "codecarbon": "codecarbon", "azure_ml": "azureml", "flyte": "flytekit", "dagshub": "dagshub",
+}  # fmt: skip
+
+
+def missing_reporters(report_to: list[str] | str) -> list[tuple[str, str]]:
+    """``(name, package)`` of each ``--report_to`` integration whose package is not installed (transformers would
+    raise a RuntimeError when the Trainer is built)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    missing = []
+    for name in names:
+        module = REPORTERS.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            if name != "tensorboard" or importlib.util.find_spec("tensorboardX") is None:
+                missing.append((name, module))
+    return missing
+
+
 _TRAINING_CLASS: type | None = None
 
 
@@ -400,6 +475,7 @@ def training_arguments_class() -> type:
     import transformers
 
     def __post_init__(self) -> None:
+        choose_cpu_settings(self)
         if self.warmup_ratio is not None:
             if not 0.0 <= self.warmup_ratio < 1.0:
                 raise UserError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -428,10 +504,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[Any, Any, Any]:
+def parse_args(
+    argv: list[str] | None = None, prog: str | None = None, launch: bool = False
+) -> tuple[Any, Any, Any]:
     """Parse flags (and ``--config``) into ``(ModelArguments, DataArguments, TrainingArguments)`` and run the
     cross-flag checks. Usage mistakes exit with status 2 and one line naming the fix (before transformers is
-    imported); a value that fails a check raises :class:`UserError`."""
+    imported); a value that fails a check raises :class:`UserError`. ``launch`` (training itself, not a check of
+    flags) also sets the environment a launcher would for a one-process DeepSpeed run, before the arguments set up
+    the devices."""
     light = light_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -441,6 +521,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[
     seen = light.parse_args(argv)
     if not seen.output_dir:
         light.error("--output_dir is required (checkpoints, logs and the final model go there)")
+    if Path(seen.output_dir).exists() and not Path(seen.output_dir).is_dir():
+        light.error(f"--output_dir {seen.output_dir} is a file; give a folder")
+    missing = missing_reporters(seen.report_to or [])
+    if missing:
+        name, package = missing[0]
+        light.error(f"--report_to {name} needs the {package} package: pip install {package}, or pass --report_to none")
     if seen.base_interval is not None:
         logger.warning("--base_interval is accepted for upstream's scripts and ignored (frames follow --video_fps)")
     from qwenvl.data.registry import parse_dataset_use
@@ -452,6 +538,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[
         except UserError as e:
             light.error(str(e).replace("--dataset_use", f"--{flag}"))
     argv = canonical_argv(light, seen)
+    if launch:
+        prepare_single_process_launch(seen.deepspeed)
 
     import transformers
 
