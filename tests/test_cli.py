@@ -241,3 +241,27 @@ def test_train_help_shows_value_kinds_and_single_percent_signs():
     for shown in ("--learning_rate FLOAT", "--max_steps INT", "--bf16 [BOOL]", "--tune_mm_vision [BOOL]",
                   "--overlong {error,skip,truncate_text}", "name%N samples N%", "--report_to VALUE [VALUE ...]"):  # fmt: skip
         assert shown in text, shown
+
+
+def test_output_folders_that_are_files_and_missing_reporters_end_in_one_line(tmp_path):
+    import importlib.util
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    base = ["--dataset_use", "demo_images"]
+    result = _probe("module", "qwenvl.train.train_qwen", *base, "--output_dir", str(a_file))
+    err = result.stderr[: result.stderr.rindex("HEAVY=")]
+    assert result.returncode == 2 and f"--output_dir {a_file} is a file; give a folder" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    result = _probe("module", "qwenvl.train.merge_lora", "--adapter", str(tmp_path), "--out", str(a_file))
+    err = result.stderr[: result.stderr.rindex("HEAVY=")]
+    assert result.returncode == 2 and f"--out {a_file} is a file; give a folder" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here: --report_to wandb is valid")
+    result = _probe("module", "qwenvl.train.train_qwen", *base, "--output_dir", str(tmp_path / "o"),
+                    "--report_to", "wandb")  # fmt: skip
+    err = result.stderr[: result.stderr.rindex("HEAVY=")]
+    assert result.returncode == 2, err
+    assert "--report_to wandb needs the wandb package: pip install wandb, or pass --report_to none" in err, err
+    assert len(err.strip().splitlines()) <= 2 and result.stderr.rstrip().endswith("HEAVY=")
