@@ -265,3 +265,25 @@ def test_output_folders_that_are_files_and_missing_reporters_end_in_one_line(tmp
     assert result.returncode == 2, err
     assert "--report_to wandb needs the wandb package: pip install wandb, or pass --report_to none" in err, err
     assert len(err.strip().splitlines()) <= 2 and result.stderr.rstrip().endswith("HEAVY=")
+
+
+def test_a_user_error_under_torchrun_is_said_once_and_shown_in_torchruns_report():
+    """Both ranks refuse the flag; the line is printed once, then how to read torchrun's report, which names the
+    error instead of "To enable traceback see ..." (torchrun raises ChildFailedError for any failed worker)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [ROOT / "qwen-vl-finetune", ROOT / "qwen-vl-utils" / "src", ROOT]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         "-m", "qwenvl.train.train_qwen", "--output_dir", "x", "--dataset_use", "demo_images", "--learning_rate", "abc"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode != 0
+    error = "train_qwen.py: error: argument --learning_rate/--learning-rate: invalid float value: 'abc'"
+    lines = result.stderr.splitlines()
+    assert lines[0] == error and lines[2].startswith("(torchrun's ChildFailedError report that follows only"), lines[:4]
+    assert sum(line == error for line in lines) == 1, result.stderr
+    assert sum(line.strip() == f"traceback : {error}" for line in lines) == 2, result.stderr
+    assert "To enable traceback see" not in result.stderr

@@ -92,10 +92,7 @@ class StrictParser(argparse.ArgumentParser):
         self.exit(2)
 
 
-TORCHRUN_NOTE = (
-    "(torchrun's ChildFailedError report that follows only repeats that this process exited with status {code}; "
-    "the error is the line above)"
-)
+TORCHRUN_NOTE = "(torchrun's ChildFailedError report that follows only repeats this error: exit status {code})"
 
 
 def report_error(text: str, code: int = 2) -> None:
@@ -106,6 +103,7 @@ def report_error(text: str, code: int = 2) -> None:
     import os
 
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    _write_elastic_error_file(text)
     if under_torchrun and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         import hashlib
         import tempfile
@@ -121,6 +119,24 @@ def report_error(text: str, code: int = 2) -> None:
             pass
     lines = [text] + ([TORCHRUN_NOTE.format(code=code)] if under_torchrun else [])
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _write_elastic_error_file(text: str) -> None:
+    """torchrun gives each worker an error file (``TORCHELASTIC_ERROR_FILE``); what is written there is what its
+    failure report shows for this rank instead of "To enable traceback see: ..."."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": {"message": text, "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+    except OSError:
+        pass
 
 
 def run_tool(body: Callable[[], int | None]) -> int:
