@@ -287,3 +287,14 @@ def test_a_user_error_under_torchrun_is_said_once_and_shown_in_torchruns_report(
     assert sum(line == error for line in lines) == 1, result.stderr
     assert sum(line.strip() == f"traceback : {error}" for line in lines) == 2, result.stderr
     assert "To enable traceback see" not in result.stderr
+
+
+def test_train_flags_keep_their_value_kinds_after_a_parse(tmp_path):
+    """transformers' parser rewrites the dataclass fields' types when it parses; a second parse in the same process
+    (quickstart, tests, a notebook) must still know which flags are booleans."""
+    from qwenvl.train.arguments import parse_args
+
+    flags = ["--output_dir", str(tmp_path), "--dataset_use", "demo_images", "--use_cpu", "--report_to", "none"]
+    parse_args(flags)
+    _, data_args, _ = parse_args([*flags, "--data_packing"])
+    assert data_args.data_packing is True

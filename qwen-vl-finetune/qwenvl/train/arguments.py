@@ -244,7 +244,7 @@ def light_parser(prog: str | None = None) -> StrictParser:
             ours.add(f.name)
             default = f.default if f.default is not MISSING else None
             text = f.metadata.get("help", "") + (f" (default {default})" if default not in (None, "") else "")
-            _add_flag(group, f.name, str(f.type), text, default is True)
+            _add_flag(group, f.name, _annotation_text(dtype, f), text, default is True)
     group = parser.add_argument_group("training (transformers.TrainingArguments)")
     for name, annotation, default, help_text in _transformers_training_fields():
         if name in ours:
@@ -252,6 +252,15 @@ def light_parser(prog: str | None = None) -> StrictParser:
         text = " ".join(help_text.split()) + (f" (default {default})" if default not in (None, "") else "")
         _add_flag(group, name, annotation, text, default is True and annotation.startswith("bool"))
     return parser
+
+
+def _annotation_text(dtype: type, f: Any) -> str:
+    """A field's annotation as written (``"bool | None"``): transformers' parser replaces ``Field.type`` with the
+    resolved type once it has parsed, so the class's own annotations are read first."""
+    annotation = dtype.__dict__.get("__annotations__", {}).get(f.name, f.type)
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 def _escape_percent(text: str) -> str:

@@ -165,6 +165,8 @@ def reached_end(folder: str | Path, max_steps: int, num_train_epochs: float) -> 
     """Whether the checkpoint ``folder`` is the end of a run with these ``--max_steps`` / ``--num_train_epochs``
     (``max_steps`` wins when positive, as in transformers). Resuming from it would train past the end: transformers
     checks the step limit only after a step."""
+    if not (Path(folder) / "trainer_state.json").is_file():
+        return False  # not ours to judge: transformers says what is missing when it resumes
     step, epoch = checkpoint_step(folder)
     if max_steps > 0:
         return step >= max_steps
