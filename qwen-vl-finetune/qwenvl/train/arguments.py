@@ -5,9 +5,11 @@ named like the flags; flags given on the command line win over the file.
 
 Flags are checked in two steps, so that ``--help`` and usage mistakes answer in well under two seconds: a light
 parser that knows every flag name (ours, and transformers' ``TrainingArguments`` read from its source without
-importing it) refuses abbreviations and unknown flags or YAML keys, naming the closest valid flag; only then is
-transformers imported and the values parsed into the dataclasses. ``TrainingArguments`` (transformers' class plus
-our fields) is therefore built on first use.
+importing it) refuses abbreviations and unknown flags or YAML keys, naming the closest valid flag, and values of
+the wrong kind (a number, a boolean, a choice, a ``name%N`` percentage); only then is transformers imported and the
+values parsed into the dataclasses. Every boolean flag also takes the bare form (``--bf16`` = ``--bf16 True``).
+``TrainingArguments`` (transformers' class plus our fields) is therefore built on first use. Without a GPU it
+chooses the CPU settings unasked (:func:`choose_cpu_settings`).
 """
 
 from __future__ import annotations
