@@ -146,7 +146,6 @@ def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dic
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     transformers.set_seed(training_args.seed)  # before LoRA init, which Trainer would leave unseeded
-    _init_deepspeed_comm(training_args)
     try:
         os.makedirs(training_args.output_dir, exist_ok=True)
     except OSError as e:
@@ -164,6 +163,7 @@ def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dic
         return _run_complete(Path(resume), training_args)
     if resume is not None and training_args.resume_from_checkpoint is None:
         logger.warning("found %s: resuming from it (pass a new --output_dir to start over)", resume)
+    _init_deepspeed_comm(training_args)
 
     family = read_family(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
