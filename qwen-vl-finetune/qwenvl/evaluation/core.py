@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from qwenvl.model.families import FAMILIES
+
 
 THINK_END = "</think>"
 
@@ -220,7 +222,7 @@ def merge_outputs(output: Path, num: int) -> int:
 # ----------------------------------------------------------------------------------------------- flags
 
 
-FAMILY_CHOICES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
+FAMILY_CHOICES = sorted(FAMILIES)
 DECODING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty")
 
 

@@ -229,7 +229,10 @@ def to_original(box: list[float], record: dict[str, Any], coords: str) -> list[f
     """``x1, y1, x2, y2`` in the original image's pixels."""
     w, h = record["width"], record["height"]
     if coords == "auto":
-        coords = "absolute" if record.get("family") == "qwen2_5_vl" else "relative"
+        from qwenvl.model.families import FAMILIES
+
+        family = FAMILIES.get(record.get("family", ""))
+        coords = "absolute" if family is not None and family.box_coords == "resized_pixels" else "relative"
     if coords == "relative":
         sx, sy = w / 1000, h / 1000
     else:
