@@ -16,7 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "examples").glob("*.yaml"))
-FAMILY = {"qwen2vl": "qwen2_vl", "qwen2_5vl": "qwen2_5_vl", "qwen3vl_moe": "qwen3_vl_moe", "qwen3vl": "qwen3_vl"}
+# Longest prefix first: qwen3_5_moe_lora is a Qwen3.5-MoE recipe, not a Qwen3.5 one.
+FAMILY = {"qwen2vl": "qwen2_vl", "qwen2_5vl": "qwen2_5_vl", "qwen3vl_moe": "qwen3_vl_moe", "qwen3vl": "qwen3_vl",
+          "qwen3_5_moe": "qwen3_5_moe", "qwen3_5": "qwen3_5"}  # fmt: skip
 
 
 def _family(recipe: Path) -> str:
@@ -59,7 +61,7 @@ def test_recipe_runs_two_steps_on_cpu(recipe, tiny_checkpoints, tmp_path):
     from qwenvl.train.train_qwen import train
 
     overrides = _cpu_overrides(tiny_checkpoints[_family(recipe)], tmp_path)
-    if "packing" in recipe.stem:
+    if "packing" in recipe.stem or "data_packing: true" in recipe.read_text():
         overrides += ["--max_packed_tokens", "2048"]
     metrics = train([str(recipe), *overrides])
     assert metrics["train_runtime"] > 0

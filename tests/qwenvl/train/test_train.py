@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
 
+from qwenvl.model.families import FAMILIES
 from qwenvl.model.freeze import component_of, set_trainable, trainable_summary
 from qwenvl.model.preprocessing import load_preprocessing
 from qwenvl.train.arguments import parse_args
