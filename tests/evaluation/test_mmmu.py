@@ -773,3 +773,22 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
         judged = {q["id"]: q for q in report["judged_questions"]}
         assert judged["validation_Math_1"]["judge"] == "A" and judged["validation_Math_1"]["correct"]
         assert report["judge"]["rechecked"] == 5
+
+
+@pytest.mark.slow
+def test_infer_and_eval_on_a_thinking_qwen3_5_checkpoint(tiny_checkpoints, tmp_path):
+    """MMMU on a tiny Qwen3.5 (linear attention, thinking template) with the hf backend: every question answered,
+    the prompt opens the reasoning as the chat template does, and eval scores the text after ``</think>``."""
+    data = tmp_path / "mmmu"
+    rows = _make_dataset(data)
+    results = tmp_path / "results.jsonl"
+    out = _run("infer", "--model-path", str(tiny_checkpoints["qwen3_5"]), "--data-dir", str(data),
+               "--output-file", str(results), "--subjects", "art,math,phys", "--max-new-tokens", "6")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == sorted(r["id"] for r in rows)
+    manifest = json.loads((tmp_path / "results.jsonl.manifest.json").read_text())
+    assert manifest["backend"] == "hf" and manifest["model_path"].endswith("qwen3_5")
+    scored = _run("eval", "--input-file", str(results), "--output-file", str(tmp_path / "score.json"))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads((tmp_path / "score.json").read_text())["overall"]["num"] == len(rows)

@@ -22,12 +22,7 @@ from typing import Any, Callable, Iterator
 from qwenvl.model.families import FAMILIES
 
 
-THINK_END = "</think>"
-
-
-def strip_reasoning(text: str) -> str:
-    """The answer after the last ``</think>`` (reasoning models), stripped."""
-    return text.split(THINK_END)[-1].strip()
+from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: E402,F401 - the benchmarks' answer extraction
 
 
 # ----------------------------------------------------------------------------------------------- results file

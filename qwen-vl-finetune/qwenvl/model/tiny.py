@@ -242,6 +242,7 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
         # full-attention layer), partial rotary embeddings on a quarter of each head; no DeepStack.
         text.update(
             num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
             head_dim=head_dim,
             linear_num_key_heads=2,
             linear_num_value_heads=4,
