@@ -122,7 +122,6 @@ def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     from qwenvl.cli import StrictParser
-
     from qwenvl.model.families import FAMILIES
 
     parser = StrictParser(description=__doc__)

@@ -19,10 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from qwenvl.model.families import FAMILIES
-
-
 from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: E402,F401 - the benchmarks' answer extraction
+from qwenvl.model.families import FAMILIES
 
 
 # ----------------------------------------------------------------------------------------------- results file
