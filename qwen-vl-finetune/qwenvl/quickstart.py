@@ -114,7 +114,9 @@ def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple
         ]
         # A thinking family first closes its (empty) think block: a few more tokens.
         tokens = 12 if backend.family.thinks_by_default else 4
-        answers += [strip_reasoning(a) for a in backend.generate(conversations, GenerationSettings(max_new_tokens=tokens))]
+        answers += [
+            strip_reasoning(a) for a in backend.generate(conversations, GenerationSettings(max_new_tokens=tokens))
+        ]
     gold = [r["conversations"][1]["value"] for r in records]
     correct = sum(a.strip().lower().rstrip(".") == g for a, g in zip(answers, gold))
     return correct / len(records), answers
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     from qwenvl.model.families import FAMILIES
 
     parser = StrictParser(description=__doc__)
-    parser.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILIES), help="model family of the tiny model")
+    parser.add_argument(
+        "--family", default="qwen3_vl", choices=sorted(FAMILIES), help="model family of the tiny model"
+    )
     parser.add_argument("--out", default="runs/quickstart", help="working folder (reused: training resumes)")
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--eval-size", type=int, default=96)

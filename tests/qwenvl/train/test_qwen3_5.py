@@ -111,7 +111,7 @@ def test_full_packed_training_two_steps(tiny_checkpoints, tmp_path, family):
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     reloaded = AutoModelForImageTextToText.from_pretrained(out)
-    assert reloaded.config.text_config.layer_types[:3] == ["linear_attention"] * 3
+    assert {"linear_attention", "full_attention"} == set(reloaded.config.text_config.layer_types)
 
 
 @pytest.mark.slow

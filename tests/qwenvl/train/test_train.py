@@ -233,10 +233,12 @@ def test_sigkill_and_resume_reaches_the_same_loss(tiny_checkpoints, tmp_path):
 
 
 @pytest.mark.slow
-def test_main_job_learns(tmp_path):
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_main_job_learns(tmp_path, family):
     """The README's first command, on a smaller dataset: held-out accuracy must reach 90%."""
     result = subprocess.run(
-        [sys.executable, "-m", "qwenvl.quickstart", "--out", str(tmp_path), "--train-size", "320", "--eval-size", "48"],
+        [sys.executable, "-m", "qwenvl.quickstart", "--family", family, "--out", str(tmp_path), "--train-size", "320",
+         "--eval-size", "48"],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
