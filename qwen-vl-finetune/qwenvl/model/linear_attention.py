@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import types
 from typing import Any
 
@@ -53,7 +54,11 @@ def sample_segments(text_positions: torch.Tensor) -> list[list[tuple[int, int]]]
 
 
 def kernels_available() -> bool:
-    """Whether flash-linear-attention and causal-conv1d are installed (transformers then uses them on CUDA)."""
+    """Whether flash-linear-attention and causal-conv1d are installed (transformers then uses them on CUDA), unless
+    ``QWENVL_LINEAR_ATTENTION_KERNELS=0`` asks for the per-sample path (to compare the two, as
+    scripts/gpu_check.sh does)."""
+    if os.environ.get("QWENVL_LINEAR_ATTENTION_KERNELS", "1") == "0":
+        return False
     return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("causal_conv1d") is not None
 
 
@@ -125,6 +130,11 @@ class PackedLinearAttention:
             return torch.cat(rows, dim=0)
 
         return forward
+
+    @staticmethod
+    def kernels_usable() -> bool:
+        """Whether packed rows on CUDA go to the kernels (see :func:`kernels_available`)."""
+        return kernels_available()
 
     @staticmethod
     def kernel_kwargs(row: list[tuple[int, int]], device: torch.device) -> dict[str, torch.Tensor]:
