@@ -133,8 +133,9 @@ class OutputLock:
     another relative path) is stopped too. The lock file is removed on exit while still held; a process that opened
     it just before sees, once it holds the lock, that the path no longer names its file and takes a new one."""
 
-    def __init__(self, output: Path) -> None:
-        self.output = output
+    def __init__(self, output: Path, given: Path | None = None) -> None:
+        """``given``: the name the user gave for ``output`` (a symlink, say), for messages."""
+        self.output = given or output
         real = Path(os.path.realpath(output))
         self.path = real.with_name(real.name + ".lock")
         self.fd: int | None = None
@@ -404,8 +405,9 @@ def run_infer(args: argparse.Namespace, task: Task) -> int:
             return merge_outputs(output, args.data_parallel_size)
         num, index = shards.shard_from_env(args.num_shards, args.shard_index)
         # The file itself, not a symlink to it: its lock and manifest are the same whichever way it is named.
-        path = Path(os.path.realpath(shards.shard_path(output, num, index)))
-        with OutputLock(path):
+        given = shards.shard_path(output, num, index)
+        path = Path(os.path.realpath(given))
+        with OutputLock(path, given):
             code = _infer(args, task, path, num, index)
     except BaseException:
         remove_empty_folders(created)  # a failed run leaves no empty folders behind
@@ -508,6 +510,9 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
                 progress.update(len(batch))
             batch = []
     except BaseException:
+        if progress:
+            progress.close()  # before the note, which would otherwise share the bar's line
+            progress = None
         if count == 0:  # this run's manifest entry would describe no answer: put back what was there
             if before is None:
                 manifest.unlink(missing_ok=True)
