@@ -793,7 +793,9 @@ def test_a_subject_missing_from_the_data_is_named_with_the_subjects_present(tmp_
                       "answer": "A", "category": "Art", "split": "validation", "image": _b64(_png(), "PNG")}])  # fmt: skip
     for source, has in ((tmp_path / "hub", "Art, Math"), (tmp_path / "mirror", "Art, Math"), (tsv, "Art")):
         for subjects in (["Physics"], ["Art", "Physics"]):
-            with pytest.raises(DataError, match=rf"Physics is not in {source} \(split 'validation'\), which has {has};"):
+            with pytest.raises(
+                DataError, match=rf"Physics is not in {source} \(split 'validation'\), which has {has};"
+            ):
                 list(iter_questions(str(source), "validation", subjects, images=False))
     # From the command line: one line, exit 2, before any server is asked.
     code = main(["infer", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--data-dir",
