@@ -395,23 +395,18 @@ def run_infer(args: argparse.Namespace, task: Task) -> int:
     if args.backend == "openai" and not args.base_url:
         raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)")
     output = Path(args.output_file)
-    created = missing_folders(output.parent)
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if args.data_parallel_size > 1 and args.num_shards is None:
-            argv = without_flag(args.argv, "--data-parallel-size")
-            per_worker = args.tensor_parallel_size if args.backend == "vllm" else 1
-            shards.launch_data_parallel(argv, args.data_parallel_size, per_worker, task.module)
-            return merge_outputs(output, args.data_parallel_size)
-        num, index = shards.shard_from_env(args.num_shards, args.shard_index)
-        # The file itself, not a symlink to it: its lock and manifest are the same whichever way it is named.
-        given = shards.shard_path(output, num, index)
-        path = Path(os.path.realpath(given))
-        with OutputLock(path, given):
-            code = _infer(args, task, path, num, index)
-    except BaseException:
-        remove_empty_folders(created)  # a failed run leaves no empty folders behind
-        raise
+    if args.data_parallel_size > 1 and args.num_shards is None:
+        argv = without_flag(args.argv, "--data-parallel-size")
+        per_worker = args.tensor_parallel_size if args.backend == "vllm" else 1
+        shards.launch_data_parallel(argv, args.data_parallel_size, per_worker, task.module)
+        return merge_outputs(output, args.data_parallel_size)
+    num, index = shards.shard_from_env(args.num_shards, args.shard_index)
+    # The file itself, not a symlink to it: its lock and manifest are the same whichever way it is named.
+    given = shards.shard_path(output, num, index)
+    path = Path(os.path.realpath(given))
+    with OutputLock(path, given):
+        code = _infer(args, task, path, num, index)
     if code == 0 and num > 1 and all_shards_done(output, num):
         merge_outputs(output, num)  # the last shard to finish joins them (a repeated merge writes the same file)
     return code
@@ -549,11 +544,15 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    output = getattr(args, "output_file", None)
+    created = missing_folders(Path(output).parent) if output else []
     try:
         return args.func(args)
     except (ValueError, ConnectionError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        remove_empty_folders(created)  # a run that failed (or wrote nothing) leaves no empty folders behind
 
 
 # ----------------------------------------------------------------------------------------------- eval helpers
@@ -643,6 +642,22 @@ def load_records(path: Path, required: tuple[str, ...], tool: str) -> list[dict[
             if key not in line:
                 raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of {tool} infer)")
     return lines
+
+
+def empty_answers(records: list[dict[str, Any]], key: str = "response") -> dict[str, Any]:
+    """``{num, ids}`` of the answers with no text (after the reasoning): a server or model that answered nothing.
+    They are scored like any unreadable answer, so the count is reported beside the score."""
+    ids = [str(r.get("id")) for r in records if not str(r.get(key) or "").strip()]
+    return {"num": len(ids), "ids": ids}
+
+
+def empty_answers_warning(summary: dict[str, Any], total: int) -> str | None:
+    """The report's line about empty answers (None when there are none)."""
+    if not summary["num"]:
+        return None
+    shown = ", ".join(summary["ids"][:10]) + (" ..." if summary["num"] > 10 else "")
+    return (f"warning: {summary['num']} of {total} answer(s) are empty (no text from the model or server), scored as "
+            f"unanswered: {shown}")  # fmt: skip
 
 
 def write_scores(output: Path, body: dict[str, Any], settings: dict[str, Any]) -> None:

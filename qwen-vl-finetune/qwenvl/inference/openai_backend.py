@@ -164,31 +164,7 @@ class OpenAIBackend:
         )
 
     def _create(self, stop: threading.Event | None = None, **request: Any) -> Any:
-        """``chat.completions.create(**request)``, tried again after ``RETRY_DELAYS`` when the server failed it
-        (connection error, HTTP 408, 429, 5xx) and ``stop`` is not set; the last failure (and any other one, such as
-        an HTTP 400) is raised as one line naming the URL, the status and the server's message. A non-streamed answer
-        that is not a chat completion (not JSON, no choices) is an error naming what came back."""
-        import openai
-
-        url = f"{self.api_base.rstrip('/')}/chat/completions"
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if request.get("stream"):
-                    return self.client.chat.completions.create(**request)
-                return _completion(self.client.chat.completions.with_raw_response.create(**request), url)
-            except openai.APIConnectionError as e:  # timeouts too
-                retryable = True
-                error: Exception = ConnectionError(f"cannot reach {url}: {short_error(e)}; is the server running?")
-            except openai.APIStatusError as e:
-                retryable = e.status_code in RETRY_STATUS or e.status_code >= 500
-                error = ServerError(f"{url} answered HTTP {e.status_code}: {_server_message(e)}")
-            if not retryable or attempt > self.max_retries or (stop is not None and stop.is_set()):
-                if attempt > 1:
-                    error.args = (f"{error.args[0]} (tried {attempt} times)",)
-                raise error from None
-            time.sleep(RETRY_DELAYS[min(attempt - 1, len(RETRY_DELAYS) - 1)])
+        return chat_completion(self.client, self.api_base, request, self.max_retries, stop)
 
     def generate(
         self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None
@@ -248,6 +224,38 @@ class OpenAIBackend:
                 response.close()
 
         yield from stream_in_thread(produce, stop, name="openai-stream")
+
+
+def chat_completion(
+    client: Any, api_base: str, request: dict[str, Any], max_retries: int = 2, stop: threading.Event | None = None
+) -> Any:
+    """``client.chat.completions.create(**request)`` (``client``: an ``openai.OpenAI`` made with ``max_retries=0``),
+    tried again after ``RETRY_DELAYS`` while the server fails it (connection error, HTTP 408, 429, 5xx), at most
+    ``max_retries`` times and not once ``stop`` is set. The last failure, and any other (an HTTP 400), is raised as
+    one line naming the URL, the status and the server's message: :class:`ServerError`, or ``ConnectionError`` when
+    the server cannot be reached. A non-streamed answer that is not a chat completion (not JSON, no choices) is a
+    :class:`ServerError` naming what came back."""
+    import openai
+
+    url = f"{api_base.rstrip('/')}/chat/completions"
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if request.get("stream"):
+                return client.chat.completions.create(**request)
+            return _completion(client.chat.completions.with_raw_response.create(**request), url)
+        except openai.APIConnectionError as e:  # timeouts too
+            retryable = True
+            error: Exception = ConnectionError(f"cannot reach {url}: {short_error(e)}; is the server running?")
+        except openai.APIStatusError as e:
+            retryable = e.status_code in RETRY_STATUS or e.status_code >= 500
+            error = ServerError(f"{url} answered HTTP {e.status_code}: {_server_message(e)}")
+        if not retryable or attempt > max_retries or (stop is not None and stop.is_set()):
+            if attempt > 1:
+                error.args = (f"{error.args[0]} (tried {attempt} times)",)
+            raise error from None
+        time.sleep(RETRY_DELAYS[min(attempt - 1, len(RETRY_DELAYS) - 1)])
 
 
 class ServerError(UserError):
