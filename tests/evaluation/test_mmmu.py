@@ -797,6 +797,11 @@ def test_a_subject_missing_from_the_data_is_named_with_the_subjects_present(tmp_
                 DataError, match=rf"Physics is not in {source} \(split 'validation'\), which has {has};"
             ):
                 list(iter_questions(str(source), "validation", subjects, images=False))
+    # Without --subjects (every subject), a local copy of some of them is read as it is.
+    from qwenvl.evaluation.mmmu.scoring import SUBJECT_ORDER
+
+    listed = list(iter_questions(str(tmp_path / "hub"), "validation", list(SUBJECT_ORDER), False, required=False))
+    assert len(listed) == SUBJECTS["Art"] + SUBJECTS["Math"]
     # From the command line: one line, exit 2, before any server is asked.
     code = main(["infer", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--data-dir",
                  str(tmp_path / "hub"), "--subjects", "phys", "--output-file", str(tmp_path / "out" / "r.jsonl")])  # fmt: skip

@@ -56,10 +56,11 @@ def _parquet(pattern: str) -> list[str]:
     return sorted(glob.glob(pattern))
 
 
-def _check_subjects(wanted: list[str], present: set[str], where: str, split: str) -> None:
-    """A :class:`DataError` naming the wanted subjects that ``where`` lacks, and the subjects it has."""
+def _check_subjects(wanted: list[str], present: set[str], where: str, split: str, required: bool) -> None:
+    """A :class:`DataError` naming the wanted subjects that ``where`` lacks, and the subjects it has (when they are
+    ``required``: asked for by name, not the default of every subject)."""
     missing = [s for s in wanted if s not in present]
-    if missing:
+    if missing and required:
         has = [s for s in SUBJECT_ORDER if s in present] + sorted(present - set(SUBJECT_ORDER))
         raise DataError(
             f"--subjects: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in {where} (split "
@@ -70,10 +71,13 @@ def _check_subjects(wanted: list[str], present: set[str], where: str, split: str
 TSV_NAME = "MMMU_DEV_VAL.tsv"
 
 
-def iter_tsv_questions(path: str, split: str, subjects: list[str], images: bool = True) -> Iterator[dict[str, Any]]:
+def iter_tsv_questions(
+    path: str, split: str, subjects: list[str], images: bool = True, required: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of VLMEvalKit's MMMU TSV for the wanted split and subjects, in the hub's row format (``id``,
     ``question``, ``options``, ``answer``, ``question_type``, ``image_1``.. as PIL images), subject by subject.
-    Images are decoded row by row as the rows are yielded (none with ``images=False``)."""
+    Images are decoded row by row as the rows are yielded (none with ``images=False``). ``required``: a subject the
+    file lacks is an error (else it is skipped)."""
     from qwenvl.evaluation import tsv
 
     try:
@@ -86,7 +90,7 @@ def iter_tsv_questions(path: str, split: str, subjects: list[str], images: bool 
         qid = row.get("id") or f"{row.get('split', split)}_{row.get('category', 'Unknown')}_{row['index']}"
         if (row.get("split") or qid.split("_", 1)[0]) == split:
             by_subject.setdefault(subject_of(qid), []).append((qid, row))
-    _check_subjects(subjects, set(by_subject), path, split)
+    _check_subjects(subjects, set(by_subject), path, split, required)
     for subject in subjects:
         for qid, row in by_subject.get(subject, []):
             at = tsv.where(path, row)
@@ -115,18 +119,22 @@ def _without_images(rows: Any) -> Any:
     return rows.remove_columns([c for c in rows.column_names if c.startswith("image_")])
 
 
-def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool = True) -> Iterator[dict[str, Any]]:
+def iter_questions(
+    data_dir: str, split: str, subjects: list[str], images: bool = True, required: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of the wanted subjects and split, subject by subject (in ``subjects`` order), decoded one at a time as
-    they are yielded; ``images=False`` leaves the image fields out (listing the questions costs no decoding)."""
+    they are yielded; ``images=False`` leaves the image fields out (listing the questions costs no decoding).
+    ``required``: a subject the data lacks is an error naming the subjects it has (else it is skipped: the default
+    of every subject on a local copy of some of them)."""
     import datasets
 
     if data_dir.endswith(".tsv"):
         if not os.path.isfile(data_dir):
             raise DataError(f"--data-file {data_dir}: no such file")
-        yield from iter_tsv_questions(data_dir, split, subjects, images)
+        yield from iter_tsv_questions(data_dir, split, subjects, images, required)
         return
     if os.path.isfile(os.path.join(data_dir, TSV_NAME)):
-        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects, images)
+        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects, images, required)
         return
 
     def prepared(rows: Any) -> Any:
@@ -137,10 +145,11 @@ def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool 
         files = _parquet(os.path.join(data_dir, "*", f"{split}-*.parquet"))
         per_subject = {os.path.basename(os.path.dirname(f)) for f in files} & set(SUBJECT_ORDER)
         if per_subject:
-            _check_subjects(subjects, per_subject, data_dir, split)
+            _check_subjects(subjects, per_subject, data_dir, split, required)
             for subject in subjects:
                 files = _parquet(os.path.join(data_dir, subject, f"{split}-*.parquet"))
-                yield from prepared(datasets.load_dataset("parquet", data_files=files, split="train"))
+                if files:
+                    yield from prepared(datasets.load_dataset("parquet", data_files=files, split="train"))
             return
         merged = _parquet(os.path.join(data_dir, f"{split}-*.parquet")) or _parquet(
             os.path.join(data_dir, "data", f"{split}-*.parquet")
@@ -161,7 +170,7 @@ def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool 
         positions: dict[str, list[int]] = {}  # row numbers per subject, from the id column alone
         for i, qid in enumerate(rows["id"]):
             positions.setdefault(subject_of(qid), []).append(i)
-        _check_subjects(subjects, set(positions), data_dir, split)
+        _check_subjects(subjects, set(positions), data_dir, split, required)
         for subject in subjects:
             for i in positions.get(subject, []):
                 yield rows[i]
