@@ -44,10 +44,10 @@ class ChatServer:
 
 @contextlib.contextmanager
 def chat_server(
-    reply: Callable[[dict[str, Any]], Reply], models: tuple[str, ...] = ("served-model",)
+    reply: Callable[[dict[str, Any]], Reply], models: tuple[str, ...] | Raw = ("served-model",)
 ) -> Iterator[ChatServer]:
     """Serve ``/v1/chat/completions`` with ``reply``'s answer for every request (recorded in ``.requests``) and
-    ``/v1/models`` listing ``models``."""
+    ``/v1/models`` listing ``models`` (or answering a :class:`Raw` as it is)."""
     server = ChatServer("")
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,6 +61,9 @@ def chat_server(
         def do_GET(self) -> None:  # noqa: N802
             if self.path.rstrip("/").endswith("/models"):
                 server.listings.append(self.path)
+                if isinstance(models, Raw):
+                    self._send(models.status, models.body.encode(), models.content_type)
+                    return
                 listing = {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "test"}
                                                       for m in models]}  # fmt: skip
                 self._send(200, json.dumps(listing).encode(), "application/json")

@@ -98,6 +98,24 @@ def test_an_answer_that_is_not_json_names_the_url_and_what_came_back(data, tmp_p
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "models, expected",
+    [
+        (http_error(503, "model is still loading"), "/models answered HTTP 503: model is still loading"),
+        (Raw(200, "<html>a web page</html>", "text/html"), "/models answered HTTP 200 (text/html), not a model list: "
+                                                           "'<html>a web page</html>'"),
+    ],
+)  # fmt: skip
+def test_a_failing_model_list_names_the_url_and_what_came_back(data, tmp_path, capsys, models, expected):
+    with chat_server(lambda body: "A", models=models) as server:
+        code = main(_args(server.url, data, tmp_path / "results.jsonl"))
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and "cannot reach" not in err
+        [error] = _error_lines(err)
+        assert error.startswith(f"error: {server.url}{expected}") and not server.requests
+    assert _leftovers(tmp_path) == []
+
+
 def test_empty_answers_are_warned_about_and_counted_by_eval(data, tmp_path, capsys):
     def reply(body: dict) -> str | None:
         text = json.dumps(body["messages"])

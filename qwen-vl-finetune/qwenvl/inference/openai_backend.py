@@ -96,14 +96,27 @@ class OpenAIBackend:
 
     def served_models(self, timeout: float = 10.0) -> dict[str, str | None]:
         """``{model id: root}`` of what the server serves (``root``: the checkpoint path vLLM reports, if any)."""
+        import openai
+
+        url = f"{self.api_base.rstrip('/')}/models"
         try:
-            page = self.client.with_options(timeout=timeout, max_retries=0).models.list()
-        except Exception as e:  # noqa: BLE001 - any failure to list models means the backend cannot work
+            raw = self.client.with_options(timeout=timeout, max_retries=0).models.with_raw_response.list()
+        except openai.APIStatusError as e:
+            raise ServerError(f"{url} answered HTTP {e.status_code}: {_server_message(e)}") from None
+        except Exception as e:  # noqa: BLE001 - any other failure to list models means the backend cannot work
             raise ConnectionError(
                 f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
                 "(e.g. vllm serve MODEL) or fix the server URL"
             ) from None
-        return {m.id: getattr(m, "root", None) for m in page.data}
+        try:
+            models = {m.id: getattr(m, "root", None) for m in raw.parse().data}
+        except (ValueError, AttributeError, TypeError):
+            http = raw.http_response
+            raise ServerError(
+                f"{url} answered HTTP {http.status_code} ({http.headers.get('content-type', 'no content type')}), not "
+                f"a model list: {_first_bytes(http.content)}; is --base-url the OpenAI-compatible API (ending in /v1)?"
+            ) from None
+        return models
 
     def _family(self, name: str | None, local: str | None, model: str) -> Family:
         from qwenvl.model.loader import read_family
