@@ -530,7 +530,7 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
         )
     if empty:
         print(
-            f"warning: {empty} of {count} answer(s) are empty (no text came back); eval counts them as unanswered. "
+            f"warning: {empty} of {count} answer(s) are empty (no text came back); eval scores them as unreadable and counts them. "
             "Check the server's log, or its --max-model-len and --max-new-tokens",
             file=sys.stderr,
         )
@@ -657,7 +657,7 @@ def empty_answers_warning(summary: dict[str, Any], total: int) -> str | None:
         return None
     shown = ", ".join(summary["ids"][:10]) + (" ..." if summary["num"] > 10 else "")
     return (f"warning: {summary['num']} of {total} answer(s) are empty (no text from the model or server), scored as "
-            f"unanswered: {shown}")  # fmt: skip
+            f"unreadable: {shown}")  # fmt: skip
 
 
 def write_scores(output: Path, body: dict[str, Any], settings: dict[str, Any]) -> None:

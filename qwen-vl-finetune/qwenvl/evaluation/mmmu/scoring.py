@@ -468,7 +468,7 @@ def format_report(report: dict[str, Any]) -> str:
     if empty["num"]:
         guessed = f", {empty['random_guesses']} of them given a random guess" if empty["random_guesses"] else ""
         lines.append(
-            f"warning: {empty['num']} empty answer(s) (no text from the model or server), scored as unanswered"
+            f"warning: {empty['num']} empty answer(s) (no text from the model or server), scored as unreadable"
             f"{guessed}: {', '.join(empty['ids'][:10])}{' ...' if empty['num'] > 10 else ''}"
         )
     if report["gold_problems"]:
