@@ -248,8 +248,8 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
             head_dim=head_dim,
             linear_num_key_heads=2,
             linear_num_value_heads=4,
-            linear_key_head_dim=32,
-            linear_value_head_dim=32,
+            linear_key_head_dim=head_dim,  # 64 with --head-dim 64: vLLM's CPU kernels take no smaller heads
+            linear_value_head_dim=head_dim,
             linear_conv_kernel_dim=4,
             rope_parameters={
                 "rope_type": "default",
