@@ -35,6 +35,7 @@ from typing import Any
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from qwenvl.cli import StrictParser
+    from qwenvl.model.families import FAMILIES
 
     parser = StrictParser(description=__doc__)
     parser.add_argument(
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--family",
         default=None,
-        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"],
+        choices=sorted(FAMILIES),
         help="openai backend: the served model's family when neither -c nor the server's model card tells it",
     )
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs (default 1)")

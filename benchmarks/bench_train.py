@@ -5,7 +5,8 @@ distribution, each sample with a small image) with AdamW; the figure is real (no
 forward + backward + optimizer step, the median of ``--repeats`` epochs run alternately with the other mode.
 Target: packed >= 1.5x padded.
 
-CPU (default): the tiny Qwen3-VL test checkpoint. ``--gpu``: a Qwen3-VL-2B-shaped random model in bf16 on CUDA
+CPU (default): the tiny test checkpoint of ``--family`` (Qwen3-VL unless given; for Qwen3.5 with the training
+path's linear-attention boundary hook, so packed rows are isolated as in training). ``--gpu``: a Qwen3-VL-2B-shaped random model in bf16 on CUDA
 (text hidden 2048, 28 layers, vocabulary 151,936 tied; vision depth 24, deepstack 5/11/17), reporting the model
 FLOP rate and MFU too.
 
@@ -21,7 +22,7 @@ the card's dense bf16 figure (H100/H200 SXM 989 TFLOP/s).
 
 Run::
 
-    .venv/bin/python benchmarks/bench_train.py [--samples 96] [--batch-size 8] [--gpu] \
+    .venv/bin/python benchmarks/bench_train.py [--samples 96] [--batch-size 8] [--gpu] [--family qwen3_5] \
         [--out benchmarks/results/train.json]
     # the GPU model's code path on the CPU with 1 layer, as tests/benchmarks checks it:
     .venv/bin/python benchmarks/bench_train.py --shape 2b --device cpu --dtype float32 --text-layers 1 \
@@ -116,7 +117,12 @@ def flop_model(model) -> Callable[[dict, list[int]], float]:
             per_patch += p.numel()
     merge = model.config.vision_config.spatial_merge_size**2
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-    attention_width = 12 * t.num_hidden_layers * t.num_attention_heads * head_dim  # per token, per token of context
+    # Quadratic attention only in full-attention layers (Qwen3.5's linear-attention layers are linear in T: their
+    # projections are in llm_params).
+    full_layers = (
+        sum(kind == "full_attention" for kind in getattr(t, "layer_types", None) or []) or t.num_hidden_layers
+    )
+    attention_width = 12 * full_layers * t.num_attention_heads * head_dim  # per token, per token of context
 
     def flops(batch: dict, sample_lengths: list[int]) -> float:
         patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gpu", action="store_true", help="same as --shape 2b --device cuda --dtype bfloat16")
     parser.add_argument("--shape", choices=["tiny", "2b"], default="tiny")
+    parser.add_argument("--family", default="qwen3_vl", help="tiny shape only: the family of the tiny model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--text-layers", type=int, default=28, help="2b shape only")
@@ -201,6 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.gpu:
         args.shape, args.device, args.dtype = "2b", "cuda", "bfloat16"
+    from qwenvl.model.families import FAMILIES
+
+    if args.family not in FAMILIES:
+        parser.error(f"--family {args.family}: expected one of {', '.join(sorted(FAMILIES))}")
+    if args.shape == "2b" and args.family != "qwen3_vl":
+        parser.error("--shape 2b is a Qwen3-VL shape; use --shape tiny with --family")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -224,11 +237,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"vocabulary {args.vocab_size})"
         )
     else:
-        model, processor = build_tiny("qwen3_vl")
+        model, processor = build_tiny(args.family)
         model = model.to(device=device, dtype=dtype)
-        label = "tiny Qwen3-VL (test checkpoint)"
+        model.config.text_config.use_cache = False
+        label = f"tiny {args.family} (test checkpoint)"
+        if get_family(args.family).linear_attention:  # as load_model attaches it for training
+            from qwenvl.model.linear_attention import isolate_packed_samples
+
+            hook = isolate_packed_samples(model)
+            label += ", linear attention " + ("kernels" if device.startswith("cuda") and hook.kernels_usable() else
+                                              "per sample")  # fmt: skip
     encoder = SampleEncoder(
-        processor, get_family("qwen3_vl"), TRAINING_BUDGET.overridden(max_pixels=64 * 64, min_pixels=32 * 32)
+        processor, get_family(args.family), TRAINING_BUDGET.overridden(max_pixels=64 * 64, min_pixels=32 * 32)
     )
     with tempfile.TemporaryDirectory() as tmp:
         samples = [encoder(r.messages, r.id) for r in make_records(Path(tmp), args.samples)]

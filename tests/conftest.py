@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny offline checkpoints of every Qwen-VL family, built once per test session."""
+"""Shared fixtures: tiny offline checkpoints of every Qwen-VL family in the family table, built once per test session."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from typing import Iterator
 
 import pytest
 
+from qwenvl.model.families import FAMILIES as FAMILY_TABLE
+
 
 # Tests never reach a model hub, and one torch thread is far cheaper on small shared CI machines.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
+FAMILIES = list(FAMILY_TABLE)  # every family of the table: a new entry is tested everywhere at once
 ARTIFACTS = Path(os.environ.get("QWENVL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 

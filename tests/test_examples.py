@@ -16,7 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "examples").glob("*.yaml"))
-FAMILY = {"qwen2vl": "qwen2_vl", "qwen2_5vl": "qwen2_5_vl", "qwen3vl_moe": "qwen3_vl_moe", "qwen3vl": "qwen3_vl"}
+# Longest prefix first: qwen3_5_moe_lora is a Qwen3.5-MoE recipe, not a Qwen3.5 one.
+FAMILY = {"qwen2vl": "qwen2_vl", "qwen2_5vl": "qwen2_5_vl", "qwen3vl_moe": "qwen3_vl_moe", "qwen3vl": "qwen3_vl",
+          "qwen3_5_moe": "qwen3_5_moe", "qwen3_5": "qwen3_5"}  # fmt: skip
 
 
 def _family(recipe: Path) -> str:

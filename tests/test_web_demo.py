@@ -607,3 +607,20 @@ def test_browser_ab_columns_stop_separately(browser, hf_backend, second_backend)
         page.close()
     finally:
         demo.close()
+
+
+def test_demo_answers_on_a_qwen3_5_checkpoint(tiny_checkpoints, image_file):
+    """The demo's handlers on a tiny Qwen3.5 (linear attention, a template that opens <think> in the prompt): the
+    answer streams into the history and is what the backend alone generates for the same request."""
+    backend = demo_mod.make_backend(demo_mod.parse_args(["-c", str(tiny_checkpoints["qwen3_5"]), "--cpu-only"]))
+    assert backend.family.model_type == "qwen3_5" and backend.family.thinks_by_default
+    app = demo_mod.ChatApp(backend)
+    _, session, chat = app.add_user({"text": "What colour is it?", "files": [image_file]}, demo_mod.ChatSession())
+    for update in app.answer(session, "", 10, 0.0, 1.0, 0, 1.0, -1):
+        pass
+    answer = update[0].columns[0].history[-1]["content"][0]["text"]
+    messages = [{"role": "user", "content": [{"type": "image", "image": image_file},
+                                             {"type": "text", "text": "What colour is it?"}]}]  # fmt: skip
+    assert answer and answer == "".join(
+        backend.stream(messages, GenerationSettings(max_new_tokens=10), threading.Event())
+    )

@@ -1,6 +1,6 @@
 """The main job on the embedded default: fine-tune a tiny Qwen3-VL to read colours, on CPU, in a few minutes.
 
-1. builds a tiny random Qwen3-VL checkpoint offline (``qwenvl.model.tiny``);
+1. builds a tiny random checkpoint offline (``qwenvl.model.tiny``; Qwen3-VL unless ``--family`` names another);
 2. generates a dataset of pictures with one coloured shape on a noisy background ("What color is the shape?"
    -> "red" / "green" / "blue" / "yellow"), with train and held-out splits;
 3. measures held-out accuracy (greedy answers, exact colour match);
@@ -9,9 +9,11 @@
 
 Run (no downloads)::
 
-    python -m qwenvl.quickstart [--out runs/quickstart] [--train-size 512] [--epochs 6]
+    python -m qwenvl.quickstart [--family qwen3_vl|qwen3_5|...] [--out runs/quickstart] [--train-size 512] [--epochs 6]
 
-It runs on one CPU thread (as ``scripts/quickstart.sh``) unless ``OMP_NUM_THREADS`` is set.
+A thinking family (Qwen3.5) is trained on its official rendering of the answers (an empty think block, then the
+colour) and scored on the answer after ``</think>``. It runs on one CPU thread (as ``scripts/quickstart.sh``) unless
+``OMP_NUM_THREADS`` is set.
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ def make_dataset(root: Path, n_train: int, n_eval: int, seed: int = 0) -> dict[s
 
 
 def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple[float, list[str]]:
-    """Held-out accuracy: the greedy answer, lower-cased and stripped, must equal the colour."""
+    """Held-out accuracy: the greedy answer (after any reasoning), lower-cased and stripped, must equal the colour."""
     from qwenvl.inference import load_backend
-    from qwenvl.inference.base import GenerationSettings
+    from qwenvl.inference.base import GenerationSettings, strip_reasoning
 
     backend = load_backend("hf", str(model_path), dtype="float32", attn_implementation="sdpa", device="cpu")
     records = [json.loads(line) for line in annotations.read_text().splitlines()]
@@ -112,7 +114,11 @@ def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple
             ]
             for r in chunk
         ]
-        answers += backend.generate(conversations, GenerationSettings(max_new_tokens=4))
+        # A thinking family first closes its (empty) think block: a few more tokens.
+        tokens = 12 if backend.family.thinks_by_default else 4
+        answers += [
+            strip_reasoning(a) for a in backend.generate(conversations, GenerationSettings(max_new_tokens=tokens))
+        ]
     gold = [r["conversations"][1]["value"] for r in records]
     correct = sum(a.strip().lower().rstrip(".") == g for a, g in zip(answers, gold))
     return correct / len(records), answers
@@ -120,8 +126,12 @@ def evaluate(model_path: Path, annotations: Path, batch_size: int = 32) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     from qwenvl.cli import StrictParser
+    from qwenvl.model.families import FAMILIES
 
     parser = StrictParser(description=__doc__)
+    parser.add_argument(
+        "--family", default="qwen3_vl", choices=sorted(FAMILIES), help="model family of the tiny model"
+    )
     parser.add_argument("--out", default="runs/quickstart", help="working folder (reused: training resumes)")
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--eval-size", type=int, default=96)
@@ -163,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     started = time.monotonic()
-    base = write_tiny_checkpoint("qwen3_vl", out / "base", seed=args.seed)
+    base = write_tiny_checkpoint(args.family, out / "base", seed=args.seed)
     data = make_dataset(out / "data", args.train_size, args.eval_size, seed=args.seed)
     before, _ = evaluate(base, data["heldout"])
     print(f"held-out accuracy before fine-tuning: {before:.1%}")
@@ -203,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     after, answers = evaluate(trained, data["heldout"])
     print()
     print(f"{'':28} {'held-out accuracy':>18}")
-    print(f"{'before (random tiny Qwen3-VL)':28} {before:>18.1%}")
+    print(f"{f'before (random tiny {args.family})':28} {before:>18.1%}")
     print(f"{'after fine-tuning':28} {after:>18.1%}")
     print(f"(chance: {1 / len(COLORS):.0%}; {args.eval_size} held-out pictures; sample answers: {answers[:4]})")
     print(f"fine-tuned model: {trained}  total time {time.monotonic() - started:.0f}s")

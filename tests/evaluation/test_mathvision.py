@@ -150,3 +150,31 @@ def test_upstream_judge_extracts_answers_and_caches(tmp_path):
         assert by_id["2"]["method"] == "rule" and len(server.requests) == 1  # read by the rules: not sent
         assert subprocess.run(args, capture_output=True, text=True, timeout=120).returncode == 0
         assert len(server.requests) == 1  # the second run answers from the cache
+
+
+@pytest.mark.parametrize("status, tries", [(500, 3), (400, 1)])
+def test_a_failing_judge_ends_in_one_line_naming_it_and_empty_answers_are_counted(tmp_path, capsys, status, tries):
+    from qwenvl.evaluation.mathvision import main
+    from tests.evaluation.chat_server import chat_server, http_error
+
+    results = tmp_path / "r.jsonl"
+    lines = [_rec("no number here", "12") | {"id": "1", "question": "How many?"},
+             _rec("", "7") | {"id": "2", "question": "How many?"},
+             _rec("7", "7") | {"id": "3", "question": "How many?"}]  # fmt: skip
+    results.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    scores = tmp_path / "scores" / "s.json"
+    with chat_server(lambda body: http_error(status, "judge model is overloaded")) as server:
+        code = main(["eval", "--input-file", str(results), "--output-file", str(scores), "--judge", "openai",
+                     "--judge-model", "j", "--base-url", server.url])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        suffix = f" (tried {tries} times)" if tries > 1 else ""
+        assert err.splitlines()[-1] == (f"error: the judge: {server.url}/chat/completions answered HTTP {status}: "
+                                        f"judge model is overloaded{suffix}")  # fmt: skip
+        assert tries <= len(server.requests) <= 2 * tries  # two answers to re-read, each tried at most `tries` times
+    assert not (tmp_path / "scores").exists() or not any((tmp_path / "scores").iterdir())
+
+    assert main(["eval", "--input-file", str(results), "--output-file", str(scores)]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(scores.read_text())["empty_responses"] == {"num": 1, "ids": ["2"]}
+    assert "warning: 1 of 3 answer(s) are empty" in out

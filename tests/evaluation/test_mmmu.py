@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -773,3 +774,71 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
         judged = {q["id"]: q for q in report["judged_questions"]}
         assert judged["validation_Math_1"]["judge"] == "A" and judged["validation_Math_1"]["correct"]
         assert report["judge"]["rechecked"] == 5
+
+
+@pytest.mark.slow
+def test_infer_and_eval_on_a_thinking_qwen3_5_checkpoint(tiny_checkpoints, tmp_path):
+    """MMMU on a tiny Qwen3.5 (linear attention, thinking template) with the hf backend: every question answered,
+    the prompt opens the reasoning as the chat template does, and eval scores the text after ``</think>``."""
+    data = tmp_path / "mmmu"
+    rows = _make_dataset(data)
+    results = tmp_path / "results.jsonl"
+    out = _run("infer", "--model-path", str(tiny_checkpoints["qwen3_5"]), "--data-dir", str(data),
+               "--output-file", str(results), "--subjects", "art,math,phys", "--max-new-tokens", "6")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == sorted(r["id"] for r in rows)
+    manifest = json.loads((tmp_path / "results.jsonl.manifest.json").read_text())
+    assert manifest["backend"] == "hf" and manifest["model_path"].endswith("qwen3_5")
+    scored = _run("eval", "--input-file", str(results), "--output-file", str(tmp_path / "score.json"))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads((tmp_path / "score.json").read_text())["overall"]["num"] == len(rows)
+
+
+def test_a_subject_missing_from_the_data_is_named_with_the_subjects_present(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    from qwenvl.evaluation.mmmu.cli import main
+    from qwenvl.evaluation.mmmu.data import DataError
+
+    _make_dataset(tmp_path / "hub")
+    shutil.rmtree(tmp_path / "hub" / "Physics")
+    merged = datasets.concatenate_datasets([datasets.load_dataset("parquet", data_files=str(p), split="train")
+                                            for p in sorted((tmp_path / "hub").glob("*/*.parquet"))])  # fmt: skip
+    (tmp_path / "mirror" / "data").mkdir(parents=True)
+    merged.to_parquet(str(tmp_path / "mirror" / "data" / "validation-00000-of-00001.parquet"))
+    tsv = tmp_path / "MMMU_DEV_VAL.tsv"
+    _write_tsv(tsv, [{"index": 1, "id": "validation_Art_1", "question": "Q <image 1>", "A": "x", "B": "y",
+                      "answer": "A", "category": "Art", "split": "validation", "image": _b64(_png(), "PNG")}])  # fmt: skip
+    for source, has in ((tmp_path / "hub", "Art, Math"), (tmp_path / "mirror", "Art, Math"), (tsv, "Art")):
+        for subjects in (["Physics"], ["Art", "Physics"]):
+            with pytest.raises(
+                DataError, match=rf"Physics is not in {source} \(split 'validation'\), which has {has};"
+            ):
+                list(iter_questions(str(source), "validation", subjects, images=False))
+    # Without --subjects (every subject), a local copy of some of them is read as it is.
+    from qwenvl.evaluation.mmmu.scoring import SUBJECT_ORDER
+
+    listed = list(iter_questions(str(tmp_path / "hub"), "validation", list(SUBJECT_ORDER), False, required=False))
+    assert len(listed) == SUBJECTS["Art"] + SUBJECTS["Math"]
+    # From the command line: one line, exit 2, before any server is asked.
+    code = main(["infer", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--data-dir",
+                 str(tmp_path / "hub"), "--subjects", "phys", "--output-file", str(tmp_path / "out" / "r.jsonl")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Physics is not in" in err and "which has Art, Math" in err and "split is" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_download_hint_names_the_hub_client_that_is_installed(tmp_path, monkeypatch):
+    from qwenvl.evaluation.mmmu.data import DataError
+
+    monkeypatch.chdir(tmp_path)  # "MMMU/MMMU" is not a local folder here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError) as caught:
+        list(iter_questions("MMMU/MMMU", "validation", ["Art"], images=False))
+    hint = re.search(r"\((\S+ download [^)]*)\)", str(caught.value)).group(1)
+    assert hint == "hf download MMMU/MMMU --repo-type dataset --local-dir MMMU"
+    # The program is the one huggingface_hub installs beside this Python (huggingface-cli is gone).
+    assert (Path(sys.executable).parent / hint.split()[0]).exists()
+    assert "huggingface-cli" not in str(caught.value)

@@ -112,3 +112,21 @@ def test_infer_and_eval(tiny_checkpoints, tmp_path):
                           "--data-dir", str(tmp_path / "nowhere"), "--output-file", str(tmp_path / "x.jsonl")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "RealWorldQA.tsv" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_eval_counts_empty_answers(tmp_path, capsys):
+    from qwenvl.evaluation.realworldqa import main
+
+    records = [
+        {"id": "1", "options": OPTIONS, "answer": "B", "response": "B"},
+        {"id": "2", "options": OPTIONS, "answer": "A", "response": ""},
+        {"id": "3", "options": OPTIONS, "answer": "C", "response": "  \n"},
+    ]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scores = tmp_path / "scores.json"
+    assert main(["eval", "--input-file", str(results), "--output-file", str(scores), "--scoring", "upstream"]) == 0
+    assert json.loads(scores.read_text())["empty_responses"] == {"num": 2, "ids": ["2", "3"]}
+    assert "warning: 2 of 3 answer(s) are empty (no text from the model or server), scored as unreadable: 2, 3" in (
+        capsys.readouterr().out
+    )

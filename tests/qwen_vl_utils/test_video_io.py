@@ -36,6 +36,8 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         "rotated": root / "rotated.mp4",
         "fps25": root / "fps25.mp4",
         "truncated": root / "truncated.mp4",
+        # Variable frame rate, 6 s: decord's average rate (21.0) is not the packets' timing (20.28)
+        "vfr": root / "vfr.mp4",
     }
     src = "testsrc2=size=320x240:rate=30:duration=4"
     _ffmpeg("-f", "lavfi", "-i", src, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", str(out["plain"]))
@@ -43,6 +45,10 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     _ffmpeg(
         "-f", "lavfi", "-i", "testsrc2=size=256x144:rate=25:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
         str(out["fps25"]),
+    )  # fmt: skip
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=6", "-vf", "select='lt(mod(n,30),18)+eq(mod(n,7),0)'",
+        "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p", str(out["vfr"]),
     )  # fmt: skip
     data = out["plain"].read_bytes()
     out["truncated"].write_bytes(data[: len(data) // 3])
@@ -108,6 +114,41 @@ def test_backends_agree(videos, name, ele):
     if name == "rotated":
         assert ref_meta["width"] == 240 and ref_meta["height"] == 320
         assert ref_video.shape[2] > ref_video.shape[3]
+
+
+@pytest.mark.skipif("decord" not in BACKENDS, reason="decord not usable here")
+@pytest.mark.parametrize(
+    "ele, same_frames",
+    [({"fps": 2.0}, True), ({"nframes": 6}, True), ({"video_start": 1.0, "video_end": 5.0, "fps": 2.0}, False)],
+)
+def test_decord_reports_its_own_frame_rate_on_a_variable_frame_rate_clip(videos, ele, same_frames):
+    """Upstream 0.0.14's decord reader takes the frame count and rate from decord (``len(vr)``,
+    ``vr.get_avg_fps()``); on a VFR clip that rate is not the packets' timing the other backends use."""
+    import decord
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from qwen_vl_utils.resize import calculate_video_frame_range, smart_nframes, video_target_size
+
+    path = str(videos["vfr"])
+    reader = decord.VideoReader(path)
+    total, fps = len(reader), reader.get_avg_fps()
+    (video, meta), sample_fps = fetch_video({"video": path, "video_reader_backend": "decord", **ele}, 14, True, True)
+    _, pyav_meta = fetch_video({"video": path, "video_reader_backend": "pyav", **ele}, 14, False, True)
+    assert meta["fps"] == fps and meta["video_backend"] == "decord"
+    assert pyav_meta["fps"] != pytest.approx(fps, abs=0.1)  # the clip tells the two rates apart
+    # Upstream's decord reader re-stated: decord's count and rate, its frames, the stack resized whole.
+    start, end, count = calculate_video_frame_range(ele, total, fps)
+    n = smart_nframes(ele, total_frames=count, video_fps=fps)
+    idx = torch.linspace(start, end, n).round().long().tolist()
+    stack = torch.from_numpy(reader.get_batch(idx).asnumpy()).permute(0, 3, 1, 2)
+    h, w = video_target_size(stack.shape[2], stack.shape[3], n, ele, 14)
+    expected = TF.resize(stack, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    assert meta["frames_indices"] == idx and meta["total_num_frames"] == count
+    assert meta["duration"] == pytest.approx(count / fps) and sample_fps == pytest.approx(n / count * fps)
+    assert torch.equal(video, expected)
+    if same_frames:  # where the rate does not change the sampling, the frames are those every backend picks
+        assert meta["frames_indices"] == pyav_meta["frames_indices"]
 
 
 def test_metadata_is_absolute_and_complete(videos):

@@ -105,7 +105,7 @@ class DummyMedia:
         else:
             sample["pixel_values_videos"], sample["video_grid_thw"] = pixels, grid
             sample["position_ids"] = mrope_position_ids(self.family, types, video_grid_thw=grid)
-            if self.family.model_type == "qwen2_5_vl":
+            if self.family.needs_second_per_grid_ts:
                 sample["second_per_grid_ts"] = torch.tensor([1.0])
         return sample
 

@@ -66,7 +66,7 @@ def check_grounding(record: Record, family: Family, budget: MediaBudget) -> list
         for item in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}])
     ]
     text = "\n".join(answers)
-    boxes = find_qwen2_boxes(text) if family.model_type == "qwen2_vl" else [c for c, _ in find_boxes(text)]
+    boxes = find_qwen2_boxes(text) if family.box_markup == "box_tokens" else [c for c, _ in find_boxes(text)]
     points = find_points(text)
     if not boxes and not points:
         return []
@@ -74,7 +74,7 @@ def check_grounding(record: Record, family: Family, budget: MediaBudget) -> list
     for x1, y1, x2, y2 in boxes:
         if x1 >= x2 or y1 >= y2:
             problems.append(f"{record.id}: box {[x1, y1, x2, y2]} is empty or inverted (expected x1 < x2, y1 < y2)")
-    if family.model_type == "qwen2_5_vl":
+    if family.box_coords == "resized_pixels":
         images = [item for item in record.media() if item["type"] == "image"]
         if len(images) != 1:
             return problems  # which image a box refers to is not knowable here

@@ -19,13 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
-THINK_END = "</think>"
-
-
-def strip_reasoning(text: str) -> str:
-    """The answer after the last ``</think>`` (reasoning models), stripped."""
-    return text.split(THINK_END)[-1].strip()
+from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: E402,F401 - the benchmarks' answer extraction
+from qwenvl.model.families import FAMILIES
 
 
 # ----------------------------------------------------------------------------------------------- results file
@@ -119,31 +114,50 @@ def settings_changes(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, 
         if key == "pixel_budgets":  # compare the budgets in effect, not where they came from
             before = {k: v for k, v in (before or {}).items() if k in ("max_pixels", "min_pixels")}
             after = {k: v for k, v in (after or {}).items() if k in ("max_pixels", "min_pixels")}
+        if key == "served_model" and before is None and old.get("backend") == "openai":
+            continue  # written before the served model was asked for: unknown, not another model
         if key in old and before != after:
             changes.append(f"{key}: {before} -> {after}")
     return changes
 
 
 class OutputLock:
-    """An exclusive lock on ``<output>.lock`` for the life of an ``infer`` (two writers would duplicate ids)."""
+    """An exclusive lock on ``<output>.lock`` for the life of an ``infer`` (two writers would duplicate ids).
 
-    def __init__(self, output: Path) -> None:
-        self.path = output.with_name(output.name + ".lock")
+    The lock is taken on the resolved path, so a second writer that reaches the same file through a symlink (or
+    another relative path) is stopped too. The lock file is removed on exit while still held; a process that opened
+    it just before sees, once it holds the lock, that the path no longer names its file and takes a new one."""
+
+    def __init__(self, output: Path, given: Path | None = None) -> None:
+        """``given``: the name the user gave for ``output`` (a symlink, say), for messages."""
+        self.output = given or output
+        real = Path(os.path.realpath(output))
+        self.path = real.with_name(real.name + ".lock")
         self.fd: int | None = None
 
     def __enter__(self) -> OutputLock:
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ValueError(
-                f"{self.path.with_suffix('')} is being written by another infer (pid {holder}); wait for it to "
-                "finish, or write to another --output-file"
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                real = self.path.with_name(self.path.name[: -len(".lock")])
+                also = f" (that is {real})" if real != Path(os.path.abspath(self.output)) else ""
+                raise ValueError(
+                    f"{self.output}{also} is being written by another infer (pid {holder}); wait for it to finish, "
+                    "or write to another --output-file"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed it between our open and our lock: lock the new one
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
@@ -151,7 +165,12 @@ class OutputLock:
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while held, so no one else holds a lock on it
+            except FileNotFoundError:
+                pass
             os.close(self.fd)  # closing releases the lock
+            self.fd = None
 
 
 def config_hash(model_path: str) -> str | None:
@@ -220,7 +239,7 @@ def merge_outputs(output: Path, num: int) -> int:
 # ----------------------------------------------------------------------------------------------- flags
 
 
-FAMILY_CHOICES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
+FAMILY_CHOICES = sorted(FAMILIES)
 DECODING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty")
 
 
@@ -378,12 +397,33 @@ def run_infer(args: argparse.Namespace, task: Task) -> int:
         shards.launch_data_parallel(argv, args.data_parallel_size, per_worker, task.module)
         return merge_outputs(output, args.data_parallel_size)
     num, index = shards.shard_from_env(args.num_shards, args.shard_index)
-    path = shards.shard_path(output, num, index)
-    with OutputLock(path):
+    # The file itself, not a symlink to it: its lock and manifest are the same whichever way it is named.
+    given = shards.shard_path(output, num, index)
+    path = Path(os.path.realpath(given))
+    with OutputLock(path, given):
         code = _infer(args, task, path, num, index)
     if code == 0 and num > 1 and all_shards_done(output, num):
         merge_outputs(output, num)  # the last shard to finish joins them (a repeated merge writes the same file)
     return code
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    for path in [folder, *folder.parents]:
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): it and its parents stay
+            break
 
 
 def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, shard_index: int) -> int:
@@ -393,11 +433,13 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
     budget, budgets = resolve_budget(args, **task.budget_overrides(args))
     gen = generation_settings(args, task.presets)
     assigned = shards.select(task.question_ids(args), num_shards, shard_index)
+    # A server is asked what it serves before anything is written: the manifest records the served model.
+    backend = load_backend_from_args(args, budget) if args.backend == "openai" else None
     run_settings = {
         "mode": "infer",
         "model_path": args.model_path,
         "model_config_sha256": config_hash(args.model_path) if args.model_path else None,
-        "served_model": args.model if args.backend == "openai" else None,
+        "served_model": backend.model if backend is not None else None,
         "base_url": args.base_url if args.backend == "openai" else None,
         **task.settings(args),
         "pixel_budgets": budgets,
@@ -418,6 +460,8 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
             )
         if changes:
             print(f"warning: mixing answers made with other settings: {'; '.join(changes)}", file=sys.stderr)
+    manifest = manifest_path(output)
+    before = manifest.read_bytes() if manifest.is_file() else None
     write_manifest(output, run_settings, segment=True)
     todo = set(assigned) - done
     shard_note = f" (shard {shard_index} of {num_shards}: {len(assigned)} question(s))" if num_shards > 1 else ""
@@ -425,42 +469,64 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
     if not todo:
         return 0
 
-    backend = load_backend_from_args(args, budget)
-    started, count, truncated = time.monotonic(), 0, 0
+    started, count, truncated, empty = time.monotonic(), 0, 0, 0
     try:
         from tqdm import tqdm
 
         progress = tqdm(total=len(todo), desc=task.name, unit="q")  # with ETA
     except ImportError:  # pragma: no cover - tqdm comes with transformers
         progress = None
-    batch: list[dict[str, Any]] = []
-    for row in [*task.rows(args, todo), None]:  # rows are read lazily; media held for one batch at a time
-        if row is not None:
-            batch.append(row)
-            if len(batch) < args.batch_size:
-                continue
-        if not batch:
-            break
-        conversations = [task.conversation(args, r) for r in batch]
-        answers = backend.generate(conversations, gen)
-        records = []
-        for r, conversation, text in zip(batch, conversations, answers):
-            cut = bool(getattr(text, "truncated", False))
-            truncated += cut
-            records.append({**task.record(args, r, conversation, text), "truncated": cut})
-        append_results(output, records)
-        count += len(batch)
+    try:
+        backend = backend or load_backend_from_args(args, budget)
+        batch: list[dict[str, Any]] = []
+        for row in [*task.rows(args, todo), None]:  # rows are read lazily; media held for one batch at a time
+            if row is not None:
+                batch.append(row)
+                if len(batch) < args.batch_size:
+                    continue
+            if not batch:
+                break
+            conversations = [task.conversation(args, r) for r in batch]
+            answers = backend.generate(conversations, gen)
+            records = []
+            for r, conversation, text in zip(batch, conversations, answers):
+                cut = bool(getattr(text, "truncated", False))
+                truncated += cut
+                empty += not strip_reasoning(str(text))
+                records.append({**task.record(args, r, conversation, text), "truncated": cut})
+            append_results(output, records)
+            count += len(batch)
+            if progress:
+                progress.update(len(batch))
+            batch = []
+    except BaseException:
         if progress:
-            progress.update(len(batch))
-        batch = []
-    if progress:
-        progress.close()
+            progress.close()  # before the note, which would otherwise share the bar's line
+            progress = None
+        if count == 0:  # this run's manifest entry would describe no answer: put back what was there
+            if before is None:
+                manifest.unlink(missing_ok=True)
+            else:
+                manifest.write_bytes(before)
+        if done or count:
+            print(f"note: {len(done) + count} answer(s) are kept in {output}; run the same command again to resume",
+                  file=sys.stderr)  # fmt: skip
+        raise
+    finally:
+        if progress:
+            progress.close()
     elapsed = time.monotonic() - started
     print(f"{count} question(s) in {elapsed:.3f}s ({count / max(elapsed, 1e-9):.2f} q/s) -> {output}")
     if truncated:
         print(
             f"warning: {truncated} answer(s) stopped at --max-new-tokens {gen.max_new_tokens} before the model "
             "finished (marked truncated in the results); raise it for reasoning models",
+            file=sys.stderr,
+        )
+    if empty:
+        print(
+            f"warning: {empty} of {count} answer(s) are empty (no text came back); eval scores them as unreadable and counts them. "
+            "Check the server's log, or its --max-model-len and --max-new-tokens",
             file=sys.stderr,
         )
     return 0
@@ -473,11 +539,15 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    output = getattr(args, "output_file", None)
+    created = missing_folders(Path(output).parent) if output else []
     try:
         return args.func(args)
     except (ValueError, ConnectionError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        remove_empty_folders(created)  # a run that failed (or wrote nothing) leaves no empty folders behind
 
 
 # ----------------------------------------------------------------------------------------------- eval helpers
@@ -567,6 +637,22 @@ def load_records(path: Path, required: tuple[str, ...], tool: str) -> list[dict[
             if key not in line:
                 raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of {tool} infer)")
     return lines
+
+
+def empty_answers(records: list[dict[str, Any]], key: str = "response") -> dict[str, Any]:
+    """``{num, ids}`` of the answers with no text (after the reasoning): a server or model that answered nothing.
+    They are scored like any unreadable answer, so the count is reported beside the score."""
+    ids = [str(r.get("id")) for r in records if not str(r.get(key) or "").strip()]
+    return {"num": len(ids), "ids": ids}
+
+
+def empty_answers_warning(summary: dict[str, Any], total: int) -> str | None:
+    """The report's line about empty answers (None when there are none)."""
+    if not summary["num"]:
+        return None
+    shown = ", ".join(summary["ids"][:10]) + (" ..." if summary["num"] > 10 else "")
+    return (f"warning: {summary['num']} of {total} answer(s) are empty (no text from the model or server), scored as "
+            f"unreadable: {shown}")  # fmt: skip
 
 
 def write_scores(output: Path, body: dict[str, Any], settings: dict[str, Any]) -> None:

@@ -77,12 +77,14 @@ class Judge:
     ) -> None:
         from openai import OpenAI
 
+        # Failed requests are retried by chat_completion (bounded, short pauses), not by the client.
         self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                             timeout=timeout, max_retries=5)  # fmt: skip
+                             timeout=timeout, max_retries=0)  # fmt: skip
         self.base_url, self.model, self.cache_path = base_url, model, cache
         self.concurrency, self.retries = max(1, concurrency), max(1, retries)
         self.requests = 0
         self._lock = threading.Lock()
+        self._failed = threading.Event()
         self._cache: dict[str, dict[str, Any]] = {}
         if cache.exists():
             for line in cache.read_text().splitlines():
@@ -96,18 +98,21 @@ class Judge:
         return hashlib.sha256(f"{self.model}\n{prompt}".encode()).hexdigest()
 
     def _ask(self, prompt: str) -> str:
-        import openai
+        from qwenvl.inference.openai_backend import chat_completion
 
+        if self._failed.is_set():
+            raise RuntimeError("not sent: another request to the judge failed")  # never the first error raised
         with self._lock:
             self.requests += 1
+        request = dict(model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=16)
         try:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=16
-            )
-        except openai.APIConnectionError as e:
-            raise ConnectionError(f"cannot reach the judge at {self.base_url}: {e}") from None
-        except openai.APIStatusError as e:
-            raise RuntimeError(f"the judge at {self.base_url} answered HTTP {e.status_code}") from None
+            response = chat_completion(self.client, self.base_url, request, stop=self._failed)
+        except (ValueError, ConnectionError) as e:  # ServerError, or the server cannot be reached
+            self._failed.set()  # the requests in flight stop retrying; those not sent yet are not sent
+            raise type(e)(f"the judge: {e}") from None
+        except BaseException:
+            self._failed.set()
+            raise
         return (response.choices[0].message.content or "").strip()
 
     def _cached(self, qid: str, prompt: str, ask: Callable[[], tuple[str | None, str]]) -> tuple[dict[str, Any], bool]:

@@ -43,6 +43,8 @@ from qwenvl.evaluation.core import (
     add_eval_command,
     add_infer_arguments,
     add_merge_command,
+    empty_answers,
+    empty_answers_warning,
     extraction_methods,
     grouped,
     load_records,
@@ -384,14 +386,17 @@ def evaluate(args: argparse.Namespace) -> int:
     scored = score_official(records) if args.scoring == "official" else score_upstream(records)
     judge_summary = _judge(args, records, scored) if args.judge else None
     report = aggregate(scored, args.scoring)
+    empty = empty_answers(records)
     output = Path(args.output_file)
     write_scores(
         output,
-        {"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
+        {"scoring": args.scoring, "judge": judge_summary, **report, "empty_responses": empty, "questions": scored},
         {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary},
     )
     print(f"scoring: {args.scoring}")
     print(format_report(report))
+    if warning := empty_answers_warning(empty, len(records)):
+        print(warning)
     print(f"-> {output}")
     return 0
 

@@ -41,6 +41,8 @@ from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
     add_merge_command,
+    empty_answers,
+    empty_answers_warning,
     read_results,
     run_infer,
     run_main,
@@ -229,7 +231,10 @@ def to_original(box: list[float], record: dict[str, Any], coords: str) -> list[f
     """``x1, y1, x2, y2`` in the original image's pixels."""
     w, h = record["width"], record["height"]
     if coords == "auto":
-        coords = "absolute" if record.get("family") == "qwen2_5_vl" else "relative"
+        from qwenvl.model.families import FAMILIES
+
+        family = FAMILIES.get(record.get("family", ""))
+        coords = "absolute" if family is not None and family.box_coords == "resized_pixels" else "relative"
     if coords == "relative":
         sx, sy = w / 1000, h / 1000
     else:
@@ -314,8 +319,9 @@ def evaluate(args: argparse.Namespace) -> int:
     missing = [d for d in table if d not in by_dataset]
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
+    empty = empty_answers(records)
     body = {"scoring": args.scoring, "coords": args.coords, "datasets": report, "Average": average,
-            "datasets_missing_from_input": missing}  # fmt: skip
+            "datasets_missing_from_input": missing, "empty_responses": empty}  # fmt: skip
     output.write_text(json.dumps(body, indent=1) + "\n")
     write_manifest(
         output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "coords": args.coords}
@@ -327,6 +333,8 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{'Average':26} {average:>6.3f}  (mean mAP over {len(report)} dataset(s))")
     if missing:
         print(f"warning: {len(missing)} dataset(s) of the table are not in the input: {', '.join(missing)}")
+    if warning := empty_answers_warning(empty, len(records)):
+        print(warning)
     print(f"-> {output}")
     return 0
 

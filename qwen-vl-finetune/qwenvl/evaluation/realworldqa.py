@@ -36,6 +36,8 @@ from qwenvl.evaluation.core import (
     add_eval_command,
     add_infer_arguments,
     add_merge_command,
+    empty_answers,
+    empty_answers_warning,
     extraction_methods,
     grouped,
     judge_choices,
@@ -210,11 +212,15 @@ def evaluate(args: argparse.Namespace) -> int:
             s["id"], by_id[s["id"]].get("question", ""), list(by_id[s["id"]]["options"].values()),
             by_id[s["id"]]["response"]))  # fmt: skip
     report = aggregate(scored)
+    empty = empty_answers(records)
     output = Path(args.output_file)
-    write_scores(output, {"scoring": args.scoring, "judge": judge_summary, **report, "questions": scored},
+    write_scores(output, {"scoring": args.scoring, "judge": judge_summary, **report, "empty_responses": empty,
+                          "questions": scored},
                  {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary, "seed": 42})  # fmt: skip
     print(f"scoring: {args.scoring}" + (f" + judge {args.judge_model}" if args.judge else ""))
     print(format_report(report))
+    if warning := empty_answers_warning(empty, len(records)):
+        print(warning)
     print(f"-> {output}")
     return 0
 

@@ -47,6 +47,8 @@ from qwenvl.evaluation.core import (
     add_eval_command,
     add_infer_arguments,
     add_merge_command,
+    empty_answers,
+    empty_answers_warning,
     judge_choices,
     load_records,
     run_infer,
@@ -340,11 +342,14 @@ def evaluate(args: argparse.Namespace) -> int:
             s["id"], by_id[s["id"]]["question"], list(option_texts(by_id[s["id"]]["options"]).values()),
             by_id[s["id"]]["response"]))  # fmt: skip
     report = aggregate(scored, args.scoring)
+    empty = empty_answers(records)
     write_scores(Path(args.output_file), {"scoring": args.scoring, "judge": judge_summary, **report,
-                                          "questions": scored},
+                                          "empty_responses": empty, "questions": scored},
                  {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary, "seed": 42})  # fmt: skip
     print(f"scoring: {args.scoring}")
     print(format_report(report, args.scoring))
+    if warning := empty_answers_warning(empty, len(records)):
+        print(warning)
     print(f"-> {args.output_file}")
     return 0
 

@@ -20,6 +20,16 @@ from qwenvl.model.budget import MediaBudget
 from qwenvl.model.families import Family
 
 
+THINK_END = "</think>"
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer of a generated text: what follows the last ``</think>``, stripped. Thinking models write
+    ``<think>reasoning</think>answer``, or only ``reasoning</think>answer`` when the chat template opened the block
+    in the prompt (Qwen3.5 by default); text without ``</think>`` is all answer."""
+    return text.split(THINK_END)[-1].strip()
+
+
 @dataclass
 class GenerationSettings:
     """Decoding settings; ``temperature == 0`` means greedy."""

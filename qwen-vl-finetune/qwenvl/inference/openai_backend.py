@@ -10,10 +10,12 @@ server names as the model's ``root``, or the hub id's config in the local cache)
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
+import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +27,10 @@ from qwenvl.model.preprocessing import checkpoint_budget
 
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
+# A request the server failed (connection error, these statuses, any 5xx) is tried again after these pauses (s);
+# other 4xx answers are the request's fault and are not retried.
+RETRY_DELAYS = (0.5, 1.0, 2.0)
+RETRY_STATUS = {408, 429}
 
 
 def short_error(error: BaseException) -> str:
@@ -47,21 +53,23 @@ class OpenAIBackend:
         budget: MediaBudget | None = None,
         concurrency: int = 8,
         timeout: float = 600.0,
-        max_retries: int = 5,
+        max_retries: int = 2,
         check: bool = True,
     ) -> None:
         """``model``: the server's name for the model (default: the only one it serves, or ``checkpoint``).
         ``checkpoint``: a local copy of the served checkpoint (its family and saved budget are read from it).
         ``check``: ask the server for its models now (a ``ConnectionError`` naming the URL when it does not
-        answer)."""
+        answer). ``max_retries``: how many times a request that failed on the server's side (a connection error,
+        HTTP 408, 429 or 5xx) is tried again, after ``RETRY_DELAYS``; other failures are not retried."""
         try:
             from openai import OpenAI
         except ImportError as e:
             raise ImportError("the openai backend needs the openai package: pip install openai") from e
         self.api_base = api_base
-        # Failed requests (connection errors, 408/409/429/5xx) are retried max_retries times with exponential backoff
-        # and jitter (the openai client's own policy: 0.5 s doubling up to 8 s, honouring Retry-After).
-        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries)
+        # Retries are ours (``_create``), not the client's: its policy (5 tries doubling up to 8 s, each of the
+        # concurrent requests on its own) kept a failing server busy for many seconds before one error came back.
+        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
+        self.max_retries = max(0, max_retries)
         self.concurrency = max(1, concurrency)
         served = self.served_models() if check else {}
         if model is None:
@@ -88,14 +96,27 @@ class OpenAIBackend:
 
     def served_models(self, timeout: float = 10.0) -> dict[str, str | None]:
         """``{model id: root}`` of what the server serves (``root``: the checkpoint path vLLM reports, if any)."""
+        import openai
+
+        url = f"{self.api_base.rstrip('/')}/models"
         try:
-            page = self.client.with_options(timeout=timeout, max_retries=0).models.list()
-        except Exception as e:  # noqa: BLE001 - any failure to list models means the backend cannot work
+            raw = self.client.with_options(timeout=timeout, max_retries=0).models.with_raw_response.list()
+        except openai.APIStatusError as e:
+            raise ServerError(f"{url} answered HTTP {e.status_code}: {_server_message(e)}") from None
+        except Exception as e:  # noqa: BLE001 - any other failure to list models means the backend cannot work
             raise ConnectionError(
                 f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
                 "(e.g. vllm serve MODEL) or fix the server URL"
             ) from None
-        return {m.id: getattr(m, "root", None) for m in page.data}
+        try:
+            models = {m.id: getattr(m, "root", None) for m in raw.parse().data}
+        except (ValueError, AttributeError, TypeError):
+            http = raw.http_response
+            raise ServerError(
+                f"{url} answered HTTP {http.status_code} ({http.headers.get('content-type', 'no content type')}), not "
+                f"a model list: {_first_bytes(http.content)}; is --base-url the OpenAI-compatible API (ending in /v1)?"
+            ) from None
+        return models
 
     def _family(self, name: str | None, local: str | None, model: str) -> Family:
         from qwenvl.model.loader import read_family
@@ -155,33 +176,40 @@ class OpenAIBackend:
             extra_body=extra or None,
         )
 
-    @contextmanager
-    def _named_errors(self) -> Iterator[None]:
-        """Connection and HTTP errors as one line naming the server."""
-        import openai
-
-        try:
-            yield
-        except openai.APIConnectionError as e:
-            raise ConnectionError(f"cannot reach {self.api_base}: {short_error(e)}") from e
-        except openai.APIStatusError as e:
-            raise RuntimeError(f"{self.api_base} answered HTTP {e.status_code}: {short_error(e)}") from e
+    def _create(self, stop: threading.Event | None = None, **request: Any) -> Any:
+        return chat_completion(self.client, self.api_base, request, self.max_retries, stop)
 
     def generate(
         self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None
     ) -> list[Completion]:
-        """Answers to a batch of conversations, ``concurrency`` requests at a time."""
+        """Answers to a batch of conversations, ``concurrency`` requests at a time. The first request that fails for
+        good ends the batch: requests not yet sent are dropped, those in flight are not retried, and its error is
+        raised."""
         gen = gen or GenerationSettings()
+        failed = threading.Event()
 
         def one(conversation: list[dict[str, Any]]) -> Completion:
-            messages = self.messages(conversation)
-            with self._named_errors():
-                response = self.client.chat.completions.create(messages=messages, **self._request(gen))
+            if failed.is_set():
+                raise _Dropped()
+            try:
+                response = self._create(failed, messages=self.messages(conversation), **self._request(gen))
+            except BaseException:
+                failed.set()
+                raise
             choice = response.choices[0]
             return Completion(choice.message.content or "", choice.finish_reason == "length")
 
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(conversations)))) as pool:
-            return list(pool.map(one, conversations))
+            futures = [pool.submit(one, c) for c in conversations]
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            if failed.is_set():
+                for future in futures:
+                    future.cancel()
+        errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        first = next((e for e in errors if not isinstance(e, _Dropped)), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
 
     def stream(
         self,
@@ -194,18 +222,95 @@ class OpenAIBackend:
         messages = self.messages(conversation)
 
         def produce(emit: Emit, halted: Halted) -> None:
-            with self._named_errors():
-                response = self.client.chat.completions.create(messages=messages, stream=True, **self._request(gen))
-                try:
-                    for chunk in response:
-                        if halted():
-                            break
-                        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                            emit(chunk.choices[0].delta.content)
-                finally:
-                    response.close()
+            import openai
+
+            response = self._create(messages=messages, stream=True, **self._request(gen))
+            try:
+                for chunk in response:
+                    if halted():
+                        break
+                    if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                        emit(chunk.choices[0].delta.content)
+            except openai.APIError as e:  # the connection dropped or the server sent an error mid-stream
+                raise ServerError(f"{self.api_base} failed while streaming: {short_error(e)}") from None
+            finally:
+                response.close()
 
         yield from stream_in_thread(produce, stop, name="openai-stream")
+
+
+def chat_completion(
+    client: Any, api_base: str, request: dict[str, Any], max_retries: int = 2, stop: threading.Event | None = None
+) -> Any:
+    """``client.chat.completions.create(**request)`` (``client``: an ``openai.OpenAI`` made with ``max_retries=0``),
+    tried again after ``RETRY_DELAYS`` while the server fails it (connection error, HTTP 408, 429, 5xx), at most
+    ``max_retries`` times and not once ``stop`` is set. The last failure, and any other (an HTTP 400), is raised as
+    one line naming the URL, the status and the server's message: :class:`ServerError`, or ``ConnectionError`` when
+    the server cannot be reached. A non-streamed answer that is not a chat completion (not JSON, no choices) is a
+    :class:`ServerError` naming what came back."""
+    import openai
+
+    url = f"{api_base.rstrip('/')}/chat/completions"
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if request.get("stream"):
+                return client.chat.completions.create(**request)
+            return _completion(client.chat.completions.with_raw_response.create(**request), url)
+        except openai.APIConnectionError as e:  # timeouts too
+            retryable = True
+            error: Exception = ConnectionError(f"cannot reach {url}: {short_error(e)}; is the server running?")
+        except openai.APIStatusError as e:
+            retryable = e.status_code in RETRY_STATUS or e.status_code >= 500
+            error = ServerError(f"{url} answered HTTP {e.status_code}: {_server_message(e)}")
+        if not retryable or attempt > max_retries or (stop is not None and stop.is_set()):
+            if attempt > 1:
+                error.args = (f"{error.args[0]} (tried {attempt} times)",)
+            raise error from None
+        time.sleep(RETRY_DELAYS[min(attempt - 1, len(RETRY_DELAYS) - 1)])
+
+
+class ServerError(UserError):
+    """An OpenAI-compatible server refused or failed a request; the message names the URL, the HTTP status and what
+    the server said (one line)."""
+
+
+class _Dropped(Exception):
+    """A request not sent because another one of its batch had failed."""
+
+
+def _server_message(error: Any) -> str:
+    """What the server said in an error response: the ``message`` of an OpenAI-style ``{"error": {...}}`` body (or
+    FastAPI's ``detail``), else the body's first bytes."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        text = body.get("message") or body.get("detail") or json.dumps(body)
+    elif isinstance(body, str) and body.strip():
+        text = body
+    else:
+        response = getattr(error, "response", None)
+        text = _first_bytes(response.content) if response is not None else short_error(error)
+    return " ".join(str(text).split())[:300] or "(an empty body)"
+
+
+def _first_bytes(data: bytes, n: int = 120) -> str:
+    text = data[:n].decode("utf-8", errors="replace")
+    return repr(text) + ("..." if len(data) > n else "") if data else "an empty body"
+
+
+def _completion(raw: Any, url: str) -> Any:
+    """The chat completion in a raw response, or a :class:`ServerError` naming the URL and what came back."""
+    http = raw.http_response
+    what = f"{url} answered HTTP {http.status_code} ({http.headers.get('content-type', 'no content type')})"
+    try:
+        response = raw.parse()
+    except ValueError:
+        response = None
+    if not getattr(response, "choices", None):
+        raise ServerError(f"{what}, not a chat completion in JSON: {_first_bytes(http.content)}; is --base-url the "
+                          "OpenAI-compatible API (ending in /v1)?")  # fmt: skip
+    return response
 
 
 def _data_url(path: str) -> str:

@@ -1,8 +1,10 @@
-"""The model-family table: everything that differs between Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE.
+"""The model-family table: everything that differs between Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5
+and Qwen3.5-MoE.
 
 Keyed by ``config.model_type`` (what a checkpoint's ``config.json`` says), never by a substring of the path:
 upstream guessed the class from the checkpoint name, so a local folder without "qwen3" in it silently became
-Qwen2-VL.
+Qwen2-VL. Code asks the entry for a fact (box convention, rope rule, thinking, linear attention); nothing else
+compares family names.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-FamilyName = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
+FamilyName = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
+# How a video token's temporal M-RoPE index is computed (see qwenvl.model.rope).
+TemporalRope = Literal["group_index", "seconds", "timestamps"]
+# Grounding coordinates: 0-1000 relative to the image, or pixels of the image as resized for the model.
+BoxCoords = Literal["relative_1000", "resized_pixels"]
+# Grounding markup in answers: JSON ``"bbox_2d": [...]`` objects, or Qwen2-VL's ``<|box_start|>(x1,y1),(x2,y2)``.
+BoxMarkup = Literal["json", "box_tokens"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,16 @@ class Family:
         temporal_patch_size: frames per temporal patch.
         deepstack: whether the vision tower feeds extra features into early LLM layers (Qwen3-VL).
         moe: whether the LLM is a mixture of experts.
-        video_timestamps: whether video prompts carry ``<t seconds>`` text per temporal patch (Qwen3-VL).
+        temporal_rope: the temporal M-RoPE index of video tokens: the frame-group index (Qwen2-VL), seconds times
+            ``tokens_per_second`` (Qwen2.5-VL, which also needs ``second_per_grid_ts`` in every batch), or 0 with
+            time carried by timestamp text (Qwen3-VL, Qwen3.5).
+        box_coords: the grounding coordinate convention of the family's answers and training data.
+        box_markup: how answers write boxes.
+        default_system_prompt: whether the chat template inserts "You are a helpful assistant." (Qwen2/2.5-VL).
+        thinks_by_default: whether the chat template opens ``<think>`` in the generation prompt (Qwen3.5), so the
+            generated text holds reasoning, then ``</think>``, then the answer.
+        linear_attention: whether some text layers are Gated DeltaNet linear attention (Qwen3.5), whose convolution
+            and recurrent state must be reset at packed-sample boundaries (see qwenvl.model.linear_attention).
     """
 
     model_type: FamilyName
@@ -42,7 +59,22 @@ class Family:
     temporal_patch_size: int = 2
     deepstack: bool = False
     moe: bool = False
-    video_timestamps: bool = False
+    temporal_rope: TemporalRope = "timestamps"
+    box_coords: BoxCoords = "relative_1000"
+    box_markup: BoxMarkup = "json"
+    default_system_prompt: bool = False
+    thinks_by_default: bool = False
+    linear_attention: bool = False
+
+    @property
+    def video_timestamps(self) -> bool:
+        """Whether video prompts carry ``<t seconds>`` text before each temporal patch (Qwen3-VL, Qwen3.5)."""
+        return self.temporal_rope == "timestamps"
+
+    @property
+    def needs_second_per_grid_ts(self) -> bool:
+        """Whether video batches carry ``second_per_grid_ts`` (read by the temporal rope rule)."""
+        return self.temporal_rope == "seconds"
 
     @property
     def image_factor(self) -> int:
@@ -58,6 +90,9 @@ FAMILIES: dict[str, Family] = {
         processor_class="Qwen2VLProcessor",
         video_processor_class="Qwen2VLVideoProcessor",
         patch_size=14,
+        temporal_rope="group_index",
+        box_markup="box_tokens",
+        default_system_prompt=True,
     ),
     "qwen2_5_vl": Family(
         model_type="qwen2_5_vl",
@@ -66,6 +101,9 @@ FAMILIES: dict[str, Family] = {
         processor_class="Qwen2_5_VLProcessor",
         video_processor_class="Qwen2VLVideoProcessor",
         patch_size=14,
+        temporal_rope="seconds",
+        box_coords="resized_pixels",
+        default_system_prompt=True,
     ),
     "qwen3_vl": Family(
         model_type="qwen3_vl",
@@ -75,7 +113,6 @@ FAMILIES: dict[str, Family] = {
         video_processor_class="Qwen3VLVideoProcessor",
         patch_size=16,
         deepstack=True,
-        video_timestamps=True,
     ),
     "qwen3_vl_moe": Family(
         model_type="qwen3_vl_moe",
@@ -86,7 +123,29 @@ FAMILIES: dict[str, Family] = {
         patch_size=16,
         deepstack=True,
         moe=True,
-        video_timestamps=True,
+    ),
+    # Qwen3.5: the Qwen3-VL vision stack (no DeepStack) before a text model whose layers mix Gated DeltaNet linear
+    # attention with full attention (three of four linear by default); checkpoints think by default.
+    "qwen3_5": Family(
+        model_type="qwen3_5",
+        model_class="Qwen3_5ForConditionalGeneration",
+        config_class="Qwen3_5Config",
+        processor_class="Qwen3VLProcessor",
+        video_processor_class="Qwen3VLVideoProcessor",
+        patch_size=16,
+        thinks_by_default=True,
+        linear_attention=True,
+    ),
+    "qwen3_5_moe": Family(
+        model_type="qwen3_5_moe",
+        model_class="Qwen3_5MoeForConditionalGeneration",
+        config_class="Qwen3_5MoeConfig",
+        processor_class="Qwen3VLProcessor",
+        video_processor_class="Qwen3VLVideoProcessor",
+        patch_size=16,
+        moe=True,
+        thinks_by_default=True,
+        linear_attention=True,
     ),
 }
 

@@ -1,7 +1,7 @@
 """The one place that loads a Qwen-VL model and processor; training, MMMU and the demo all call it.
 
 The class comes from ``config.json``'s ``model_type`` (see :mod:`qwenvl.model.families`), so any local folder
-or hub id of the four families loads with the right class.
+or hub id of the six families loads with the right class.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ def load_model(
         **hub_kwargs,
     )
     logger.info("loaded %s from %s", type(model).__name__, model_name_or_path)
+    if family.linear_attention:
+        from qwenvl.model.linear_attention import isolate_packed_samples
+
+        isolate_packed_samples(model)  # packed samples stay apart in the linear-attention layers too
     return model
 
 

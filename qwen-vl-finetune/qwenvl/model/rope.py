@@ -10,7 +10,7 @@ Families differ only in the temporal index of video tokens:
 
 * Qwen2-VL: the frame-group index ``0, 1, 2, ...``;
 * Qwen2.5-VL: ``int(group * tokens_per_second * second_per_grid_t)`` (seconds per temporal patch);
-* Qwen3-VL / -MoE: every frame group is its own segment (the processor writes a ``<t seconds>`` timestamp before
+* Qwen3-VL / -MoE, Qwen3.5 / -MoE: every frame group is its own segment (the processor writes a ``<t seconds>`` timestamp before
   each), so each group has ``t = 1`` and temporal index 0; time is carried by the timestamp text.
 """
 
@@ -99,7 +99,7 @@ def mrope_position_ids(
                 f"vision run at tokens {start}:{end} has {end - start} tokens but its grid {(t, h, w)} implies "
                 f"{t * gh * gw}"
             )
-        if kind == VIDEO and family.model_type == "qwen2_5_vl":
+        if kind == VIDEO and family.temporal_rope == "seconds":
             temporal = (torch.arange(t) * (tokens_per_second * seconds)).long()
         else:
             temporal = torch.arange(t)

@@ -58,8 +58,12 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 _CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
     "{% set video_count = namespace(value=0) %}"
+    "{% set last_query = namespace(index=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{% set last_query.index = loop.index0 %}{% endif %}"
+    "{% endfor %}"
     "{% for message in messages %}"
     "__SYSTEM__"
+    "__THINKING_ASSISTANT__"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}"
     "{{ message['content'] }}"
@@ -79,8 +83,35 @@ _CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% endif %}"
     "<|im_end|>\n"
+    "__END_THINKING_ASSISTANT__"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n__THINKING_PROMPT__{% endif %}"
+)
+# Thinking families (Qwen3.5), as their official templates render: the generation prompt opens ``<think>`` (or, with
+# ``enable_thinking=False``, holds an empty think block); an assistant turn after the last user turn is rendered as
+# ``<think>\n{reasoning}\n</think>\n\n{answer}`` (an empty block when it has no reasoning), its reasoning taken from
+# ``reasoning_content`` or from the text before ``</think>``; earlier assistant turns keep only their answer.
+_THINKING_ASSISTANT = (
+    "{% if message['role'] == 'assistant' %}"
+    "{% set turn = namespace(text='', reasoning='') %}"
+    "{% if message['content'] is string %}{% set turn.text = message['content'] %}"
+    "{% else %}{% for content in message['content'] %}{% if 'text' in content %}"
+    "{% set turn.text = turn.text + content['text'] %}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['reasoning_content'] is string %}{% set turn.reasoning = message['reasoning_content'] %}"
+    "{% elif '</think>' in turn.text %}"
+    "{% set turn.reasoning = turn.text.split('</think>')[0].split('<think>')[-1] %}"
+    "{% set turn.text = turn.text.split('</think>')[-1].lstrip('\\n') %}"
+    "{% endif %}"
+    "<|im_start|>assistant\n"
+    "{% if loop.index0 > last_query.index %}"
+    "<think>\n{{ turn.reasoning.strip('\\n') }}\n</think>\n\n"
+    "{% endif %}"
+    "{{ turn.text }}<|im_end|>\n"
+    "{% else %}"
+)
+_THINKING_PROMPT = (
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}"
 )
 _DEFAULT_SYSTEM_BLOCK = (
     "{% if loop.first and message['role'] != 'system' %}"
@@ -90,8 +121,15 @@ _DEFAULT_SYSTEM_BLOCK = (
 
 
 def chat_template(family: Family) -> str:
-    """The chat template for a family: Qwen2/2.5-VL add a default system prompt, Qwen3-VL does not."""
-    return _CHAT_TEMPLATE.replace("__SYSTEM__", "" if family.video_timestamps else _DEFAULT_SYSTEM_BLOCK)
+    """The chat template for a family: Qwen2/2.5-VL add a default system prompt, Qwen3-VL does not; Qwen3.5 thinks
+    by default (see ``_THINKING_ASSISTANT``)."""
+    thinking = family.thinks_by_default
+    return (
+        _CHAT_TEMPLATE.replace("__SYSTEM__", _DEFAULT_SYSTEM_BLOCK if family.default_system_prompt else "")
+        .replace("__THINKING_ASSISTANT__", _THINKING_ASSISTANT if thinking else "")
+        .replace("__END_THINKING_ASSISTANT__", "{% endif %}" if thinking else "")
+        .replace("__THINKING_PROMPT__", _THINKING_PROMPT if thinking else "")
+    )
 
 
 _WORDS = (
@@ -198,15 +236,8 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
-    # Each mrope_section must sum to head_dim / 2.
-    if family.video_timestamps:
-        text["head_dim"] = head_dim
-        text["rope_parameters"] = {
-            "rope_type": "default",
-            "rope_theta": 5_000_000.0,
-            "mrope_section": [6, 5, 5] if head_dim == 32 else [12, 10, 10],
-            "mrope_interleaved": True,
-        }
+    # Each mrope_section must sum to half the rotary dimensions (head_dim, or a quarter of it for Qwen3.5).
+    if family.video_timestamps:  # Qwen3-VL and Qwen3.5: the same vision stack (Qwen3.5 without DeepStack)
         vision = dict(
             depth=2,
             hidden_size=64,
@@ -217,13 +248,40 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
             spatial_merge_size=family.spatial_merge_size,
             temporal_patch_size=family.temporal_patch_size,
             num_position_embeddings=64,  # must be a perfect square (an 8x8 learned grid)
-            deepstack_visual_indexes=[0, 1],  # must be < vision depth; at most num_hidden_layers are used
             in_channels=3,
         )
-    else:
+        if family.deepstack:
+            vision["deepstack_visual_indexes"] = [0, 1]  # must be < vision depth; at most num_hidden_layers are used
+        text["head_dim"] = head_dim
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [6, 5, 5] if head_dim == 32 else [12, 10, 10],
+            "mrope_interleaved": True,
+        }
+    if family.linear_attention:
+        # Qwen3.5: four text layers, Gated DeltaNet linear attention and full attention alternating (the released
+        # checkpoints have three linear layers per full one; with a single full-attention layer at the end, a model
+        # this small learns the main job's colours too slowly: 49% instead of 99% held-out), partial rotary
+        # embeddings on a quarter of each head.
+        text.update(
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=head_dim,  # 64 with --head-dim 64: vLLM's CPU kernels take no smaller heads
+            linear_value_head_dim=head_dim,
+            linear_conv_kernel_dim=4,
+        )
+        text["rope_parameters"].update(
+            rope_theta=10_000_000.0,
+            partial_rotary_factor=0.25,
+            mrope_section=[2, 1, 1] if head_dim == 32 else [3, 3, 2],
+        )
+    elif not family.video_timestamps:
         sections = [4, 6, 6] if head_dim == 32 else [8, 12, 12]
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": sections}
-        if family.model_type == "qwen2_vl":
+        if family.temporal_rope == "group_index":
             # Qwen2-VL's vision hidden_size is the merger's output width, i.e. the text hidden size.
             vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=4, mlp_ratio=2)
         else:
@@ -244,14 +302,11 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
             in_channels=3,
         )
     if family.moe:
-        text.update(
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=128,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            router_aux_loss_coef=0.001,
-        )
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128, router_aux_loss_coef=0.001)
+        if family.linear_attention:
+            text.update(shared_expert_intermediate_size=128)
+        else:
+            text.update(decoder_sparse_step=1, mlp_only_layers=[])
     config_cls = transformers_attr(family.config_class)
     return config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 

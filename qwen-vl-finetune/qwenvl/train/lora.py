@@ -10,6 +10,10 @@ from qwenvl.model.freeze import component_of
 
 
 LLM_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Qwen3.5's Gated DeltaNet layers: the fused query/key/value projection, the output gate (z), the per-head
+# beta (b) and decay (a) inputs, and the output projection. Their short convolution, A_log and dt_bias are not
+# linear layers: under LoRA they stay frozen, in full tuning they train with the LLM.
+LLM_LINEAR_ATTENTION = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
 LLM_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -17,7 +21,7 @@ def lora_target_modules(
     model: torch.nn.Module, llm_mlp: bool = True, vision: bool = False, merger: bool = False
 ) -> list[str]:
     """Full names of the ``nn.Linear`` modules that get LoRA adapters."""
-    llm_names = LLM_ATTENTION + (LLM_MLP if llm_mlp else ())
+    llm_names = LLM_ATTENTION + LLM_LINEAR_ATTENTION + (LLM_MLP if llm_mlp else ())
     targets = []
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):

@@ -61,6 +61,7 @@ class BatchStats:
         self.images = 0
         self.videos = 0
         self.steps = 0
+        self.aux_losses: list[float] = []
         self.started = time.monotonic()
 
     def add(self, batch: dict[str, Any]) -> None:
@@ -188,6 +189,19 @@ class QwenVLTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------ steps
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
+        if aux is not None and model.training:
+            # A mixture-of-experts config with output_router_logits: the router's load-balancing loss, weighted by
+            # router_aux_loss_coef as the model's own loss would add it. Our token loss is already a mean over the
+            # global batch; the aux loss is a per-micro-batch mean, so each accumulation step adds its share.
+            config = self.accelerator.unwrap_model(model).config
+            coef = getattr(getattr(config, "text_config", config), "router_aux_loss_coef", 0.0)
+            loss = loss + coef * aux.to(loss.device) / self.args.gradient_accumulation_steps
+            self.batch_stats.aux_losses.append(float(aux.detach()))
+        return (loss, outputs) if return_outputs else loss
+
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         self.trained_ids.update(inputs.pop("sample_ids", None) or [])
         self.batch_stats.add(inputs)
@@ -227,6 +241,8 @@ class QwenVLTrainer(Trainer):
             logs["images_per_step"] = round(stats.images / steps, 2)
             if stats.videos:
                 logs["videos_per_step"] = round(stats.videos / steps, 2)
+            if stats.aux_losses:
+                logs["aux_loss"] = round(sum(stats.aux_losses) / len(stats.aux_losses), 6)
             self._stats_step = self.state.global_step
             stats.reset()
         super().log(logs, start_time)

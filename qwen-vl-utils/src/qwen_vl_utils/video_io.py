@@ -499,15 +499,39 @@ class VideoPlan:
     indices: list[int]
     height: int
     width: int
+    backend: str | None = None  # the backend whose frame count and fps the plan uses (None: the probe's)
 
 
-def plan_video(path: str, ele: dict[str, Any], image_patch_size: int = 14) -> VideoPlan:
-    """The sampling and resize decisions for a local video file under ``ele``'s options (probe only)."""
-    probe = probe_video(path)
+def backend_probe(path: str, probe: VideoProbe, backend: str | None) -> VideoProbe:
+    """``probe`` with the frame count and fps that ``backend`` reports for the file, as upstream's reader of that
+    backend takes them: decord's own ``len(vr)`` and ``vr.get_avg_fps()`` (on a variable-frame-rate clip its
+    average rate is not the packets' timing, e.g. 20.1342 against 20.0445); torchcodec's scan and PyAV's packets
+    are the probe's own numbers."""
+    if backend != "decord":
+        return probe
+    import dataclasses
+
+    import decord
+
+    reader = decord.VideoReader(path, num_threads=0)
+    total, fps = len(reader), float(reader.get_avg_fps())
+    del reader
+    if fps <= 0 or total <= 0:
+        raise VisionInputError(f"decord reports fps={fps} and {total} frames for {path!r}; it cannot be sampled")
+    return dataclasses.replace(probe, total_frames=total, fps=fps)
+
+
+def plan_video(path: str, ele: dict[str, Any], image_patch_size: int = 14, backend: str | None = None) -> VideoPlan:
+    """The sampling and resize decisions for a local video file under ``ele``'s options (probe only), with the frame
+    count and fps of ``backend`` (default: the one ``fetch_video`` would use for ``ele``), so the plan is the
+    frames that backend's ``fetch_video`` returns."""
+    backend = backend or get_video_reader_backend(ele.get("video_reader_backend"))
+    probe = backend_probe(path, probe_video(path), backend)
     start, end, count = calculate_video_frame_range(ele, probe.total_frames, probe.fps)
     nframes = smart_nframes(ele, total_frames=count, video_fps=probe.fps)
     height, width = video_target_size(probe.height, probe.width, nframes, ele, image_patch_size)
-    return VideoPlan(probe, start, end, count, nframes, frame_indices(start, end, nframes), height, width)
+    indices = frame_indices(start, end, nframes)
+    return VideoPlan(probe, start, end, count, nframes, indices, height, width, backend)
 
 
 def _first_line(error: BaseException) -> str:
@@ -528,11 +552,11 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
     source = ele["video"]
     path, tmp = _local_video_path(source)
     try:
-        plan = plan_video(path, ele, image_patch_size)
-        probe, count, nframes, indices = plan.probe, plan.count, plan.nframes, plan.indices
-        height, width = plan.height, plan.width
         requested = ele.get("video_reader_backend")
         backend = get_video_reader_backend(requested)
+        plan = plan_video(path, ele, image_patch_size, backend)
+        probe, count, nframes, indices = plan.probe, plan.count, plan.nframes, plan.indices
+        height, width = plan.height, plan.width
         deadline = _Deadline(_decode_timeout(ele), f"video {source!r}")
         started = time.monotonic()
         try:
@@ -545,6 +569,10 @@ def read_video(ele: dict[str, Any], image_patch_size: int = 14) -> tuple[Any, di
                 raise VisionInputError(f"{backend} failed to decode {source!r}: {_first_line(e)}") from e
             logger.warning("%s failed to decode %r (%s); decoding with %s instead", backend, source, e, fallback)
             try:
+                if backend_probe(path, probe, fallback) != probe:  # decord: its own frame count and fps
+                    plan = plan_video(path, ele, image_patch_size, fallback)
+                    probe, count, nframes, indices = plan.probe, plan.count, plan.nframes, plan.indices
+                    height, width = plan.height, plan.width
                 video = _decode_resized(path, indices, probe, fallback, (height, width), deadline)
             except DecodeTimeoutError:
                 raise

@@ -12,7 +12,7 @@ from qwenvl.data.encode import IGNORE_INDEX, SampleEncoder
 from qwenvl.data.registry import load_records
 from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.families import FAMILIES
-from qwenvl.model.loader import load_processor
+from qwenvl.model.loader import load_model, load_processor
 
 
 def _sample(ids, labels, sample_id="s"):
@@ -85,7 +85,10 @@ def encoded(tiny_checkpoints):
 
 
 def test_packed_equals_the_models_own_unpacked_path(tiny_checkpoint, family, encoded):
-    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    # Packed and padded rows go through the model as training loads it (load_model: for Qwen3.5 that attaches the
+    # linear-attention boundary hook); the oracle is vanilla transformers, each sample alone.
+    model = load_model(str(tiny_checkpoint), dtype="float32", attn_implementation="sdpa").eval()
+    vanilla = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
     samples = encoded[family]
     assert (
         len(samples) == 5
@@ -105,7 +108,7 @@ def test_packed_equals_the_models_own_unpacked_path(tiny_checkpoint, family, enc
                                              "video_grid_thw", "second_per_grid_ts") if k in s})  # fmt: skip
             labels = s["labels"].clone().unsqueeze(0)
             labels[0, 0] = IGNORE_INDEX
-            alone.extend(_per_sample_losses(model(**inputs).logits, labels, [len(s["input_ids"])]))
+            alone.extend(_per_sample_losses(vanilla(**inputs).logits, labels, [len(s["input_ids"])]))
         batch = PackedCollator()([samples])
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         packed = _per_sample_losses(logits, batch["labels"], sample_lengths(batch))
@@ -141,12 +144,29 @@ def test_control_positions_not_restarting_leak_across_samples(tiny_checkpoint, f
     assert max(abs(g - b) for g, b in zip(good[1:], bad[1:])) > 1e-3
 
 
+def test_linear_attention_leaks_without_the_boundary_hook(tiny_checkpoints, encoded):
+    """Qwen3.5's Gated DeltaNet layers carry their convolution window and recurrent state across a packed boundary
+    in vanilla transformers even with restarting position ids (full attention alone would be isolated): without
+    qwenvl.model.linear_attention, packed training would change what every later sample learns."""
+    for family in [f for f in FAMILIES if FAMILIES[f].linear_attention]:
+        vanilla = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family]).eval()
+        trained = load_model(str(tiny_checkpoints[family]), dtype="float32", attn_implementation="sdpa").eval()
+        batch = PackedCollator()([encoded[family]])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        lengths = sample_lengths(batch)
+        with torch.no_grad():
+            leaky = _per_sample_losses(vanilla(**inputs).logits, batch["labels"], lengths)
+            isolated = _per_sample_losses(trained(**inputs).logits, batch["labels"], lengths)
+        assert abs(leaky[0] - isolated[0]) <= 1e-5, family  # nothing before the first sample
+        assert max(abs(a - b) for a, b in zip(leaky[1:], isolated[1:])) > 1e-4, family
+
+
 def test_dummy_media_change_no_loss(tiny_checkpoint, family, encoded):
     """The dummy image/video added for distributed runs makes the model run its vision paths but changes no
     sample's loss, packed or padded."""
     from qwenvl.data.collate import DummyMedia
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    model = load_model(str(tiny_checkpoint), dtype="float32", attn_implementation="sdpa").eval()
     dummy = DummyMedia.from_processor(load_processor(str(tiny_checkpoint)), FAMILIES[family])
     text_only = [s for s in encoded[family] if "image_grid_thw" not in s and "video_grid_thw" not in s]
     image_only = [s for s in encoded[family] if "image_grid_thw" in s and "video_grid_thw" not in s]

@@ -157,7 +157,10 @@ def test_labels_supervise_only_assistant_turns(encoders, family):
     ids, labels = sample["input_ids"], sample["labels"]
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     expected = []
-    for answer in answers:
+    # Thinking families (Qwen3.5), as the official template renders: the answer after the last user turn gets an
+    # empty think block, supervised with it (the model learns to close it); earlier answers are plain.
+    rendered = [answers[0], "<think>\n\n</think>\n\n" + answers[1] if encoder.family.thinks_by_default else answers[1]]
+    for answer in rendered:
         expected += tok.encode(answer, add_special_tokens=False) + [im_end]
     assert labels[labels != IGNORE_INDEX].tolist() == expected
     # Supervised positions carry their own token ids; everything else (system, user, image pads, headers) is -100.
@@ -165,6 +168,35 @@ def test_labels_supervise_only_assistant_turns(encoders, family):
     assert torch.equal(labels[mask], ids[mask])
     assert not mask[sample["mm_token_type_ids"] != 0].any()
     assert int(mask.sum()) == len(expected)
+
+
+def test_thinking_families_supervise_the_reasoning_of_the_final_answer(encoders):
+    """A Qwen3.5 record whose answer carries reasoning (``<think>...</think>`` in the text, or ``reasoning_content``)
+    keeps it supervised, in the official layout; reasoning of answers before the last user turn is dropped, as the
+    official template drops it."""
+    for family, encoder in encoders.items():
+        if not encoder.family.thinks_by_default:
+            continue
+        tok = encoder.processor.tokenizer
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        user = {
+            "role": "user",
+            "content": [{"type": "image", "image": str(IMAGE)}, {"type": "text", "text": "Colour?"}],
+        }
+        inline = [
+            user,
+            {"role": "assistant", "content": [{"type": "text", "text": "<think>\nIt looks red.</think>red"}]},
+        ]
+        field = [user, {"role": "assistant", "content": "red", "reasoning_content": "It looks red."}]
+        want = tok.encode("<think>\nIt looks red.\n</think>\n\nred", add_special_tokens=False) + [im_end]
+        for messages in (inline, field):
+            labels = encoder(messages, "t")["labels"]
+            assert labels[labels != IGNORE_INDEX].tolist() == want, family
+        earlier = [user, inline[1], {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "yes"}]
+        labels = encoder(earlier, "t")["labels"]
+        want = (tok.encode("red", add_special_tokens=False) + [im_end]
+                + tok.encode("<think>\n\n</think>\n\nyes", add_special_tokens=False) + [im_end])  # fmt: skip
+        assert labels[labels != IGNORE_INDEX].tolist() == want, family
 
 
 def test_reserved_tokens_in_text_are_rejected(encoders):

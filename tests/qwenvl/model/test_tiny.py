@@ -61,7 +61,10 @@ def test_loads_with_auto_classes_and_right_classes(tiny_checkpoint, family):
     assert type(processor.video_processor).__name__ == fam.video_processor_class
     assert processor.image_processor.patch_size == fam.patch_size
     assert model.config.vision_config.patch_size == fam.patch_size
-    assert model.config.text_config.num_hidden_layers == 2
+    if fam.linear_attention:  # both Qwen3.5 layer kinds, each twice (full attention last, as in the real models)
+        assert model.config.text_config.layer_types == ["linear_attention", "full_attention"] * 2
+    else:
+        assert model.config.text_config.num_hidden_layers == 2
     assert model.config.vision_config.depth == 2
     n_params = sum(p.numel() for p in model.parameters())
     assert 0.3e6 < n_params < 2e6, n_params
@@ -106,10 +109,15 @@ def test_chat_template_renders_qwen_layout(tiny_checkpoint, family):
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
         "<|vision_start|><|video_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
     )
-    system = (
-        "" if FAMILIES[family].video_timestamps else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    )
-    assert text == system + body
+    fam = FAMILIES[family]
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" if fam.default_system_prompt else ""
+    thinking = "<think>\n" if fam.thinks_by_default else ""  # Qwen3.5 opens the reasoning in the prompt
+    assert text == system + body + thinking
+    if fam.thinks_by_default:
+        off = processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
+        assert off == system + body + "<think>\n\n</think>\n\n"
 
 
 def test_pad_tokens_match_grids(tiny_checkpoint, family):

@@ -69,7 +69,8 @@ def _selected_ids(args: argparse.Namespace) -> list[str]:
     ids: list[str] = []
     per_subject: dict[str, int] = {}
     source = args.data_file or args.data_dir
-    for row in iter_questions(source, args.split, resolve_subjects(args.subjects), images=False):
+    subjects = resolve_subjects(args.subjects)  # every subject by default: those a local copy lacks are skipped
+    for row in iter_questions(source, args.split, subjects, images=False, required=bool(args.subjects)):
         subject = subject_of(row["id"])
         if args.limit is not None and per_subject.get(subject, 0) >= args.limit:
             continue
@@ -79,7 +80,8 @@ def _selected_ids(args: argparse.Namespace) -> list[str]:
 
 
 def _rows(args: argparse.Namespace, ids: set[str]) -> Iterator[dict[str, Any]]:
-    for row in iter_questions(args.data_file or args.data_dir, args.split, resolve_subjects(args.subjects)):
+    source, subjects = args.data_file or args.data_dir, resolve_subjects(args.subjects)
+    for row in iter_questions(source, args.split, subjects, required=bool(args.subjects)):
         if row["id"] in ids:
             yield row
 

@@ -56,13 +56,28 @@ def _parquet(pattern: str) -> list[str]:
     return sorted(glob.glob(pattern))
 
 
+def _check_subjects(wanted: list[str], present: set[str], where: str, split: str, required: bool) -> None:
+    """A :class:`DataError` naming the wanted subjects that ``where`` lacks, and the subjects it has (when they are
+    ``required``: asked for by name, not the default of every subject)."""
+    missing = [s for s in wanted if s not in present]
+    if missing and required:
+        has = [s for s in SUBJECT_ORDER if s in present] + sorted(present - set(SUBJECT_ORDER))
+        raise DataError(
+            f"--subjects: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in {where} (split "
+            f"{split!r}), which has {', '.join(has) if has else 'no subject'}; pick from those"
+        )
+
+
 TSV_NAME = "MMMU_DEV_VAL.tsv"
 
 
-def iter_tsv_questions(path: str, split: str, subjects: list[str], images: bool = True) -> Iterator[dict[str, Any]]:
+def iter_tsv_questions(
+    path: str, split: str, subjects: list[str], images: bool = True, required: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of VLMEvalKit's MMMU TSV for the wanted split and subjects, in the hub's row format (``id``,
     ``question``, ``options``, ``answer``, ``question_type``, ``image_1``.. as PIL images), subject by subject.
-    Images are decoded row by row as the rows are yielded (none with ``images=False``)."""
+    Images are decoded row by row as the rows are yielded (none with ``images=False``). ``required``: a subject the
+    file lacks is an error (else it is skipped)."""
     from qwenvl.evaluation import tsv
 
     try:
@@ -70,12 +85,12 @@ def iter_tsv_questions(path: str, split: str, subjects: list[str], images: bool 
     except tsv.TSVError as e:
         raise DataError(f"{e} (a VLMEvalKit MMMU TSV needs the columns index, question, answer, image)") from None
     by_index = {row["index"]: row for row in rows}
-    wanted = set(subjects)
     by_subject: dict[str, list[tuple[str, dict[str, str]]]] = {}
     for row in rows:
         qid = row.get("id") or f"{row.get('split', split)}_{row.get('category', 'Unknown')}_{row['index']}"
-        if (row.get("split") or qid.split("_", 1)[0]) == split and subject_of(qid) in wanted:
+        if (row.get("split") or qid.split("_", 1)[0]) == split:
             by_subject.setdefault(subject_of(qid), []).append((qid, row))
+    _check_subjects(subjects, set(by_subject), path, split, required)
     for subject in subjects:
         for qid, row in by_subject.get(subject, []):
             at = tsv.where(path, row)
@@ -104,32 +119,37 @@ def _without_images(rows: Any) -> Any:
     return rows.remove_columns([c for c in rows.column_names if c.startswith("image_")])
 
 
-def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool = True) -> Iterator[dict[str, Any]]:
+def iter_questions(
+    data_dir: str, split: str, subjects: list[str], images: bool = True, required: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of the wanted subjects and split, subject by subject (in ``subjects`` order), decoded one at a time as
-    they are yielded; ``images=False`` leaves the image fields out (listing the questions costs no decoding)."""
+    they are yielded; ``images=False`` leaves the image fields out (listing the questions costs no decoding).
+    ``required``: a subject the data lacks is an error naming the subjects it has (else it is skipped: the default
+    of every subject on a local copy of some of them)."""
     import datasets
 
     if data_dir.endswith(".tsv"):
         if not os.path.isfile(data_dir):
             raise DataError(f"--data-file {data_dir}: no such file")
-        yield from iter_tsv_questions(data_dir, split, subjects, images)
+        yield from iter_tsv_questions(data_dir, split, subjects, images, required)
         return
     if os.path.isfile(os.path.join(data_dir, TSV_NAME)):
-        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects, images)
+        yield from iter_tsv_questions(os.path.join(data_dir, TSV_NAME), split, subjects, images, required)
         return
 
     def prepared(rows: Any) -> Any:
         return rows if images else _without_images(rows)
 
-    wanted = set(subjects)
     if os.path.isdir(data_dir):
-        per_subject = {s: _parquet(os.path.join(data_dir, s, f"{split}-*.parquet")) for s in subjects}
-        if any(per_subject.values()):
+        # The hub layout: one folder per subject (any subject's folder with this split's files tells it apart).
+        files = _parquet(os.path.join(data_dir, "*", f"{split}-*.parquet"))
+        per_subject = {os.path.basename(os.path.dirname(f)) for f in files} & set(SUBJECT_ORDER)
+        if per_subject:
+            _check_subjects(subjects, per_subject, data_dir, split, required)
             for subject in subjects:
-                if per_subject[subject]:
-                    yield from prepared(
-                        datasets.load_dataset("parquet", data_files=per_subject[subject], split="train")
-                    )
+                files = _parquet(os.path.join(data_dir, subject, f"{split}-*.parquet"))
+                if files:
+                    yield from prepared(datasets.load_dataset("parquet", data_files=files, split="train"))
             return
         merged = _parquet(os.path.join(data_dir, f"{split}-*.parquet")) or _parquet(
             os.path.join(data_dir, "data", f"{split}-*.parquet")
@@ -149,8 +169,8 @@ def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool 
         rows = prepared(rows)
         positions: dict[str, list[int]] = {}  # row numbers per subject, from the id column alone
         for i, qid in enumerate(rows["id"]):
-            if subject_of(qid) in wanted:
-                positions.setdefault(subject_of(qid), []).append(i)
+            positions.setdefault(subject_of(qid), []).append(i)
+        _check_subjects(subjects, set(positions), data_dir, split, required)
         for subject in subjects:
             for i in positions.get(subject, []):
                 yield rows[i]
@@ -165,8 +185,8 @@ def iter_questions(data_dir: str, split: str, subjects: list[str], images: bool 
             hint = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: the hub is not reached)" if offline else ""
             raise DataError(
                 f"--data-dir {data_dir}: not a local folder, and the hub dataset could not be loaded{hint}: "
-                f"{first[:200]}. Download it once (huggingface-cli download --repo-type dataset MMMU/MMMU "
-                "--local-dir MMMU) and pass --data-dir with that folder"
+                f"{first[:200]}. Download it once (hf download MMMU/MMMU --repo-type dataset --local-dir MMMU) and "
+                "pass --data-dir MMMU"
             ) from None
         yield from prepared(rows)
 

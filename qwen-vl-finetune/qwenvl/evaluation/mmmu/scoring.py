@@ -338,6 +338,7 @@ def score(questions: list[Question], mode: Scoring = "official", seed: int = 42)
             "subject": q.subject,
             "question_type": q.question_type,
             "answer": q.answer,
+            "empty": not q.response.strip(),  # no answer at all (an empty reply from the model or server)
         }
         golds = q.answer if isinstance(q.answer, list) else [q.answer]
         if q.given and q.is_mc:  # main_eval_only: the prediction is the letter
@@ -427,6 +428,17 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "splits": {k: summary(v) for k, v in sorted(splits.items())},
         "unknown_subjects": {s: len(by_subject[s]) for s in unknown},
         "gold_problems": {r["id"]: r["gold_problem"] for r in records if r.get("gold_problem")},
+        "empty_responses": empty_responses(records),
+    }
+
+
+def empty_responses(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many answers are empty, how many of those the scoring turned into random guesses, and their ids."""
+    empty = [r for r in records if r.get("empty")]
+    return {
+        "num": len(empty),
+        "random_guesses": sum(r["random_guess"] for r in empty),
+        "ids": [r["id"] for r in empty],
     }
 
 
@@ -452,6 +464,13 @@ def format_report(report: dict[str, Any]) -> str:
     if report["unknown_subjects"]:
         named = ", ".join(f"{s} ({n})" for s, n in report["unknown_subjects"].items())
         lines.append(f"warning: questions of unknown subjects, left out of Overall as the official code does: {named}")
+    empty = report.get("empty_responses") or {"num": 0}
+    if empty["num"]:
+        guessed = f", {empty['random_guesses']} of them given a random guess" if empty["random_guesses"] else ""
+        lines.append(
+            f"warning: {empty['num']} empty answer(s) (no text from the model or server), scored as unreadable"
+            f"{guessed}: {', '.join(empty['ids'][:10])}{' ...' if empty['num'] > 10 else ''}"
+        )
     if report["gold_problems"]:
         lines.append(
             f"warning: {len(report['gold_problems'])} question(s) with an unusable gold answer, counted wrong:"
