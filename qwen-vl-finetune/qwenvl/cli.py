@@ -25,7 +25,18 @@ from typing import Callable, NoReturn, Sequence
 
 
 class UserError(ValueError):
-    """A mistake of the user's (input, path, flag, environment) with a message that names it and the fix."""
+    """A mistake of the user's (input, path, flag, environment) with a message that names it and the fix.
+
+    The tools report it, and only it, as one ``error:`` line (exit 2); any other exception is a bug and keeps its
+    traceback."""
+
+
+class MissingPackage(UserError, ImportError):
+    """An optional package the chosen feature needs is not installed; the message says what to install."""
+
+
+class Unreachable(UserError, ConnectionError):
+    """A server the user named cannot be reached; the message says how to start it or fix its URL."""
 
 
 def closest(word: str, choices: Sequence[str]) -> str | None:

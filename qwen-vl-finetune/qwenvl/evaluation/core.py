@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: E402,F401 - the benchmarks' answer extraction
 from qwenvl.model.families import FAMILIES
 
@@ -42,7 +43,7 @@ def read_results(path: Path, repair: bool = False) -> list[dict[str, Any]]:
             lines.append(json.loads(chunk))
         except json.JSONDecodeError:
             if end < len(raw):  # a bad line in the middle is not a torn write: refuse to guess
-                raise ValueError(f"{path}: line {len(lines) + 1} is not valid JSON; fix or remove it") from None
+                raise UserError(f"{path}: line {len(lines) + 1} is not valid JSON; fix or remove it") from None
             break
         good_end = min(end, len(raw))
     if repair and good_end < len(raw):
@@ -147,7 +148,7 @@ class OutputLock:
                 os.close(fd)
                 real = self.path.with_name(self.path.name[: -len(".lock")])
                 also = f" (that is {real})" if real != Path(os.path.abspath(self.output)) else ""
-                raise ValueError(
+                raise UserError(
                     f"{self.output}{also} is being written by another infer (pid {holder}); wait for it to finish, "
                     "or write to another --output-file"
                 ) from None
@@ -386,9 +387,9 @@ def run_infer(args: argparse.Namespace, task: Task) -> int:
     from qwenvl.evaluation import shards
 
     if args.backend in ("hf", "vllm") and not args.model_path:
-        raise ValueError(f"--backend {args.backend} needs --model-path (a checkpoint folder or hub id)")
+        raise UserError(f"--backend {args.backend} needs --model-path (a checkpoint folder or hub id)")
     if args.backend == "openai" and not args.base_url:
-        raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)")
+        raise UserError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)")
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.data_parallel_size > 1 and args.num_shards is None:
@@ -454,7 +455,7 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
     if previous is not None:
         changes = settings_changes(previous, run_settings, ANSWER_SETTINGS + task.answer_settings)
         if changes and not args.allow_settings_change:
-            raise ValueError(
+            raise UserError(
                 f"{output} holds {len(done)} answers made with other settings ({'; '.join(changes)}); resuming would "
                 "mix them. Use another --output-file, or pass --allow-settings-change to mix on purpose"
             )
@@ -533,9 +534,8 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
 
 
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> int:
-    """Parse, run the chosen command, and turn a user's mistake into one ``error:`` line (exit 2)."""
-    from qwenvl.evaluation.shards import ShardError  # noqa: F401 - a ValueError, caught below
-
+    """Parse, run the chosen command, and turn a user's mistake (a :class:`qwenvl.cli.UserError`) into one
+    ``error:`` line (exit 2); any other exception is a bug and keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -543,7 +543,7 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str
     created = missing_folders(Path(output).parent) if output else []
     try:
         return args.func(args)
-    except (ValueError, ConnectionError, ImportError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -599,7 +599,7 @@ def make_judge(args: argparse.Namespace) -> Any:
     from qwenvl.evaluation.judge import Judge
 
     if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+        raise UserError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
     output = Path(args.output_file)
     return Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
                  os.environ.get(args.api_key_env))  # fmt: skip
@@ -631,11 +631,11 @@ def load_records(path: Path, required: tuple[str, ...], tool: str) -> list[dict[
     """The results of ``tool infer`` in ``path``, each line checked for the ``required`` fields."""
     lines = read_results(path)
     if not lines:
-        raise ValueError(f"{path}: no results to score")
+        raise UserError(f"{path}: no results to score")
     for i, line in enumerate(lines):
         for key in required:
             if key not in line:
-                raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of {tool} infer)")
+                raise UserError(f"{path}: line {i + 1} has no {key!r} (results of {tool} infer)")
     return lines
 
 

@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
     accuracy,
@@ -76,7 +77,7 @@ def data_path(args: argparse.Namespace) -> str:
     for candidate in (Path(args.data_dir) / f"{args.dataset}.tsv",):
         if candidate.is_file():
             return str(candidate)
-    raise ValueError(
+    raise UserError(
         f"--data-dir {args.data_dir} has no {args.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
         "(a TSV, or MATH-V's data/test.jsonl)"
     )
@@ -115,7 +116,7 @@ def _iter_jsonl(path: str, ids: set[str] | None) -> Iterator[dict[str, Any]]:
         try:
             item = json.loads(line)
         except ValueError:
-            raise ValueError(f"{path}:{line_no}: not valid JSON") from None
+            raise UserError(f"{path}:{line_no}: not valid JSON") from None
         qid = str(item["id"])
         if ids is not None and qid not in ids:
             continue
@@ -124,7 +125,7 @@ def _iter_jsonl(path: str, ids: set[str] | None) -> Iterator[dict[str, Any]]:
         if image:
             found = next((p for p in (base / image, base.parent / image) if p.is_file()), None)
             if found is None:
-                raise ValueError(f"{path}:{line_no} (id {qid}): image {image} not found beside the file or its parent")
+                raise UserError(f"{path}:{line_no} (id {qid}): image {image} not found beside the file or its parent")
             images = [str(found)]
         yield {"id": qid, "question": item["question"], "options": [str(o) for o in item.get("options") or []],
                "answer": str(item["answer"]).strip(), "subject": item.get("subject", ""),

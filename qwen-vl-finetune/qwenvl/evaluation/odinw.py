@@ -46,6 +46,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import MissingPackage, UserError
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
@@ -105,7 +106,7 @@ def _literal(node: ast.AST, where: str) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise ValueError(f"{where}: line {node.lineno}: only literals and dict(...) are read from the config; "
+        raise UserError(f"{where}: line {node.lineno}: only literals and dict(...) are read from the config; "
                          "write the values out (no variables or expressions)") from None  # fmt: skip
 
 
@@ -118,7 +119,7 @@ def read_config(path: Path, data_dir: str) -> dict[str, tuple[str, str, str, lis
             if node.targets[0].id in ("datasets", "dataset_prefixes"):
                 values[node.targets[0].id] = _literal(node.value, str(path))
     if "datasets" not in values or "dataset_prefixes" not in values:
-        raise ValueError(f"{path}: needs `datasets = [...]` and `dataset_prefixes = [...]` (upstream's flat config)")
+        raise UserError(f"{path}: needs `datasets = [...]` and `dataset_prefixes = [...]` (upstream's flat config)")
     out = {}
     for prefix, entry in zip(values["dataset_prefixes"], values["datasets"]):
         root = entry["data_root"]
@@ -141,14 +142,14 @@ def selected(args: argparse.Namespace) -> dict[str, tuple[str, str, str, list[st
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"--datasets: unknown {unknown}; known: {', '.join(table)}")
+        raise UserError(f"--datasets: unknown {unknown}; known: {', '.join(table)}")
     return {n: table[n] for n in names}
 
 
 def annotation_path(data_dir: str, entry: tuple[str, str, str, list[str]], name: str) -> Path:
     path = Path(data_dir) / entry[0] / entry[1]
     if not path.is_file():
-        raise ValueError(f"{name}: {path} does not exist (MMDetection's data/odinw layout below --data-dir)")
+        raise UserError(f"{name}: {path} does not exist (MMDetection's data/odinw layout below --data-dir)")
     return path
 
 
@@ -162,7 +163,7 @@ def iter_images(args: argparse.Namespace, ids: set[str] | None = None) -> Iterat
                 continue
             path = Path(args.data_dir) / entry[0] / entry[2] / image["file_name"]
             if not path.is_file():
-                raise ValueError(f"{qid}: image {path} does not exist")
+                raise UserError(f"{qid}: image {path} does not exist")
             yield {"id": qid, "dataset": name, "img_id": image["id"], "path": str(path),
                    "width": image.get("width"), "height": image.get("height"), "classes": entry[3]}  # fmt: skip
 
@@ -313,8 +314,11 @@ def evaluate_dataset(
     import contextlib
     import io
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise MissingPackage("ODinW scoring needs pycocotools: pip install pycocotools") from None
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(ann_path))
@@ -381,8 +385,6 @@ def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
 
 def load_odinw_records(path: Path) -> list[dict[str, Any]]:
     """ODinW records of ``path`` (ours, or upstream's, converted), each checked for what scoring needs."""
-    from qwenvl.cli import UserError
-
     lines = read_results(path)
     if not lines:
         raise UserError(f"{path}: no results to score")
@@ -413,8 +415,6 @@ def score(
     """The scores of ODinW ``records`` (see the module doc): per dataset, the Average, and how many annotated images
     were answered. ``datasets``: the datasets to score (default: those the infer run asked, else the whole table;
     ``upstream`` scoring takes the datasets present in the records, as upstream does)."""
-    from qwenvl.cli import UserError
-
     if scoring not in SCORING:
         raise UserError(f"--scoring {scoring}: choose one of {', '.join(SCORING)}")
     by_dataset: dict[str, list[dict[str, Any]]] = {}

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
     accuracy,
@@ -61,7 +62,7 @@ def tsv_path(args: argparse.Namespace) -> str:
         return args.data_file
     path = Path(args.data_dir) / TSV_NAME
     if not path.is_file():
-        raise ValueError(
+        raise UserError(
             f"--data-dir {args.data_dir} has no {TSV_NAME}; put VLMEvalKit's file there or pass --data-file"
         )
     return str(path)
@@ -156,7 +157,7 @@ TASK = Task(
 def score(records: list[dict[str, Any]], mode: str = "official", seed: int = 42) -> list[dict[str, Any]]:
     """Per-question results: the letter read, how, and whether it is right (see the module doc)."""
     if mode not in ("official", "upstream"):
-        raise ValueError(f"--scoring must be official or upstream, got {mode!r}")
+        raise UserError(f"--scoring must be official or upstream, got {mode!r}")
     rng = random.Random(seed)
     out = []
     for r in sorted(records, key=lambda r: _index_key(r["id"])):

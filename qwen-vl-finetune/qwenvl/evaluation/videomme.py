@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
     add_eval_command,
@@ -84,7 +85,7 @@ OFFICIAL_PREFIXES = [
 def _parquet_files(data_dir: str) -> list[str]:
     files = sorted(glob.glob(os.path.join(data_dir, "**", "test-*.parquet"), recursive=True))
     if not files:
-        raise ValueError(
+        raise UserError(
             f"--data-dir {data_dir}: no test-*.parquet below it; expected the lmms-lab/Video-MME layout "
             "(videomme/test-00000-of-00001.parquet, videos/, subtitle/)"
         )
@@ -100,18 +101,16 @@ def read_questions(data_dir: str, durations: list[str]) -> list[dict[str, Any]]:
         rows += pq.read_table(file).to_pylist()
     needed = ("videoID", "duration", "question_id", "question", "options", "answer")
     if rows and any(k not in rows[0] for k in needed):
-        raise ValueError(
-            f"{data_dir}: the parquet lacks {[k for k in needed if k not in rows[0]]} (Video-MME columns)"
-        )
+        raise UserError(f"{data_dir}: the parquet lacks {[k for k in needed if k not in rows[0]]} (Video-MME columns)")
     out = []
     for row in rows:
         if row["duration"] not in durations:
             continue
         if row["answer"] not in "ABCDE" or len(row["answer"]) != 1:
-            raise ValueError(f"{row['question_id']}: answer {row['answer']!r} is not a letter A-E")
+            raise UserError(f"{row['question_id']}: answer {row['answer']!r} is not a letter A-E")
         video = os.path.join(data_dir, "videos", f"{row['videoID']}.mp4")
         if not os.path.isfile(video):
-            raise ValueError(f"{row['question_id']}: {video} does not exist (unpack the videos_chunked zips there)")
+            raise UserError(f"{row['question_id']}: {video} does not exist (unpack the videos_chunked zips there)")
         out.append({**row, "video": video, "options": list(row["options"])})
     return out
 
@@ -272,7 +271,7 @@ def option_texts(options: list[str]) -> dict[str, str]:
 
 def score(records: list[dict[str, Any]], mode: str = "official", seed: int = 42) -> list[dict[str, Any]]:
     if mode not in ("official", "upstream"):
-        raise ValueError(f"--scoring must be official or upstream, got {mode!r}")
+        raise UserError(f"--scoring must be official or upstream, got {mode!r}")
     rng = random.Random(seed)
     out = []
     for r in sorted(records, key=lambda r: r["id"]):

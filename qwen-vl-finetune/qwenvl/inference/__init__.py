@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenvl.cli import UserError
+
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -33,4 +35,4 @@ def load_backend(kind: str, checkpoint: str | None = None, **options: Any) -> An
         from qwenvl.inference.openai_backend import OpenAIBackend
 
         return OpenAIBackend(checkpoint=checkpoint, **options)
-    raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+    raise UserError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
     add_infer_arguments,
@@ -226,7 +227,7 @@ def judge_records(
     from qwenvl.evaluation.judge import Judge
 
     if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+        raise UserError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
     cache = output.with_name(output.stem + ".judge.jsonl")
     judge = Judge(args.base_url, args.judge_model, cache, os.environ.get(args.api_key_env),
                   concurrency=args.judge_concurrency)  # fmt: skip

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwenvl.cli import UserError
+
 
 Scoring = Literal["official", "strict", "lenient"]
 
@@ -72,7 +74,7 @@ _NUM_SCIENTIFIC = re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+")
 _NUM_SIMPLE = re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])")
 
 
-class ScoringInputError(ValueError):
+class ScoringInputError(UserError):
     """A results line cannot be scored; the message names the question id."""
 
 
@@ -329,7 +331,7 @@ def official_order(questions: list[Question]) -> list[Question]:
 def score(questions: list[Question], mode: Scoring = "official", seed: int = 42) -> list[dict[str, Any]]:
     """Per-question records (parsed answer, correct, random guess, unparsed, gold problem), in the official order."""
     if mode not in ("official", "strict", "lenient"):
-        raise ValueError(f"--scoring must be official, strict or lenient, got {mode!r}")
+        raise UserError(f"--scoring must be official, strict or lenient, got {mode!r}")
     rng = random.Random(seed)
     records = []
     for q in official_order(questions):
