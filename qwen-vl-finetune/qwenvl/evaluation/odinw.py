@@ -48,6 +48,7 @@ from typing import Any, Iterator
 
 from qwenvl.cli import MissingPackage, UserError
 from qwenvl.evaluation.core import (
+    SCORES_HELP,
     Task,
     add_infer_arguments,
     add_merge_command,
@@ -56,6 +57,7 @@ from qwenvl.evaluation.core import (
     read_results,
     run_infer,
     run_main,
+    scores_file,
     strip_reasoning,
     upstream_presets,
     write_scores,
@@ -503,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="results of infer: ours, or upstream's JSONL (question_id, extra_info, result), read as is",
     )
     e.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
-    e.add_argument("--output-file", required=True, help="the scores JSON")
+    e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
     e.add_argument(
         "--scoring",
         default="official",
