@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 from qwenvl.cli import UserError
 from qwenvl.evaluation.stats import ci_text, format_comparison, paired_comparison, wilson_interval  # noqa: F401
 from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: E402,F401 - the benchmarks' answer extraction
+from qwenvl.inference.config import BackendConfig
 from qwenvl.model.families import FAMILIES
 
 
@@ -250,29 +251,12 @@ def add_infer_arguments(p: argparse.ArgumentParser, presets: dict[str, dict[str,
     (``presets["default"]`` unless ``--preset`` names another; a flag given wins over its preset)."""
     p.add_argument("--output-file", required=True,
                    help="results JSONL (appended to: a rerun resumes), with <name>.manifest.json beside it")  # fmt: skip
-    p.add_argument("--model-path", default=None, help="checkpoint (hf, vllm); openai: an optional local copy")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"],
-                   help="hf (transformers) or vllm in this process, or openai: an OpenAI-compatible server")  # fmt: skip
-    p.add_argument("--base-url", default=None, help="openai backend: the server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", default=None, help="openai backend: the served model's name (default: the only one)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: environment variable of the key")
-    p.add_argument("--family", default=None, choices=FAMILY_CHOICES,
-                   help="openai backend: the served model's family when its config cannot be read")  # fmt: skip
-    p.add_argument("--concurrency", type=int, default=8, help="openai backend: requests in flight")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
+    BackendConfig.add_arguments(p)
     p.add_argument("--data-parallel-size", type=int, default=1,
                    help="run N shard processes (each --tensor-parallel-size GPUs) and merge them")  # fmt: skip
     p.add_argument("--num-shards", type=int, default=None, help="this process answers one of N shards")
     p.add_argument("--shard-index", type=int, default=None, help="which shard (0..N-1); torchrun sets both")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend")
-    p.add_argument("--max-model-len", type=int, default=None, help="vllm backend (default: the model's)")
-    p.add_argument("--max-images-per-prompt", type=int, default=10, help="vllm backend")
-    p.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs / compilation")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generate call (and per write)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                   help="hf / vllm weights (auto: bfloat16 on a bf16 GPU, else float32)")  # fmt: skip
-    p.add_argument("--attn-implementation", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"],
-                   help="hf backend (auto: flash_attention_2 when installed on a GPU, else sdpa)")  # fmt: skip
     named = [k for k in presets if k != "default"]
     described = "; ".join(
         f"{k}: T {v['temperature']}, top-p {v['top_p']}, top-k {v['top_k']}, presence {v['presence_penalty']}, "
@@ -308,35 +292,10 @@ def generation_settings(args: argparse.Namespace, presets: dict[str, dict[str, A
 
 
 def load_backend_from_args(args: argparse.Namespace, budget: Any) -> Any:
+    """The backend of the parsed flags (:class:`BackendConfig`), with ``budget`` and ``--seed``."""
     from qwenvl.inference import load_backend
 
-    if args.backend == "openai":
-        return load_backend(
-            "openai",
-            args.model_path,
-            api_base=args.base_url,
-            model=args.model,
-            api_key=os.environ.get(args.api_key_env, "EMPTY"),
-            family=args.family,
-            budget=budget,
-            concurrency=args.concurrency,
-        )
-    if args.backend == "vllm":
-        return load_backend(
-            "vllm",
-            args.model_path,
-            budget=budget,
-            tensor_parallel_size=args.tensor_parallel_size,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            max_model_len=args.max_model_len,
-            dtype=args.dtype,
-            seed=args.seed,
-            limit_images=args.max_images_per_prompt,
-            enforce_eager=args.enforce_eager,
-        )
-    return load_backend(
-        "hf", args.model_path, budget=budget, dtype=args.dtype, attn_implementation=args.attn_implementation
-    )
+    return load_backend(BackendConfig.from_args(args), budget=budget, seed=args.seed)
 
 
 def resolve_budget(args: argparse.Namespace, **overrides: Any) -> tuple[Any, dict[str, Any]]:
@@ -390,10 +349,7 @@ def run_infer(args: argparse.Namespace, task: Task) -> int:
     batched inference with a progress bar, and the merge when the last shard is done."""
     from qwenvl.evaluation import shards
 
-    if args.backend in ("hf", "vllm") and not args.model_path:
-        raise UserError(f"--backend {args.backend} needs --model-path (a checkpoint folder or hub id)")
-    if args.backend == "openai" and not args.base_url:
-        raise UserError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)")
+    BackendConfig.from_args(args)  # a backend without its checkpoint or server is refused before any work
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.data_parallel_size > 1 and args.num_shards is None:
@@ -451,6 +407,7 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
         "preset": args.preset,
         "decoding": vars(gen),
         "backend": args.backend,
+        "backend_config": asdict(BackendConfig.from_args(args)),
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "shard": {"index": shard_index, "num_shards": num_shards, "ids": assigned},
@@ -586,7 +543,11 @@ SCORING_HELP = {
 
 
 def add_eval_command(
-    sub: Any, evaluate: Callable[[argparse.Namespace], int], judge: bool = True, tool: str = "infer"
+    sub: Any,
+    evaluate: Callable[[argparse.Namespace], int],
+    judge: bool = True,
+    tool: str = "infer",
+    scoring: dict[str, str] | None = None,
 ) -> argparse.ArgumentParser:
     """``eval --input-file --output-file --scoring official|upstream``, the judge flags, and upstream's eval flags
     (``--data-dir``, ``--dataset``; its judge flags map to ours, see :func:`add_judge_arguments`)."""
@@ -595,8 +556,9 @@ def add_eval_command(
                    help=f"the results of {tool}, or upstream's results JSONL (question_id, annotation, result), "
                         "read as they are")  # fmt: skip
     e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
-    e.add_argument("--scoring", default="official", choices=list(SCORING_HELP),
-                   help="; ".join(f"{k}: {v}" for k, v in SCORING_HELP.items()))  # fmt: skip
+    modes = scoring or SCORING_HELP  # {mode: what it is}, the first the default
+    e.add_argument("--scoring", default=next(iter(modes)), choices=list(modes),
+                   help="; ".join(f"{k}: {v}" for k, v in modes.items()))  # fmt: skip
     e.add_argument(
         "--data-dir",
         default=None,
@@ -807,6 +769,29 @@ def accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
     correct = sum(bool(r["correct"]) for r in records)
     return {"num": len(records), "correct": correct, "acc": correct / max(len(records), 1),
             "ci95": wilson_interval(correct, len(records))}  # fmt: skip
+
+
+def add_export_command(sub: Any, scored: Callable[[Path, str], list[dict[str, Any]]],
+                       scoring: tuple[str, ...] = ("official", "upstream")) -> None:  # fmt: skip
+    """``export --input-file --output-file [--scoring]``: the ``{id: extracted answer}`` JSON of a results file (the
+    shape of MMMU's submission file), for other tools or a leaderboard."""
+
+    def run(args: argparse.Namespace) -> int:
+        rows = scored(Path(args.input_file), args.scoring)
+        output = Path(args.output_file)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({r["id"]: r.get("extracted") for r in rows}, indent=1, ensure_ascii=False) + "\n")
+        write_manifest(output, {"mode": "export", "input_file": args.input_file, "scoring": args.scoring})
+        print(f"{len(rows)} prediction(s) ({{id: extracted answer}}) -> {output}")
+        return 0
+
+    x = sub.add_parser("export", help="the {id: extracted answer} JSON of a results file")
+    x.add_argument("--input-file", required=True, help="results of infer (ours or upstream's)")
+    x.add_argument("--output-file", required=True, help="the {id: answer} JSON")
+    x.add_argument(
+        "--scoring", default=scoring[0], choices=list(scoring), help="the answer extraction of eval's --scoring"
+    )
+    x.set_defaults(func=run)
 
 
 def add_compare_command(

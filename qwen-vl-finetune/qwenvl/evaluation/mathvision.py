@@ -43,6 +43,7 @@ from qwenvl.evaluation.core import (
     accuracy,
     add_compare_command,
     add_eval_command,
+    add_export_command,
     add_infer_arguments,
     add_merge_command,
     ci_text,
@@ -457,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="MathVision", choices=["MathVision", "MathVision_MINI"],
                    help="the TSV read from --data-dir: <dataset>.tsv")  # fmt: skip
     p.add_argument("--data-file", default=None, help="a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
-    p.add_argument("--num-samples", type=int, default=None, help="the first N problems only")
+    p.add_argument("--limit", "--num-samples", dest="num_samples", type=int, default=None,
+                   help="the first N problems only (--num-samples: upstream's name)")  # fmt: skip
     p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
                    help="upstream: the question text alone; official: MATH-V's \\boxed{} instruction and options")  # fmt: skip
     p.add_argument("--use-cot", action="store_true", help="append upstream's \" Let's think step by step.\"")
@@ -468,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub, evaluate, tool="run_mathv.py")
     add_merge_command(sub)
     add_compare_command(sub, _scored)
+    add_export_command(sub, _scored)
     return parser
 
 

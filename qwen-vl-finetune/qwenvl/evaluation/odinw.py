@@ -60,6 +60,7 @@ from qwenvl.evaluation.core import (
     scores_file,
     strip_reasoning,
     upstream_presets,
+    write_manifest,
     write_scores,
 )
 
@@ -309,10 +310,17 @@ SCORING = ("official", "lenient", "upstream")
 
 
 def evaluate_dataset(
-    name: str, ann_path: Path, classes: list[str], records: list[dict[str, Any]], coords: str, mode: str
+    name: str,
+    ann_path: Path,
+    classes: list[str],
+    records: list[dict[str, Any]],
+    coords: str,
+    mode: str,
+    detections_out: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """COCO bbox metrics of one dataset over every image of its annotation file (an image without an answer has
-    no detections), from the records answered (see the module doc)."""
+    no detections), from the records answered (see the module doc). ``detections_out`` receives the detections in
+    COCO's results format (``image_id``, ``category_id``, ``bbox`` as xywh, ``score``)."""
     import contextlib
     import io
 
@@ -355,13 +363,15 @@ def evaluate_dataset(
             x1, y1, x2, y2 = to_original(box, sized, coords)
             detections.append({"image_id": image["id"], "category_id": category,
                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0})  # fmt: skip
+    if detections_out is not None:
+        detections_out.extend(detections)
     metrics = {"images": len(coco.imgs), "answered": len(answered), "detections": len(detections),
                "parse_failures": failures, "unknown_labels": unknown, "bad_entries": dropped,
                "not_in_annotations": foreign}  # fmt: skip
     if not detections:  # pycocotools cannot load an empty result list; nothing detected is AP 0
         return {**metrics, **dict.fromkeys(METRICS, 0.0)}
     with contextlib.redirect_stdout(io.StringIO()):
-        results = coco.loadRes(detections)
+        results = coco.loadRes([dict(d) for d in detections])  # it adds area, id, ... to what it is given
         ev = COCOeval(coco, results, "bbox")  # every image and category of the annotation file
         ev.params.maxDets = [100, 300, 1000]
         ev.evaluate()
@@ -413,10 +423,12 @@ def score(
     scoring: str = "official",
     coords: str = "auto",
     datasets: list[str] | None = None,
+    with_detections: bool = False,
 ) -> dict[str, Any]:
     """The scores of ODinW ``records`` (see the module doc): per dataset, the Average, and how many annotated images
     were answered. ``datasets``: the datasets to score (default: those the infer run asked, else the whole table;
-    ``upstream`` scoring takes the datasets present in the records, as upstream does)."""
+    ``upstream`` scoring takes the datasets present in the records, as upstream does). ``with_detections`` adds
+    ``detections``: each dataset's detections in COCO's results format."""
     if scoring not in SCORING:
         raise UserError(f"--scoring {scoring}: choose one of {', '.join(SCORING)}")
     by_dataset: dict[str, list[dict[str, Any]]] = {}
@@ -431,18 +443,21 @@ def score(
         scope = sorted(by_dataset)
     else:
         scope = sorted(datasets if datasets else table)
-    report = {}
+    report: dict[str, Any] = {}
+    detections: dict[str, list[dict[str, Any]]] = {}
     for name in scope:
         entry = table[name]
+        detections[name] = []
         report[name] = evaluate_dataset(name, annotation_path(data_dir, entry, name), entry[3],
-                                        by_dataset.get(name, []), coords, scoring)  # fmt: skip
+                                        by_dataset.get(name, []), coords, scoring, detections[name])  # fmt: skip
     average = sum(r["mAP"] for r in report.values()) / max(len(report), 1)
     images = sum(r["images"] for r in report.values())
     answered = sum(r["answered"] for r in report.values())
     outside = sorted(set(by_dataset) - set(scope))
     return {"scoring": scoring, "coords": coords, "datasets": report, "Average": average,
             "images": images, "answered": answered, "datasets_not_scored": outside,
-            "empty_responses": empty_answers(records)}  # fmt: skip
+            "empty_responses": empty_answers(records),
+            **({"detections": detections} if with_detections else {})}  # fmt: skip
 
 
 def infer_datasets(input_file: Path) -> list[str] | None:
@@ -454,19 +469,51 @@ def infer_datasets(input_file: Path) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) and names else None
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    input_file = Path(args.input_file)
-    records = load_odinw_records(input_file)
+def _score_file(args: argparse.Namespace, path: Path, with_detections: bool = False) -> dict[str, Any]:
+    """``score`` of a results file with the eval flags (``--datasets``, ``--coords`` or ``is_rel``)."""
+    records = load_odinw_records(path)
     datasets = None
     if args.datasets:
         datasets = [n.strip() for n in args.datasets.split(",") if n.strip()]
     elif args.scoring != "upstream":
-        datasets = infer_datasets(input_file)
+        datasets = infer_datasets(path)
     coords = args.coords
     if coords is None:  # upstream's switch, an environment variable, when the flag is not given
         rel = os.environ.get("is_rel")
         coords = "auto" if rel is None else ("relative" if rel == "1" else "absolute")
-    body = score(records, args.data_dir, args.scoring, coords, datasets)
+    return score(records, args.data_dir, args.scoring, coords, datasets, with_detections) | {"records": len(records)}
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Per-dataset mAP of two results files (mAP is not a per-question accuracy: no paired test)."""
+    a, b = _score_file(args, Path(args.a)), _score_file(args, Path(args.b))
+    print(f"{'dataset':26} {'mAP A':>7} {'mAP B':>7} {'B - A':>7}")
+    for name in sorted(set(a["datasets"]) | set(b["datasets"])):
+        ma, mb = a["datasets"].get(name, {}).get("mAP"), b["datasets"].get(name, {}).get("mAP")
+        diff = f"{mb - ma:>+7.3f}" if ma is not None and mb is not None else f"{'':>7}"
+        print(f"{name:26} {'-' if ma is None else f'{ma:.3f}':>7} {'-' if mb is None else f'{mb:.3f}':>7} {diff}")
+    print(f"{'Average':26} {a['Average']:>7.3f} {b['Average']:>7.3f} {b['Average'] - a['Average']:>+7.3f}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Each dataset's detections in COCO's results format (what COCO-style evaluation servers and tools read)."""
+    body = _score_file(args, Path(args.input_file), with_detections=True)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(body["detections"]) + "\n")
+    write_manifest(output, {"mode": "export", "input_file": args.input_file, "scoring": args.scoring,
+                            "coords": body["coords"]})  # fmt: skip
+    count = sum(len(v) for v in body["detections"].values())
+    print(f"{count} detection(s) of {len(body['detections'])} dataset(s), COCO results format -> {output}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    input_file = Path(args.input_file)
+    body = _score_file(args, input_file)
+    coords = body["coords"]
+    records = body.pop("records")
     report = body["datasets"]
     output = Path(args.output_file)
     write_scores(output, body, {"input_file": args.input_file, "scoring": args.scoring, "coords": coords})
@@ -481,10 +528,31 @@ def evaluate(args: argparse.Namespace) -> int:
               "score as images without detections")  # fmt: skip
     if body["datasets_not_scored"]:
         print(f"warning: answers of {', '.join(body['datasets_not_scored'])} are not scored (not in --datasets)")
-    if warning := empty_answers_warning(body["empty_responses"], len(records)):
+    if warning := empty_answers_warning(body["empty_responses"], records):
         print(warning)
     print(f"-> {output}")
     return 0
+
+
+def _scoring_flags(p: argparse.ArgumentParser) -> None:
+    """--scoring, --datasets, --coords (eval, compare, export)."""
+    p.add_argument(
+        "--scoring",
+        default="official",
+        choices=list(SCORING),
+        help="official: upstream's parsing, COCO categories by name, every dataset asked, unrounded mean; "
+        "lenient: official, plus boxes found anywhere in answers upstream's parsing refuses; "
+        "upstream: upstream's numbers (positional categories, datasets present, 3-decimal rounding)",
+    )
+    p.add_argument(
+        "--datasets",
+        default=None,
+        help="comma-separated datasets to score (default: those infer asked, from its manifest; else all)",
+    )
+    p.add_argument("--coords", default=None, choices=["auto", "relative", "absolute"],
+                   help="auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL (the "
+                        "family infer recorded). Not given: upstream's is_rel=1 / is_rel=0 environment variable "
+                        "picks relative / absolute, else auto")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,25 +574,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
     e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
-    e.add_argument(
-        "--scoring",
-        default="official",
-        choices=list(SCORING),
-        help="official: upstream's parsing, COCO categories by name, every dataset asked, unrounded mean; "
-        "lenient: official, plus boxes found anywhere in answers upstream's parsing refuses; "
-        "upstream: upstream's numbers (positional categories, datasets present, 3-decimal rounding)",
-    )
-    e.add_argument(
-        "--datasets",
-        default=None,
-        help="comma-separated datasets to score (default: those infer asked, from its manifest; else all)",
-    )
-    e.add_argument("--coords", default=None, choices=["auto", "relative", "absolute"],
-                   help="auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL (the "
-                        "family infer recorded). Not given: upstream's is_rel=1 / is_rel=0 environment variable "
-                        "picks relative / absolute, else auto")  # fmt: skip
+    _scoring_flags(e)
     e.set_defaults(func=evaluate)
     add_merge_command(sub)
+    c = sub.add_parser("compare", help="per-dataset mAP of two results files")
+    c.add_argument("a", help="results file A (the baseline)")
+    c.add_argument("b", help="results file B")
+    c.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
+    _scoring_flags(c)
+    c.set_defaults(func=compare)
+    x = sub.add_parser("export", help="the detections in COCO's results format, per dataset")
+    x.add_argument("--input-file", required=True, help="results of infer (ours or upstream's)")
+    x.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
+    x.add_argument("--output-file", required=True, help="a JSON {dataset: [COCO detections]}")
+    _scoring_flags(x)
+    x.set_defaults(func=export)
     return parser
 
 

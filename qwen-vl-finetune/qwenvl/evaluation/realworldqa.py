@@ -36,6 +36,7 @@ from qwenvl.evaluation.core import (
     accuracy,
     add_compare_command,
     add_eval_command,
+    add_export_command,
     add_infer_arguments,
     add_merge_command,
     ci_text,
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub, evaluate, tool="run_realworldqa.py")
     add_merge_command(sub)
     add_compare_command(sub, _scored)
+    add_export_command(sub, _scored)
     return parser
 
 

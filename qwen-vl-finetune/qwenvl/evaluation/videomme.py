@@ -47,6 +47,7 @@ from qwenvl.evaluation.core import (
     Task,
     add_compare_command,
     add_eval_command,
+    add_export_command,
     add_infer_arguments,
     add_merge_command,
     ci_text,
@@ -387,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
                    help="upstream: the official sentence with upstream's 'Question:' prefix; official: without it")  # fmt: skip
     p.add_argument("--sys-prompt", default=None, help="a text file with a system prompt")
-    p.add_argument("--max-samples", type=int, default=None, help="the first N questions only")
+    p.add_argument("--limit", "--max-samples", dest="max_samples", type=int, default=None,
+                   help="the first N questions only (--max-samples: upstream's name)")  # fmt: skip
     p.add_argument("--fps", type=float, default=None, help=f"default {VIDEO_DEFAULTS['fps']}")
     p.add_argument("--min-pixels", type=int, default=None, help=f"per frame, default {VIDEO_DEFAULTS['min_pixels']}")
     p.add_argument("--max-pixels", type=int, default=None, help=f"per frame, default {VIDEO_DEFAULTS['max_pixels']}")
@@ -404,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub, evaluate, tool="run_videomme.py")
     add_merge_command(sub)
     add_compare_command(sub, lambda path, mode: score(_load(path), mode))
+    add_export_command(sub, lambda path, mode: score(_load(path), mode))
     return parser
 
 
