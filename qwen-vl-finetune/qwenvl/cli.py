@@ -10,6 +10,7 @@ a busy port) ends the tool with its one-line message and exit code 2, never a tr
     qwenvl train examples/qwen3vl_lora.yaml [--flag value ...]      # or: qwenvl train --model_name_or_path ...
     torchrun --nproc_per_node 8 --no-python qwenvl train recipe.yaml
     qwenvl lint | verify-packing | inspect-video | merge-lora | tiny | quickstart  [--help]
+    qwenvl eval mmmu|mathvision|realworldqa|videomme|odinw13 infer|eval|merge|compare|export [--help]
 
 The module entry points (``python -m qwenvl.data.lint`` ...) and upstream's ``qwenvl/train/train_qwen.py`` keep
 working.
@@ -25,7 +26,18 @@ from typing import Callable, NoReturn, Sequence
 
 
 class UserError(ValueError):
-    """A mistake of the user's (input, path, flag, environment) with a message that names it and the fix."""
+    """A mistake of the user's (input, path, flag, environment) with a message that names it and the fix.
+
+    The tools report it, and only it, as one ``error:`` line (exit 2); any other exception is a bug and keeps its
+    traceback."""
+
+
+class MissingPackage(UserError, ImportError):
+    """An optional package the chosen feature needs is not installed; the message says what to install."""
+
+
+class Unreachable(UserError, ConnectionError):
+    """A server the user named cannot be reached; the message says how to start it or fix its URL."""
 
 
 def closest(word: str, choices: Sequence[str]) -> str | None:
@@ -156,6 +168,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-lora": ("qwenvl.train.merge_lora", "merge a LoRA checkpoint into a full model"),
     "tiny": ("qwenvl.model.tiny", "write a tiny random checkpoint of a family (offline)"),
     "quickstart": ("qwenvl.quickstart", "the main job: tiny Qwen3-VL learns to read colours on CPU"),
+    "eval": ("qwenvl.evaluation.registry", "benchmarks: qwenvl eval <benchmark> infer|eval|merge|compare|export"),
 }
 
 

@@ -182,3 +182,41 @@ def test_a_second_infer_through_a_symlink_is_stopped_by_the_lock(data, tmp_path,
     ids = _ids(real)
     assert len(ids) == QUESTIONS and len(set(ids)) == QUESTIONS
     assert _leftovers(real.parent) == ["results.jsonl", "results.jsonl.manifest.json"]
+
+
+def _parser_raising(error: BaseException):
+    from qwenvl.cli import StrictParser
+
+    def build():
+        parser = StrictParser(prog="tool")
+        parser.add_argument("--output-file", default=None)
+        parser.set_defaults(func=lambda args: (_ for _ in ()).throw(error))
+        return parser
+
+    return build
+
+
+def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys):
+    from qwenvl.cli import MissingPackage, Unreachable, UserError
+    from qwenvl.evaluation.core import run_main
+
+    for error in (UserError("bad --flag; fix it"), MissingPackage("pip install x"), Unreachable("start the server")):
+        assert run_main(_parser_raising(error), []) == 2
+        assert capsys.readouterr().err == f"error: {error}\n"
+    # A bug is not a user's mistake, whatever its type: it propagates (with its traceback), and the run's empty
+    # output folders are still removed.
+    for bug in (ValueError("a bug"), KeyError("width"), ImportError("cannot import name x"), ConnectionError("x")):
+        with pytest.raises(type(bug)):
+            run_main(_parser_raising(bug), ["--output-file", str(tmp_path / "new" / "out.json")])
+        assert not (tmp_path / "new").exists()
+
+
+def test_user_mistakes_raise_the_user_error_type():
+    from qwenvl.cli import UserError
+    from qwenvl.evaluation import shards
+    from qwenvl.model.budget import MediaBudget
+
+    with pytest.raises(UserError, match="--num-shards and --shard-index"):
+        shards.shard_from_env(2, None)
+    with pytest.raises(UserError, match="min_pixels"):
+        MediaBudget(min_pixels=10, max_pixels=5)

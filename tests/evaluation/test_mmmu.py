@@ -184,11 +184,21 @@ def test_table_rounds_once_like_the_official_print():
     assert "0.505" in format_report(report).splitlines()[-3]  # Overall row: round(0.5045..., 3), not 0.504
 
 
+def _without_ci(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "ci95"}
+
+
 def test_unknown_subjects_empty_disciplines_and_mixed_splits():
     lines = [_mc("validation_Art_1", "A"), _mc("validation_Cooking_1", "A"), _mc("dev_Art_1", "B")]
     report = aggregate(score([validate_line(x, i) for i, x in enumerate(lines)], "strict"))
     assert report["overall"]["num"] == 2 and report["unknown_subjects"] == {"Cooking": 1}  # left out of Overall
-    assert report["disciplines"]["Business"] == {"num": 0, "acc": 0.0, "random_guesses": 0, "unparsed": 0}
+    assert report["disciplines"]["Business"] == {
+        "num": 0,
+        "acc": 0.0,
+        "random_guesses": 0,
+        "unparsed": 0,
+        "ci95": [0.0, 1.0],
+    }  # no questions: the interval says nothing
     table = format_report(report)
     assert "Overall-Business" in table and "Cooking (1)" in table
     assert set(report["splits"]) == {"dev", "validation"} and "mix splits" in table
@@ -197,7 +207,7 @@ def test_unknown_subjects_empty_disciplines_and_mixed_splits():
 def test_bad_gold_is_counted_wrong_and_test_split_is_not_scored(tmp_path):
     lines = [_mc("validation_Art_1", "A"), _mc("validation_Art_2", "A", answer="Z")]
     report = aggregate(score([validate_line(x, i) for i, x in enumerate(lines)], "official"))
-    assert report["overall"] == {"num": 2, "acc": 0.5, "random_guesses": 0, "unparsed": 0}
+    assert _without_ci(report["overall"]) == {"num": 2, "acc": 0.5, "random_guesses": 0, "unparsed": 0}
     assert "validation_Art_2" in report["gold_problems"]
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(_mc(f"test_Art_{i}", "A", answer="?")) + "\n" for i in range(3)))
@@ -239,9 +249,10 @@ def test_aggregation_is_instance_weighted_in_official_order():
     lines = [_mc(f"validation_Art_{i}", "A") for i in range(1, 4)] + [_mc("validation_Design_1", "B")]
     lines.append({"id": "validation_Math_1", "question_type": "open", "answer": "5", "options": "[]", "response": "5"})
     report = aggregate(score([validate_line(x, i) for i, x in enumerate(lines)], "strict"))
-    assert report["disciplines"]["Art and Design"] == {"num": 4, "acc": 0.75, "random_guesses": 0, "unparsed": 0}
+    assert _without_ci(report["disciplines"]["Art and Design"]) == {"num": 4, "acc": 0.75, "random_guesses": 0,
+                                                                    "unparsed": 0}  # fmt: skip
     assert report["overall"]["num"] == 5 and report["overall"]["acc"] == 0.8
-    assert report["open"] == {"num": 1, "acc": 1.0, "random_guesses": 0, "unparsed": 0}
+    assert _without_ci(report["open"]) == {"num": 1, "acc": 1.0, "random_guesses": 0, "unparsed": 0}
     assert [d for d, s in report["disciplines"].items() if s["num"]] == ["Art and Design", "Science"]
 
 
@@ -426,6 +437,7 @@ def test_compare_splits_parse_and_answer_changes(tmp_path):
     out = _run("compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--scoring", "strict")
     assert out.returncode == 0, out.stderr
     assert "answer changed: 2" in out.stdout and "validation_Art_1" in out.stdout
+    assert "only A right: 1, only B right: 1; exact McNemar p = 1: no difference beyond noise" in out.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_mc("validation_Art_9", "A", answer="Z")) + "\n")
     out = _run("eval", "--input-file", str(bad), "--output-file", str(tmp_path / "s.json"))

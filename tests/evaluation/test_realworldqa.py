@@ -90,7 +90,8 @@ def test_scoring_modes():
     assert upstream[1]["correct"] and upstream[2]["method"] == "random"
     assert upstream == score(records, "upstream")  # the fall-back is seeded: the same every run
     report = aggregate(score(records, "official"))
-    assert report["overall"] == {"num": 3, "correct": 1, "acc": 1 / 3} and report["category"]["x"]["num"] == 1
+    assert {k: v for k, v in report["overall"].items() if k != "ci95"} == {"num": 3, "correct": 1, "acc": 1 / 3}
+    assert report["category"]["x"]["num"] == 1
 
 
 @pytest.mark.slow

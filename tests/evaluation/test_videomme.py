@@ -54,7 +54,10 @@ def test_official_accuracy_counts_answered_questions_only():
     ]  # fmt: skip
     report = aggregate(score(records, "official"), "official")
     assert report["overall"]["answered"] == 2 and report["overall"]["acc"] == 0.5  # 1 of 2 answered
-    assert report["task_type"]["Counting Problem"] == {"num": 2, "answered": 1, "correct": 0, "acc": 0.0}
+    counting = report["task_type"]["Counting Problem"]
+    assert {k: v for k, v in counting.items() if k != "ci95"} == {"num": 2, "answered": 1, "correct": 0, "acc": 0.0}
+    z2 = 1.959963984540054**2  # Wilson's upper bound for 0 of n is z^2 / (n + z^2): here n = the 1 answered
+    assert counting["ci95"] == pytest.approx([0.0, z2 / (1 + z2)])
     upstream = aggregate(score(records, "upstream"), "upstream")
     assert upstream["overall"]["num"] == 3 and upstream["denominator"] == "all"
     assert score(records, "upstream") == score(records, "upstream")  # the fall-back guess is seeded

@@ -1,363 +1,56 @@
-"""What every benchmark's ``infer`` / ``eval`` shares: the resumable results file, the manifest, the output lock,
-the backend and decoding flags (hf, vllm, openai; presets), shards and data-parallel runs, and the inference loop.
+"""The runner every benchmark shares: a benchmark describes its questions with a :class:`Task` (how to list them,
+build one question's conversation and its results record) and :func:`run_infer` does the rest (checks, data-parallel
+launch, this process's shard, lock, resume, manifest, batched inference with a progress bar, the merge);
+:func:`run_main` parses and reports a :class:`qwenvl.cli.UserError` in one line.
 
-A benchmark describes itself with a :class:`Task` (how to list its questions, build a question's conversation and
-its results record) and calls :func:`run_infer`; MMMU, MathVision, RealWorldQA, VideoMME and ODinW-13 do.
+The pieces live by concern, and are re-exported here for the benchmarks:
+
+* ``results.py``: the results JSONL, its manifest, the output lock, shard files and ``merge``;
+* ``options.py``: the ``infer`` flags (backend via ``BackendConfig``, shards, decoding presets, pixel budget);
+* ``reports.py``: the ``eval`` / ``compare`` / ``export`` side (judge, upstream's flags and results files, scores);
+* ``stats.py``: accuracy intervals and the paired test.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
-import platform
 import sys
 import time
-from dataclasses import dataclass
-from importlib import metadata
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: E402,F401 - the benchmarks' answer extraction
-from qwenvl.model.families import FAMILIES
-
-
-# ----------------------------------------------------------------------------------------------- results file
-
-
-def read_results(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """The complete lines of a results file. A torn last line (a crash mid-write) is dropped, and with ``repair``
-    cut from the file, so appending continues cleanly."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    lines, good_end = [], 0
-    for chunk in raw.split(b"\n"):
-        end = good_end + len(chunk) + 1
-        if not chunk.strip():
-            good_end = min(end, len(raw))
-            continue
-        try:
-            lines.append(json.loads(chunk))
-        except json.JSONDecodeError:
-            if end < len(raw):  # a bad line in the middle is not a torn write: refuse to guess
-                raise ValueError(f"{path}: line {len(lines) + 1} is not valid JSON; fix or remove it") from None
-            break
-        good_end = min(end, len(raw))
-    if repair and good_end < len(raw):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return lines
-
-
-def append_results(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append whole lines in one write, then fsync: a crash leaves at most one torn last line."""
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-    with path.open("ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "qwen-vl-utils", "qwenvl", "datasets", "vllm"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def manifest_path(output: Path) -> Path:
-    return output.with_name(output.name + ".manifest.json")
-
-
-def read_manifest(output: Path) -> dict[str, Any] | None:
-    path = manifest_path(output)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
-
-
-def write_manifest(output: Path, settings: dict[str, Any], segment: bool = False) -> Path:
-    """Write ``<output>.manifest.json``: this run's settings at the top level and, with ``segment``, appended to the
-    ``segments`` list that keeps one entry per run that wrote into the file (a resumed ``infer``)."""
-    path = manifest_path(output)
-    entry = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": sys.argv, **settings, "versions": versions()}
-    manifest = dict(entry)
-    if segment:
-        old = read_manifest(output) or {}
-        segments = old.get("segments") or ([{k: v for k, v in old.items() if k != "segments"}] if old else [])
-        manifest["segments"] = [*segments, entry]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-# Settings that change answers: a resumed infer must not mix answers made under different ones in one file
-# (a benchmark adds its own, such as its prompt).
-ANSWER_SETTINGS = ("model_path", "model_config_sha256", "served_model", "pixel_budgets", "decoding", "backend",
-                   "dtype")  # fmt: skip
-
-
-def settings_changes(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...] = ANSWER_SETTINGS) -> list[str]:
-    """``key: old -> new`` for each answer-changing setting that differs."""
-    changes = []
-    for key in keys:
-        before, after = old.get(key), new.get(key)
-        if key == "pixel_budgets":  # compare the budgets in effect, not where they came from
-            before = {k: v for k, v in (before or {}).items() if k in ("max_pixels", "min_pixels")}
-            after = {k: v for k, v in (after or {}).items() if k in ("max_pixels", "min_pixels")}
-        if key == "served_model" and before is None and old.get("backend") == "openai":
-            continue  # written before the served model was asked for: unknown, not another model
-        if key in old and before != after:
-            changes.append(f"{key}: {before} -> {after}")
-    return changes
-
-
-class OutputLock:
-    """An exclusive lock on ``<output>.lock`` for the life of an ``infer`` (two writers would duplicate ids).
-
-    The lock is taken on the resolved path, so a second writer that reaches the same file through a symlink (or
-    another relative path) is stopped too. The lock file is removed on exit while still held; a process that opened
-    it just before sees, once it holds the lock, that the path no longer names its file and takes a new one."""
-
-    def __init__(self, output: Path, given: Path | None = None) -> None:
-        """``given``: the name the user gave for ``output`` (a symlink, say), for messages."""
-        self.output = given or output
-        real = Path(os.path.realpath(output))
-        self.path = real.with_name(real.name + ".lock")
-        self.fd: int | None = None
-
-    def __enter__(self) -> OutputLock:
-        import fcntl
-
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                real = self.path.with_name(self.path.name[: -len(".lock")])
-                also = f" (that is {real})" if real != Path(os.path.abspath(self.output)) else ""
-                raise ValueError(
-                    f"{self.output}{also} is being written by another infer (pid {holder}); wait for it to finish, "
-                    "or write to another --output-file"
-                ) from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed it between our open and our lock: lock the new one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)  # while held, so no one else holds a lock on it
-            except FileNotFoundError:
-                pass
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
-
-
-def config_hash(model_path: str) -> str | None:
-    config = Path(model_path) / "config.json"
-    if config.is_file():
-        return hashlib.sha256(config.read_bytes()).hexdigest()
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return hashlib.sha256(Path(hf_hub_download(model_path, "config.json")).read_bytes()).hexdigest()
-    except Exception:  # noqa: BLE001 - offline or not a hub id: the manifest says unknown
-        return None
-
-
-# ----------------------------------------------------------------------------------------------- infer
-
-
-# ----------------------------------------------------------------------------------------------- shards
-
-
-def without_flag(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
-        if item == flag:
-            skip = True
-            continue
-        if item.startswith(flag + "="):
-            continue
-        out.append(item)
-    return out
-
-
-def all_shards_done(output: Path, num: int) -> bool:
-    from qwenvl.evaluation import shards
-
-    for index in range(num):
-        path = shards.shard_path(output, num, index)
-        wanted = shards.read_manifest_ids(manifest_path(path))
-        if wanted is None or not path.exists():
-            return False
-        if set(wanted) - {r["id"] for r in read_results(path)}:
-            return False
-    return True
-
-
-def merge_outputs(output: Path, num: int) -> int:
-    """Join the shards of ``output`` into it (checked: every shard holds exactly its ids, none twice)."""
-    from qwenvl.evaluation import shards
-
-    records = shards.merge(output, num, read_results, lambda p: shards.read_manifest_ids(manifest_path(p)))
-    tmp = output.with_name(output.name + ".merging")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    os.replace(tmp, output)
-    segments = [read_manifest(shards.shard_path(output, num, i)) or {} for i in range(num)]
-    settings = {
-        k: v for k, v in segments[0].items() if k not in ("segments", "shard", "created", "command", "versions")
-    }
-    write_manifest(output, {**settings, "mode": "merge", "merged_shards": num, "shard_manifests": segments})
-    print(f"merged {num} shard(s), {len(records)} answer(s) -> {output}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------- flags
-
-
-FAMILY_CHOICES = sorted(FAMILIES)
-DECODING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty")
-
-
-def add_infer_arguments(p: argparse.ArgumentParser, presets: dict[str, dict[str, Any]], seed: int = 42) -> None:
-    """The flags every benchmark's ``infer`` takes: output, backend (hf, vllm, openai), shards, batch, decoding
-    (``presets["default"]`` unless ``--preset`` names another; a flag given wins over its preset)."""
-    p.add_argument("--output-file", required=True)
-    p.add_argument("--model-path", default=None, help="checkpoint (hf, vllm); openai: an optional local copy")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"],
-                   help="hf (transformers) or vllm in this process, or openai: an OpenAI-compatible server")  # fmt: skip
-    p.add_argument("--base-url", default=None, help="openai backend: the server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", default=None, help="openai backend: the served model's name (default: the only one)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: environment variable of the key")
-    p.add_argument("--family", default=None, choices=FAMILY_CHOICES,
-                   help="openai backend: the served model's family when its config cannot be read")  # fmt: skip
-    p.add_argument("--concurrency", type=int, default=8, help="openai backend: requests in flight")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
-    p.add_argument("--data-parallel-size", type=int, default=1,
-                   help="run N shard processes (each --tensor-parallel-size GPUs) and merge them")  # fmt: skip
-    p.add_argument("--num-shards", type=int, default=None, help="this process answers one of N shards")
-    p.add_argument("--shard-index", type=int, default=None, help="which shard (0..N-1); torchrun sets both")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend")
-    p.add_argument("--max-model-len", type=int, default=None, help="vllm backend (default: the model's)")
-    p.add_argument("--max-images-per-prompt", type=int, default=10, help="vllm backend")
-    p.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs / compilation")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    p.add_argument("--attn-implementation", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"])
-    named = [k for k in presets if k != "default"]
-    described = "; ".join(
-        f"{k}: T {v['temperature']}, top-p {v['top_p']}, top-k {v['top_k']}, presence {v['presence_penalty']}, "
-        f"{v['max_new_tokens']} tokens"
-        for k, v in presets.items()
-        if k != "default"
-    )
-    p.add_argument("--preset", default=None, choices=named, help=f"upstream's settings ({described})")
-    default = presets["default"]
-    p.add_argument("--max-new-tokens", type=int, default=None, help=f"default {default['max_new_tokens']}")
-    p.add_argument("--temperature", type=float, default=None, help=f"default {default['temperature']} (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--presence-penalty", type=float, default=None)
-    p.add_argument("--seed", type=int, default=seed)
-    p.add_argument(
-        "--allow-settings-change",
-        action="store_true",
-        help="resume into a file whose answers were made with other answer-changing settings (recorded per segment)",
-    )
-
-
-def generation_settings(args: argparse.Namespace, presets: dict[str, dict[str, Any]]) -> Any:
-    """Decoding settings: the preset's values, each replaced by its flag when given."""
-    from qwenvl.inference.base import GenerationSettings
-
-    values = dict(presets[args.preset or "default"])
-    for key in DECODING_FIELDS:
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return GenerationSettings(**{k: values[k] for k in DECODING_FIELDS}, seed=args.seed)
-
-
-def load_backend_from_args(args: argparse.Namespace, budget: Any) -> Any:
-    from qwenvl.inference import load_backend
-
-    if args.backend == "openai":
-        return load_backend(
-            "openai",
-            args.model_path,
-            api_base=args.base_url,
-            model=args.model,
-            api_key=os.environ.get(args.api_key_env, "EMPTY"),
-            family=args.family,
-            budget=budget,
-            concurrency=args.concurrency,
-        )
-    if args.backend == "vllm":
-        return load_backend(
-            "vllm",
-            args.model_path,
-            budget=budget,
-            tensor_parallel_size=args.tensor_parallel_size,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            max_model_len=args.max_model_len,
-            dtype=args.dtype,
-            seed=args.seed,
-            limit_images=args.max_images_per_prompt,
-            enforce_eager=args.enforce_eager,
-        )
-    return load_backend(
-        "hf", args.model_path, budget=budget, dtype=args.dtype, attn_implementation=args.attn_implementation
-    )
-
-
-def resolve_budget(args: argparse.Namespace, **overrides: Any) -> tuple[Any, dict[str, Any]]:
-    """The checkpoint's budget with the flags' non-None ``overrides``, and its manifest entry; a flag that departs
-    from what the checkpoint was trained with is warned about."""
-    from qwenvl.model.preprocessing import checkpoint_budget, load_preprocessing
-
-    budget, source = checkpoint_budget(args.model_path, **overrides)
-    saved = load_preprocessing(args.model_path) if args.model_path and Path(args.model_path).is_dir() else None
-    drift = {
-        k: (getattr(budget, k), getattr(saved.budget, k))
-        for k, v in overrides.items()
-        if saved is not None and v is not None and getattr(budget, k) != getattr(saved.budget, k)
-    }
-    for key, (flag, trained) in drift.items():
-        print(
-            f"warning: --{key.replace('_', '-')} {flag} differs from the {trained} this checkpoint was trained with "
-            f"({args.model_path}/qwenvl_preprocessing.json); scores may not reflect the trained model",
-            file=sys.stderr,
-        )
-    entry = {
-        "drift_from_checkpoint": {k: {"flag": f, "trained": t} for k, (f, t) in drift.items()},
-        "source": source,
-        **{k: v for k, v in budget.to_dict().items() if v is not None},
-    }
-    return budget, entry
+from qwenvl.cli import UserError
+from qwenvl.evaluation.options import (  # noqa: F401 - the benchmarks import these from core
+    DECODING_FIELDS,
+    FAMILY_CHOICES,
+    add_infer_arguments,
+    generation_settings,
+    load_backend_from_args,
+    resolve_budget,
+    upstream_presets,
+)
+from qwenvl.evaluation.reports import *  # noqa: F401,F403 - the eval side, re-exported for the benchmarks
+from qwenvl.evaluation.reports import apply_upstream_judge_flags
+from qwenvl.evaluation.results import *  # noqa: F401,F403 - results files, re-exported for the benchmarks
+from qwenvl.evaluation.results import (
+    ANSWER_SETTINGS,
+    OutputLock,
+    all_shards_done,
+    append_results,
+    config_hash,
+    manifest_path,
+    merge_outputs,
+    read_manifest,
+    read_results,
+    settings_changes,
+    without_flag,
+    write_manifest,
+)
+from qwenvl.evaluation.stats import ci_text, format_comparison, paired_comparison, wilson_interval  # noqa: F401
+from qwenvl.inference.base import THINK_END, strip_reasoning  # noqa: F401 - the benchmarks' answer extraction
+from qwenvl.inference.config import BackendConfig
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -385,10 +78,7 @@ def run_infer(args: argparse.Namespace, task: Task) -> int:
     batched inference with a progress bar, and the merge when the last shard is done."""
     from qwenvl.evaluation import shards
 
-    if args.backend in ("hf", "vllm") and not args.model_path:
-        raise ValueError(f"--backend {args.backend} needs --model-path (a checkpoint folder or hub id)")
-    if args.backend == "openai" and not args.base_url:
-        raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)")
+    BackendConfig.from_args(args)  # a backend without its checkpoint or server is refused before any work
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.data_parallel_size > 1 and args.num_shards is None:
@@ -446,6 +136,7 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
         "preset": args.preset,
         "decoding": vars(gen),
         "backend": args.backend,
+        "backend_config": asdict(BackendConfig.from_args(args)),
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "shard": {"index": shard_index, "num_shards": num_shards, "ids": assigned},
@@ -454,7 +145,7 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
     if previous is not None:
         changes = settings_changes(previous, run_settings, ANSWER_SETTINGS + task.answer_settings)
         if changes and not args.allow_settings_change:
-            raise ValueError(
+            raise UserError(
                 f"{output} holds {len(done)} answers made with other settings ({'; '.join(changes)}); resuming would "
                 "mix them. Use another --output-file, or pass --allow-settings-change to mix on purpose"
             )
@@ -533,155 +224,26 @@ def _infer(args: argparse.Namespace, task: Task, output: Path, num_shards: int, 
 
 
 def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> int:
-    """Parse, run the chosen command, and turn a user's mistake into one ``error:`` line (exit 2)."""
-    from qwenvl.evaluation.shards import ShardError  # noqa: F401 - a ValueError, caught below
-
+    """Parse, run the chosen command, and turn a user's mistake (a :class:`qwenvl.cli.UserError`) into one
+    ``error:`` line (exit 2); any other exception is a bug and keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     output = getattr(args, "output_file", None)
     created = missing_folders(Path(output).parent) if output else []
     try:
+        if hasattr(args, "eval_model"):
+            apply_upstream_judge_flags(args)
         return args.func(args)
-    except (ValueError, ConnectionError, ImportError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         remove_empty_folders(created)  # a run that failed (or wrote nothing) leaves no empty folders behind
 
 
-# ----------------------------------------------------------------------------------------------- eval helpers
-
-
-def upstream_presets(default_tokens: int, think_temperature: float, think_tokens: int) -> dict[str, dict[str, Any]]:
-    """Greedy ``default`` decoding and upstream's ``instruct`` / ``think`` shell presets (the think preset's
-    temperature and token limit differ between upstream's benchmarks)."""
-    return {
-        "default": dict(max_new_tokens=default_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                        presence_penalty=0.0),
-        "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
-                         presence_penalty=1.5),
-        "think": dict(max_new_tokens=think_tokens, temperature=think_temperature, top_p=0.95, top_k=20,
-                      repetition_penalty=1.0, presence_penalty=0.0),
-    }  # fmt: skip
-
-
 def add_merge_command(sub: Any) -> None:
     m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
     m.add_argument("--output-file", required=True, help="the --output-file the shards were run with")
-    m.add_argument("--num-shards", type=int, required=True)
+    m.add_argument("--num-shards", type=int, required=True, help="the --num-shards the shards were run with")
     m.set_defaults(func=lambda args: merge_outputs(Path(args.output_file), args.num_shards))
-
-
-def add_eval_command(sub: Any, evaluate: Callable[[argparse.Namespace], int], judge: bool = True) -> None:
-    """``eval --input-file --output-file --scoring official|upstream`` (and the judge flags)."""
-    e = sub.add_parser("eval", help="score results.jsonl")
-    e.add_argument("--input-file", required=True)
-    e.add_argument("--output-file", required=True)
-    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
-    if judge:
-        add_judge_arguments(e)
-    e.set_defaults(func=evaluate)
-
-
-def add_judge_arguments(e: argparse.ArgumentParser, unread: str = "the answers the rules cannot read") -> None:
-    """--judge, --judge-model, --base-url, --api-key-env; ``unread`` says what ``--judge openai`` re-checks."""
-    e.add_argument("--judge", default=None, choices=["openai", "all"],
-                   help=f"re-check with an LLM judge on an OpenAI-compatible server: openai = {unread}; all = every "
-                        "answer")  # fmt: skip
-    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
-    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
-
-
-def make_judge(args: argparse.Namespace) -> Any:
-    """The judge of ``eval --judge``, its verdicts cached beside ``--output-file``."""
-    from qwenvl.evaluation.judge import Judge
-
-    if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
-    output = Path(args.output_file)
-    return Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
-                 os.environ.get(args.api_key_env))  # fmt: skip
-
-
-def judge_choices(
-    args: argparse.Namespace,
-    scored: list[dict[str, Any]],
-    unresolved: tuple[str, ...],
-    item: Callable[[dict[str, Any]], tuple[str, str, list[str], str]],
-) -> dict[str, Any]:
-    """Multiple-choice re-checking: every scored answer whose ``method`` is in ``unresolved`` (all with ``--judge
-    all``) is matched to an option by the judge; a usable verdict replaces the rule result (``item`` gives ``(id,
-    question, option texts, answer)``). Returns the summary for the report."""
-    judge = make_judge(args)
-    targets = [s for s in scored if args.judge == "all" or s["method"] in unresolved]
-    verdicts = judge.choose_all([item(s) for s in targets])
-    failures = 0
-    for s, verdict in zip(targets, verdicts):
-        if verdict.letter is None:
-            failures += 1  # the rule result stands
-            continue
-        s.update(extracted=verdict.letter, method="judge", answered=True, correct=verdict.letter == s["answer"])
-    return {"model": args.judge_model, "base_url": args.base_url, "rechecked": len(targets), "failures": failures,
-            "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
-
-
-def load_records(path: Path, required: tuple[str, ...], tool: str) -> list[dict[str, Any]]:
-    """The results of ``tool infer`` in ``path``, each line checked for the ``required`` fields."""
-    lines = read_results(path)
-    if not lines:
-        raise ValueError(f"{path}: no results to score")
-    for i, line in enumerate(lines):
-        for key in required:
-            if key not in line:
-                raise ValueError(f"{path}: line {i + 1} has no {key!r} (results of {tool} infer)")
-    return lines
-
-
-def empty_answers(records: list[dict[str, Any]], key: str = "response") -> dict[str, Any]:
-    """``{num, ids}`` of the answers with no text (after the reasoning): a server or model that answered nothing.
-    They are scored like any unreadable answer, so the count is reported beside the score."""
-    ids = [str(r.get("id")) for r in records if not str(r.get(key) or "").strip()]
-    return {"num": len(ids), "ids": ids}
-
-
-def empty_answers_warning(summary: dict[str, Any], total: int) -> str | None:
-    """The report's line about empty answers (None when there are none)."""
-    if not summary["num"]:
-        return None
-    shown = ", ".join(summary["ids"][:10]) + (" ..." if summary["num"] > 10 else "")
-    return (f"warning: {summary['num']} of {total} answer(s) are empty (no text from the model or server), scored as "
-            f"unreadable: {shown}")  # fmt: skip
-
-
-def write_scores(output: Path, body: dict[str, Any], settings: dict[str, Any]) -> None:
-    """The scores JSON and its manifest."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(body, indent=1) + "\n")
-    write_manifest(output, {"mode": "eval", **settings})
-
-
-def accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{num, correct, acc}`` of scored records (each with a boolean ``correct``)."""
-    correct = sum(bool(r["correct"]) for r in records)
-    return {"num": len(records), "correct": correct, "acc": correct / max(len(records), 1)}
-
-
-def grouped(
-    records: list[dict[str, Any]],
-    key: Callable[[dict[str, Any]], Any],
-    summary: Callable[[list[dict[str, Any]]], dict[str, Any]] = accuracy,
-) -> dict[str, dict[str, Any]]:
-    """``summary`` of the records per value of ``key`` (records whose key is empty or None left out), sorted."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        value = key(r)
-        if value not in (None, ""):
-            groups.setdefault(str(value), []).append(r)
-    return {k: summary(v) for k, v in sorted(groups.items())}
-
-
-def extraction_methods(records: list[dict[str, Any]]) -> dict[str, int]:
-    """How many answers each extraction method (rule, judge, random, ...) gave."""
-    return {m: sum(r["method"] == m for r in records) for m in sorted({r["method"] for r in records})}

@@ -37,12 +37,16 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
     accuracy,
+    add_compare_command,
     add_eval_command,
+    add_export_command,
     add_infer_arguments,
     add_merge_command,
+    ci_text,
     empty_answers,
     empty_answers_warning,
     extraction_methods,
@@ -53,6 +57,7 @@ from qwenvl.evaluation.core import (
     run_main,
     strip_reasoning,
     upstream_presets,
+    upstream_result,
     write_scores,
 )
 
@@ -76,7 +81,7 @@ def data_path(args: argparse.Namespace) -> str:
     for candidate in (Path(args.data_dir) / f"{args.dataset}.tsv",):
         if candidate.is_file():
             return str(candidate)
-    raise ValueError(
+    raise UserError(
         f"--data-dir {args.data_dir} has no {args.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
         "(a TSV, or MATH-V's data/test.jsonl)"
     )
@@ -115,7 +120,7 @@ def _iter_jsonl(path: str, ids: set[str] | None) -> Iterator[dict[str, Any]]:
         try:
             item = json.loads(line)
         except ValueError:
-            raise ValueError(f"{path}:{line_no}: not valid JSON") from None
+            raise UserError(f"{path}:{line_no}: not valid JSON") from None
         qid = str(item["id"])
         if ids is not None and qid not in ids:
             continue
@@ -124,7 +129,7 @@ def _iter_jsonl(path: str, ids: set[str] | None) -> Iterator[dict[str, Any]]:
         if image:
             found = next((p for p in (base / image, base.parent / image) if p.is_file()), None)
             if found is None:
-                raise ValueError(f"{path}:{line_no} (id {qid}): image {image} not found beside the file or its parent")
+                raise UserError(f"{path}:{line_no} (id {qid}): image {image} not found beside the file or its parent")
             images = [str(found)]
         yield {"id": qid, "question": item["question"], "options": [str(o) for o in item.get("options") or []],
                "answer": str(item["answer"]).strip(), "subject": item.get("subject", ""),
@@ -373,16 +378,29 @@ def aggregate(scored: list[dict[str, Any]], mode: str) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     o = report["overall"]
-    lines = [f"{'all':44} {o['correct']:>5}/{o['num']:<5} {100 * o['acc']:6.2f}%"]
+    lines = [f"{'all':44} {o['correct']:>5}/{o['num']:<5} {100 * o['acc']:6.2f}% {ci_text(o, 100, 1)} (95% CI)"]
     for key in ("subject", "level", "subject_level"):
         for name, s in report.get(key, {}).items():
-            lines.append(f"  {name:42} {s['correct']:>5}/{s['num']:<5} {100 * s['acc']:6.2f}%")
+            lines.append(f"  {name:42} {s['correct']:>5}/{s['num']:<5} {100 * s['acc']:6.2f}% {ci_text(s, 100, 1)}")
     lines.append("extraction: " + ", ".join(f"{m} {n}" for m, n in report["methods"].items()))
     return "\n".join(lines)
 
 
+def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
+    """A record of upstream's ``run_mathv.py infer`` (the whole TSV row in ``annotation``) as ours."""
+    from qwenvl.evaluation import tsv
+
+    row = line["annotation"]
+    at = f"upstream record {line['question_id']}"
+    return {"id": str(row["index"]), "question": row["question"],
+            "options": [str(o) for o in tsv.cell_list(str(row.get("choices") or "[]"), "choices", at)],
+            "answer": str(row["answer"]).strip(), "subject": row.get("category") or row.get("subject") or "",
+            "level": row.get("level") if tsv.present(row.get("level")) else None, **upstream_result(line)}  # fmt: skip
+
+
 def evaluate(args: argparse.Namespace) -> int:
-    records = load_records(Path(args.input_file), ("id", "options", "answer", "response"), "run_mathv.py")
+    records = load_records(Path(args.input_file), ("id", "options", "answer", "response"), "run_mathv.py",
+                           from_upstream)  # fmt: skip
     scored = score_official(records) if args.scoring == "official" else score_upstream(records)
     judge_summary = _judge(args, records, scored) if args.judge else None
     report = aggregate(scored, args.scoring)
@@ -424,6 +442,11 @@ def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list
     return {"model": args.judge_model, "rechecked": len(targets), "changed": changed, "requests": judge.requests}
 
 
+def _scored(path: Path, mode: str) -> list[dict[str, Any]]:
+    records = load_records(path, ("id", "options", "answer", "response"), "run_mathv.py", from_upstream)
+    return score_official(records) if mode == "official" else score_upstream(records)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from qwenvl.cli import StrictParser
 
@@ -432,17 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="solve MathVision and write results.jsonl (resumable)")
     add_infer_arguments(p, PRESETS)
     p.add_argument("--data-dir", default="LMUData", help="folder holding the VLMEvalKit TSV")
-    p.add_argument("--dataset", default="MathVision", choices=["MathVision", "MathVision_MINI"])
+    p.add_argument("--dataset", default="MathVision", choices=["MathVision", "MathVision_MINI"],
+                   help="the TSV read from --data-dir: <dataset>.tsv")  # fmt: skip
     p.add_argument("--data-file", default=None, help="a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
-    p.add_argument("--num-samples", type=int, default=None, help="the first N problems only")
-    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"])
+    p.add_argument("--limit", "--num-samples", dest="num_samples", type=int, default=None,
+                   help="the first N problems only (--num-samples: upstream's name)")  # fmt: skip
+    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
+                   help="upstream: the question text alone; official: MATH-V's \\boxed{} instruction and options")  # fmt: skip
     p.add_argument("--use-cot", action="store_true", help="append upstream's \" Let's think step by step.\"")
-    p.add_argument("--cot-prompt", default=None)
+    p.add_argument("--cot-prompt", default=None, help="with --use-cot: this text instead of upstream's")
     p.add_argument("--min-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MIN_PIXELS}")
     p.add_argument("--max-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MAX_PIXELS}")
     p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate)
+    add_eval_command(sub, evaluate, tool="run_mathv.py")
     add_merge_command(sub)
+    add_compare_command(sub, _scored)
+    add_export_command(sub, _scored)
     return parser
 
 

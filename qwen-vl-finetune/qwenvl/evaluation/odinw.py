@@ -12,20 +12,28 @@ Data (``--data-dir``): the 13 ODinW datasets in MMDetection's ``data/odinw/`` la
 dataset is asked once, with all its classes: "Locate every instance that belongs to the following categories:
 'c1, c2'. Report bbox coordinates in JSON format." (768..12800 tokens of 32x32 pixels per image, as upstream).
 
-Boxes come out of the answer through the one grounding parser (``qwenvl.model.grounding``: JSON or Python
-repr, fenced or not, text around it), and are mapped back to the original image: Qwen3-VL and Qwen2-VL write 0-1000
-relative coordinates, Qwen2.5-VL pixels of the resized image (``--coords auto`` picks by the family recorded at
-inference; ``relative`` / ``absolute`` force one; upstream assumes ``absolute`` unless ``is_rel=1`` is set, which
-is wrong for Qwen3-VL). An answer with text but no readable box is a parse failure, counted per dataset.
+Boxes come out of the answer as upstream reads them: the code fences removed, ``ast.literal_eval`` of the whole
+rest, ``(bbox_2d, label)`` of each entry with 4 coordinates; an answer that does not read that way (text around the
+list, JSON ``false`` / ``null``, a bare dict, an entry without a label) leaves its image without detections and is
+counted as unreadable. They are mapped back to the original image: Qwen3-VL and Qwen2-VL write 0-1000 relative
+coordinates, Qwen2.5-VL pixels of the resized image (``--coords auto`` picks by the family recorded at inference;
+``relative`` / ``absolute`` force one; upstream assumes ``absolute`` unless ``is_rel=1`` is set, which is wrong
+for Qwen3-VL; without ``--coords`` that environment variable is honoured when set).
 
-Scoring: COCO bbox AP with pycocotools (iou .50:.95, maxDets 100/300/1000 as MMDetection and GLIP), every box
-scored 1.0 in the order the model wrote it (VLM boxes have no confidence; the maintainers' convention):
+Scoring: COCO bbox AP with pycocotools over every image of each dataset's annotation file (an image without an
+answer has no detections; the report says how many were answered), iou .50:.95, maxDets 100/300/1000 as
+MMDetection and GLIP, every box scored 1.0 in the order the model wrote it (VLM boxes have no confidence; the
+maintainers' convention):
 
-* ``official`` (default): classes mapped to COCO categories by name (as MMDetection's ``CocoMetric``), unknown or
-  mis-cased labels matched case-insensitively, every dataset asked counted (one without any prediction scores 0),
-  the mean of the unrounded mAPs;
-* ``upstream``: upstream's positional category mapping (class i -> the i-th category id) and 3-decimal rounding
-  before the average.
+* ``official`` (default): classes mapped to COCO categories by name (as MMDetection's ``CocoMetric``), labels
+  matched case-insensitively, every dataset asked counted (the infer manifest's, or ``--datasets``; one without
+  any detection scores 0), the mean of the unrounded mAPs;
+* ``lenient``: ``official``, but an answer upstream's reading refuses is searched for ``"bbox_2d": [...]`` anywhere
+  (``qwenvl.model.grounding``), so it only adds detections;
+* ``upstream``: upstream's numbers: its reading, positional category mapping (class i -> the i-th category id),
+  only the datasets present in the results, 3-decimal rounding before the average.
+
+Upstream's results files (``question_id``, ``extra_info``, ``result``) are scored as they are by ``eval``.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import MissingPackage, UserError
 from qwenvl.evaluation.core import (
+    SCORES_HELP,
     Task,
     add_infer_arguments,
     add_merge_command,
@@ -46,9 +57,11 @@ from qwenvl.evaluation.core import (
     read_results,
     run_infer,
     run_main,
+    scores_file,
     strip_reasoning,
     upstream_presets,
     write_manifest,
+    write_scores,
 )
 
 
@@ -96,7 +109,7 @@ def _literal(node: ast.AST, where: str) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise ValueError(f"{where}: line {node.lineno}: only literals and dict(...) are read from the config; "
+        raise UserError(f"{where}: line {node.lineno}: only literals and dict(...) are read from the config; "
                          "write the values out (no variables or expressions)") from None  # fmt: skip
 
 
@@ -109,7 +122,7 @@ def read_config(path: Path, data_dir: str) -> dict[str, tuple[str, str, str, lis
             if node.targets[0].id in ("datasets", "dataset_prefixes"):
                 values[node.targets[0].id] = _literal(node.value, str(path))
     if "datasets" not in values or "dataset_prefixes" not in values:
-        raise ValueError(f"{path}: needs `datasets = [...]` and `dataset_prefixes = [...]` (upstream's flat config)")
+        raise UserError(f"{path}: needs `datasets = [...]` and `dataset_prefixes = [...]` (upstream's flat config)")
     out = {}
     for prefix, entry in zip(values["dataset_prefixes"], values["datasets"]):
         root = entry["data_root"]
@@ -132,14 +145,14 @@ def selected(args: argparse.Namespace) -> dict[str, tuple[str, str, str, list[st
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"--datasets: unknown {unknown}; known: {', '.join(table)}")
+        raise UserError(f"--datasets: unknown {unknown}; known: {', '.join(table)}")
     return {n: table[n] for n in names}
 
 
 def annotation_path(data_dir: str, entry: tuple[str, str, str, list[str]], name: str) -> Path:
     path = Path(data_dir) / entry[0] / entry[1]
     if not path.is_file():
-        raise ValueError(f"{name}: {path} does not exist (MMDetection's data/odinw layout below --data-dir)")
+        raise UserError(f"{name}: {path} does not exist (MMDetection's data/odinw layout below --data-dir)")
     return path
 
 
@@ -153,7 +166,7 @@ def iter_images(args: argparse.Namespace, ids: set[str] | None = None) -> Iterat
                 continue
             path = Path(args.data_dir) / entry[0] / entry[2] / image["file_name"]
             if not path.is_file():
-                raise ValueError(f"{qid}: image {path} does not exist")
+                raise UserError(f"{qid}: image {path} does not exist")
             yield {"id": qid, "dataset": name, "img_id": image["id"], "path": str(path),
                    "width": image.get("width"), "height": image.get("height"), "classes": entry[3]}  # fmt: skip
 
@@ -216,79 +229,150 @@ TASK = Task(
 # ----------------------------------------------------------------------------------------------- scoring
 
 
-def parse_boxes(text: str) -> tuple[list[tuple[list[float], str]], bool]:
-    """The answer's ``(bbox_2d, label)`` pairs, and whether it was readable (an empty list or no text is readable:
-    no objects)."""
-    from qwenvl.model.grounding import find_boxes
+def parse_answer(text: str) -> list[tuple[Any, Any]] | None:
+    """Upstream's reading of an answer: strip the code fences, ``ast.literal_eval`` the whole rest, and take
+    ``(bbox_2d, label)`` of every entry whose ``bbox_2d`` has 4 elements. ``None`` when that fails anywhere (text
+    around the list, JSON ``true`` / ``false`` / ``null``, a bare dict, an entry without a label): upstream then
+    leaves the image without detections."""
+    try:
+        parsed = ast.literal_eval(text.replace("```json", "").replace("```", ""))
+        pairs = []
+        for item in parsed:
+            box = item["bbox_2d"]
+            if len(box) != 4:
+                continue
+            pairs.append((box, item["label"]))
+    except Exception:  # noqa: BLE001 - upstream catches everything: the image gets no detections
+        return None
+    return pairs
 
-    boxes = find_boxes(text)
-    stripped = text.replace("```json", "").replace("```", "").strip()
-    readable = bool(boxes) or stripped in ("", "[]", "{}") or stripped.lower().startswith("none")
-    return boxes, readable
+
+def _as_box(box: Any) -> list[float] | None:
+    try:
+        return [float(v) for v in box]
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_boxes(text: str, mode: str = "official") -> tuple[list[tuple[list[float], str]], bool, int]:
+    """The answer's ``(x1, y1, x2, y2)`` boxes with their labels, whether it was readable, and how many entries were
+    dropped for coordinates that are not numbers or a label that is not a string (upstream crashes on those).
+
+    ``official`` and ``upstream`` read the answer as upstream does (:func:`parse_answer`); ``lenient`` falls back,
+    for an answer that reading refuses, to the regex reader of ``qwenvl.model.grounding`` (every ``"bbox_2d": [...]``
+    anywhere in the text), so it can only add detections."""
+    pairs = parse_answer(text)
+    if pairs is None and mode == "lenient":
+        from qwenvl.model.grounding import find_boxes
+
+        found = find_boxes(text)
+        if found:
+            return found, True, 0
+    if pairs is None:
+        return [], False, 0
+    boxes, dropped = [], 0
+    for box, label in pairs:
+        coords = _as_box(box)
+        if coords is None or not isinstance(label, str):
+            dropped += 1
+            continue
+        boxes.append((coords, label))
+    return boxes, True, dropped
 
 
 def to_original(box: list[float], record: dict[str, Any], coords: str) -> list[float]:
-    """``x1, y1, x2, y2`` in the original image's pixels."""
+    """``x1, y1, x2, y2`` in the original image's pixels (``record``: ``width``, ``height``, and for resized-image
+    pixels ``resized_width`` / ``resized_height``, computed from the budget when absent)."""
     w, h = record["width"], record["height"]
-    if coords == "auto":
+    family = None
+    if coords in ("auto", "absolute"):
         from qwenvl.model.families import FAMILIES
 
-        family = FAMILIES.get(record.get("family", ""))
+        family = FAMILIES.get(record.get("family") or "")
+    if coords == "auto":
         coords = "absolute" if family is not None and family.box_coords == "resized_pixels" else "relative"
     if coords == "relative":
         sx, sy = w / 1000, h / 1000
     else:
-        sx, sy = w / record["resized_width"], h / record["resized_height"]
+        rw, rh = record.get("resized_width"), record.get("resized_height")
+        if not rw or not rh:
+            from qwen_vl_utils.resize import image_target_size
+
+            patch = family.patch_size if family is not None else 16  # upstream's factor 32
+            rh, rw = image_target_size(h, w, {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}, patch)
+        sx, sy = w / rw, h / rh
     x1, y1, x2, y2 = box
     return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
 
 
+METRICS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
+SCORING = ("official", "lenient", "upstream")
+
+
 def evaluate_dataset(
-    name: str, ann_path: Path, classes: list[str], records: list[dict[str, Any]], coords: str, mode: str
+    name: str,
+    ann_path: Path,
+    classes: list[str],
+    records: list[dict[str, Any]],
+    coords: str,
+    mode: str,
+    detections_out: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """COCO bbox metrics of one dataset's records (see the module doc)."""
+    """COCO bbox metrics of one dataset over every image of its annotation file (an image without an answer has
+    no detections), from the records answered (see the module doc). ``detections_out`` receives the detections in
+    COCO's results format (``image_id``, ``category_id``, ``bbox`` as xywh, ``score``)."""
     import contextlib
     import io
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise MissingPackage("ODinW scoring needs pycocotools: pip install pycocotools") from None
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(ann_path))
     cat_ids = sorted(coco.getCatIds())
     by_name = {c["name"].lower(): c["id"] for c in coco.loadCats(cat_ids)}
     lower_classes = [c.lower() for c in classes]
-    detections, failures, unknown = [], 0, 0
+    detections, failures, unknown, dropped, answered, foreign = [], 0, 0, 0, set(), 0
     for record in records:
-        boxes, readable = parse_boxes(record["response"])
+        image = coco.imgs.get(record.get("img_id"))
+        if image is None:
+            foreign += 1  # not an image of this annotation file: nothing to compare it with
+            continue
+        answered.add(image["id"])
+        boxes, readable, bad = parse_boxes(str(record.get("response") or ""), mode)
         failures += not readable
+        dropped += bad
+        # The annotation's size is the truth; the record's is a fallback (upstream's results carry both).
+        sized = {**record, "width": image.get("width") or record.get("width"),
+                 "height": image.get("height") or record.get("height")}  # fmt: skip
         for box, label in boxes:
             if label.lower() not in lower_classes:
                 unknown += 1
                 continue
-            if mode == "official":
-                category = by_name.get(label.lower())
-                if category is None:
-                    unknown += 1
-                    continue
-            else:  # upstream: the class's position in the list picks the category id
+            if mode == "upstream":  # the class's position in the list picks the category id
                 position = lower_classes.index(label.lower())
-                if position >= len(cat_ids):
-                    unknown += 1
-                    continue
-                category = cat_ids[position]
-            x1, y1, x2, y2 = to_original(box, record, coords)
-            detections.append({"image_id": record["img_id"], "category_id": category,
+                category = cat_ids[position] if position < len(cat_ids) else None
+            else:
+                category = by_name.get(label.lower())
+            if category is None:
+                unknown += 1
+                continue
+            x1, y1, x2, y2 = to_original(box, sized, coords)
+            detections.append({"image_id": image["id"], "category_id": category,
                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0})  # fmt: skip
-    metrics = {"images": len(records), "detections": len(detections), "parse_failures": failures,
-               "unknown_labels": unknown}  # fmt: skip
-    names = ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"]
-    if not detections:
-        return {**metrics, **dict.fromkeys(names, 0.0)}
+    if detections_out is not None:
+        detections_out.extend(detections)
+    metrics = {"images": len(coco.imgs), "answered": len(answered), "detections": len(detections),
+               "parse_failures": failures, "unknown_labels": unknown, "bad_entries": dropped,
+               "not_in_annotations": foreign}  # fmt: skip
+    if not detections:  # pycocotools cannot load an empty result list; nothing detected is AP 0
+        return {**metrics, **dict.fromkeys(METRICS, 0.0)}
     with contextlib.redirect_stdout(io.StringIO()):
-        results = coco.loadRes(detections)
-        ev = COCOeval(coco, results, "bbox")
-        ev.params.imgIds = [r["img_id"] for r in records]
+        results = coco.loadRes([dict(d) for d in detections])  # it adds area, id, ... to what it is given
+        ev = COCOeval(coco, results, "bbox")  # every image and category of the annotation file
         ev.params.maxDets = [100, 300, 1000]
         ev.evaluate()
         ev.accumulate()
@@ -296,47 +380,179 @@ def evaluate_dataset(
     stats = [float(x) for x in ev.stats[:6]]
     if mode == "upstream":
         stats = [round(x, 3) for x in stats]
-    return {**metrics, **dict(zip(names, stats))}
+    return {**metrics, **dict(zip(METRICS, stats))}
+
+
+UPSTREAM_FIELDS = ("question_id", "extra_info", "result")
+
+
+def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
+    """A record of upstream's ``run_odinw.py infer`` as ours (upstream records no family: ``--coords`` decides)."""
+    extra, result = line["extra_info"], line["result"]
+    return {"id": f"{extra['dataset_name']}/{extra['img_id']}", "dataset": extra["dataset_name"],
+            "img_id": extra["img_id"], "width": extra.get("img_w"), "height": extra.get("img_h"),
+            "resized_width": extra.get("resized_w"), "resized_height": extra.get("resized_h"),
+            "response": result.get("gen", ""), "raw_response": result.get("gen_raw", "")}  # fmt: skip
+
+
+def load_odinw_records(path: Path) -> list[dict[str, Any]]:
+    """ODinW records of ``path`` (ours, or upstream's, converted), each checked for what scoring needs."""
+    lines = read_results(path)
+    if not lines:
+        raise UserError(f"{path}: no results to score")
+    records = []
+    for i, line in enumerate(lines):
+        if isinstance(line, dict) and all(k in line for k in UPSTREAM_FIELDS) and "dataset" not in line:
+            extra = line["extra_info"]
+            if not isinstance(extra, dict) or not {"dataset_name", "img_id"} <= set(extra):
+                raise UserError(f"{path}: line {i + 1}: upstream record without extra_info.dataset_name / img_id")
+            line = from_upstream(line)
+        missing = [k for k in ("dataset", "img_id", "response") if not isinstance(line, dict) or k not in line]
+        if missing:
+            raise UserError(
+                f"{path}: line {i + 1} has no {', '.join(map(repr, missing))}: not the results of run_odinw.py infer "
+                "(ours or upstream's); is it another benchmark's file?"
+            )
+        records.append(line)
+    return records
+
+
+def score(
+    records: list[dict[str, Any]],
+    data_dir: str,
+    scoring: str = "official",
+    coords: str = "auto",
+    datasets: list[str] | None = None,
+    with_detections: bool = False,
+) -> dict[str, Any]:
+    """The scores of ODinW ``records`` (see the module doc): per dataset, the Average, and how many annotated images
+    were answered. ``datasets``: the datasets to score (default: those the infer run asked, else the whole table;
+    ``upstream`` scoring takes the datasets present in the records, as upstream does). ``with_detections`` adds
+    ``detections``: each dataset's detections in COCO's results format."""
+    if scoring not in SCORING:
+        raise UserError(f"--scoring {scoring}: choose one of {', '.join(SCORING)}")
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_dataset.setdefault(str(r["dataset"]), []).append(r)
+    table = dataset_table(data_dir)
+    unknown = [d for d in [*by_dataset, *(datasets or [])] if d not in table]
+    if unknown:
+        raise UserError(f"datasets {sorted(set(unknown))} are not in --data-dir {data_dir}'s table; known: "
+                        f"{', '.join(table)}")  # fmt: skip
+    if scoring == "upstream":
+        scope = sorted(by_dataset)
+    else:
+        scope = sorted(datasets if datasets else table)
+    report: dict[str, Any] = {}
+    detections: dict[str, list[dict[str, Any]]] = {}
+    for name in scope:
+        entry = table[name]
+        detections[name] = []
+        report[name] = evaluate_dataset(name, annotation_path(data_dir, entry, name), entry[3],
+                                        by_dataset.get(name, []), coords, scoring, detections[name])  # fmt: skip
+    average = sum(r["mAP"] for r in report.values()) / max(len(report), 1)
+    images = sum(r["images"] for r in report.values())
+    answered = sum(r["answered"] for r in report.values())
+    outside = sorted(set(by_dataset) - set(scope))
+    return {"scoring": scoring, "coords": coords, "datasets": report, "Average": average,
+            "images": images, "answered": answered, "datasets_not_scored": outside,
+            "empty_responses": empty_answers(records),
+            **({"detections": detections} if with_detections else {})}  # fmt: skip
+
+
+def infer_datasets(input_file: Path) -> list[str] | None:
+    """The datasets the infer run that wrote ``input_file`` asked (its manifest), or None when unknown."""
+    from qwenvl.evaluation.core import read_manifest
+
+    manifest = read_manifest(input_file) or {}
+    names = manifest.get("datasets")
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def _score_file(args: argparse.Namespace, path: Path, with_detections: bool = False) -> dict[str, Any]:
+    """``score`` of a results file with the eval flags (``--datasets``, ``--coords`` or ``is_rel``)."""
+    records = load_odinw_records(path)
+    datasets = None
+    if args.datasets:
+        datasets = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    elif args.scoring != "upstream":
+        datasets = infer_datasets(path)
+    coords = args.coords
+    if coords is None:  # upstream's switch, an environment variable, when the flag is not given
+        rel = os.environ.get("is_rel")
+        coords = "auto" if rel is None else ("relative" if rel == "1" else "absolute")
+    return score(records, args.data_dir, args.scoring, coords, datasets, with_detections) | {"records": len(records)}
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Per-dataset mAP of two results files (mAP is not a per-question accuracy: no paired test)."""
+    a, b = _score_file(args, Path(args.a)), _score_file(args, Path(args.b))
+    print(f"{'dataset':26} {'mAP A':>7} {'mAP B':>7} {'B - A':>7}")
+    for name in sorted(set(a["datasets"]) | set(b["datasets"])):
+        ma, mb = a["datasets"].get(name, {}).get("mAP"), b["datasets"].get(name, {}).get("mAP")
+        diff = f"{mb - ma:>+7.3f}" if ma is not None and mb is not None else f"{'':>7}"
+        print(f"{name:26} {'-' if ma is None else f'{ma:.3f}':>7} {'-' if mb is None else f'{mb:.3f}':>7} {diff}")
+    print(f"{'Average':26} {a['Average']:>7.3f} {b['Average']:>7.3f} {b['Average'] - a['Average']:>+7.3f}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Each dataset's detections in COCO's results format (what COCO-style evaluation servers and tools read)."""
+    body = _score_file(args, Path(args.input_file), with_detections=True)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(body["detections"]) + "\n")
+    write_manifest(output, {"mode": "export", "input_file": args.input_file, "scoring": args.scoring,
+                            "coords": body["coords"]})  # fmt: skip
+    count = sum(len(v) for v in body["detections"].values())
+    print(f"{count} detection(s) of {len(body['detections'])} dataset(s), COCO results format -> {output}")
+    return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    records = read_results(Path(args.input_file))
-    if not records:
-        raise ValueError(f"{args.input_file}: no results to score")
-    by_dataset: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_dataset.setdefault(r["dataset"], []).append(r)
-    table = dataset_table(args.data_dir)
-    unknown = [d for d in by_dataset if d not in table]
-    if unknown:
-        raise ValueError(f"{args.input_file}: datasets {unknown} are not in --data-dir {args.data_dir}'s table")
-    report = {}
-    for name in sorted(by_dataset):
-        entry = table[name]
-        report[name] = evaluate_dataset(name, annotation_path(args.data_dir, entry, name), entry[3], by_dataset[name],
-                                        args.coords, args.scoring)  # fmt: skip
-    average = sum(r["mAP"] for r in report.values()) / len(report)
-    missing = [d for d in table if d not in by_dataset]
+    input_file = Path(args.input_file)
+    body = _score_file(args, input_file)
+    coords = body["coords"]
+    records = body.pop("records")
+    report = body["datasets"]
     output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    empty = empty_answers(records)
-    body = {"scoring": args.scoring, "coords": args.coords, "datasets": report, "Average": average,
-            "datasets_missing_from_input": missing, "empty_responses": empty}  # fmt: skip
-    output.write_text(json.dumps(body, indent=1) + "\n")
-    write_manifest(
-        output, {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "coords": args.coords}
-    )
-    print(f"{'dataset':26} {'mAP':>6} {'mAP_50':>6} {'mAP_75':>6} {'images':>6} {'parse failures':>14}")
+    write_scores(output, body, {"input_file": args.input_file, "scoring": args.scoring, "coords": coords})
+    print(f"{'dataset':26} {'mAP':>6} {'mAP_50':>6} {'mAP_75':>6} {'images':>6} {'answered':>8} {'unreadable':>10}")
     for name, r in report.items():
         print(f"{name:26} {r['mAP']:>6.3f} {r['mAP_50']:>6.3f} {r['mAP_75']:>6.3f} {r['images']:>6} "
-              f"{r['parse_failures']:>14}")  # fmt: skip
-    print(f"{'Average':26} {average:>6.3f}  (mean mAP over {len(report)} dataset(s))")
-    if missing:
-        print(f"warning: {len(missing)} dataset(s) of the table are not in the input: {', '.join(missing)}")
-    if warning := empty_answers_warning(empty, len(records)):
+              f"{r['answered']:>8} {r['parse_failures']:>10}")  # fmt: skip
+    print(f"{'Average':26} {body['Average']:>6.3f}  (mean mAP over {len(report)} dataset(s); {body['answered']} of "
+          f"{body['images']} annotated image(s) answered)")  # fmt: skip
+    if body["answered"] < body["images"]:
+        print(f"warning: {body['images'] - body['answered']} annotated image(s) have no answer in {input_file} and "
+              "score as images without detections")  # fmt: skip
+    if body["datasets_not_scored"]:
+        print(f"warning: answers of {', '.join(body['datasets_not_scored'])} are not scored (not in --datasets)")
+    if warning := empty_answers_warning(body["empty_responses"], records):
         print(warning)
     print(f"-> {output}")
     return 0
+
+
+def _scoring_flags(p: argparse.ArgumentParser) -> None:
+    """--scoring, --datasets, --coords (eval, compare, export)."""
+    p.add_argument(
+        "--scoring",
+        default="official",
+        choices=list(SCORING),
+        help="official: upstream's parsing, COCO categories by name, every dataset asked, unrounded mean; "
+        "lenient: official, plus boxes found anywhere in answers upstream's parsing refuses; "
+        "upstream: upstream's numbers (positional categories, datasets present, 3-decimal rounding)",
+    )
+    p.add_argument(
+        "--datasets",
+        default=None,
+        help="comma-separated datasets to score (default: those infer asked, from its manifest; else all)",
+    )
+    p.add_argument("--coords", default=None, choices=["auto", "relative", "absolute"],
+                   help="auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL (the "
+                        "family infer recorded). Not given: upstream's is_rel=1 / is_rel=0 environment variable "
+                        "picks relative / absolute, else auto")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,15 +566,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default=None, help="comma-separated prefixes (default: all 13)")
     p.add_argument("--limit", type=int, default=None, help="the first N images only")
     p.set_defaults(func=lambda args: run_infer(args, TASK))
-    e = sub.add_parser("eval", help="COCO mAP of results.jsonl")
-    e.add_argument("--input-file", required=True)
-    e.add_argument("--data-dir", required=True)
-    e.add_argument("--output-file", required=True)
-    e.add_argument("--scoring", default="official", choices=["official", "upstream"])
-    e.add_argument("--coords", default="auto", choices=["auto", "relative", "absolute"],
-                   help="auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL")  # fmt: skip
+    e = sub.add_parser("eval", help="COCO mAP of results.jsonl (ours, or upstream's run_odinw.py infer output)")
+    e.add_argument(
+        "--input-file",
+        required=True,
+        help="results of infer: ours, or upstream's JSONL (question_id, extra_info, result), read as is",
+    )
+    e.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
+    e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
+    _scoring_flags(e)
     e.set_defaults(func=evaluate)
     add_merge_command(sub)
+    c = sub.add_parser("compare", help="per-dataset mAP of two results files")
+    c.add_argument("a", help="results file A (the baseline)")
+    c.add_argument("b", help="results file B")
+    c.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
+    _scoring_flags(c)
+    c.set_defaults(func=compare)
+    x = sub.add_parser("export", help="the detections in COCO's results format, per dataset")
+    x.add_argument("--input-file", required=True, help="results of infer (ours or upstream's)")
+    x.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
+    x.add_argument("--output-file", required=True, help="a JSON {dataset: [COCO detections]}")
+    _scoring_flags(x)
+    x.set_defaults(func=export)
     return parser
 
 

@@ -30,12 +30,16 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
     accuracy,
+    add_compare_command,
     add_eval_command,
+    add_export_command,
     add_infer_arguments,
     add_merge_command,
+    ci_text,
     empty_answers,
     empty_answers_warning,
     extraction_methods,
@@ -46,6 +50,7 @@ from qwenvl.evaluation.core import (
     run_main,
     strip_reasoning,
     upstream_presets,
+    upstream_result,
     write_scores,
 )
 from qwenvl.evaluation.mcq import can_infer
@@ -59,11 +64,10 @@ PRESETS = upstream_presets(default_tokens=128, think_temperature=0.6, think_toke
 def tsv_path(args: argparse.Namespace) -> str:
     if args.data_file:
         return args.data_file
-    path = Path(args.data_dir) / TSV_NAME
+    name = f"{args.dataset}.tsv" if getattr(args, "dataset", None) else TSV_NAME
+    path = Path(args.data_dir) / name
     if not path.is_file():
-        raise ValueError(
-            f"--data-dir {args.data_dir} has no {TSV_NAME}; put VLMEvalKit's file there or pass --data-file"
-        )
+        raise UserError(f"--data-dir {args.data_dir} has no {name}; put VLMEvalKit's file there or pass --data-file")
     return str(path)
 
 
@@ -156,7 +160,7 @@ TASK = Task(
 def score(records: list[dict[str, Any]], mode: str = "official", seed: int = 42) -> list[dict[str, Any]]:
     """Per-question results: the letter read, how, and whether it is right (see the module doc)."""
     if mode not in ("official", "upstream"):
-        raise ValueError(f"--scoring must be official or upstream, got {mode!r}")
+        raise UserError(f"--scoring must be official or upstream, got {mode!r}")
     rng = random.Random(seed)
     out = []
     for r in sorted(records, key=lambda r: _index_key(r["id"])):
@@ -189,17 +193,29 @@ def aggregate(scored: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"{'':40} {'num':>5} {'acc':>7}"]
-    lines.append(f"{'Overall':40} {report['overall']['num']:>5} {report['overall']['acc']:>7.3f}")
+    lines = [f"{'':40} {'num':>5} {'acc':>7} {'95% CI':>16}"]
+    lines.append(f"{'Overall':40} {report['overall']['num']:>5} {report['overall']['acc']:>7.3f} "
+                 f"{ci_text(report['overall']):>16}")  # fmt: skip
     for key in ("category", "l2-category"):
         for name, s in report.get(key, {}).items():
-            lines.append(f"  {key} {name:<{38 - len(key)}} {s['num']:>5} {s['acc']:>7.3f}")
+            lines.append(f"  {key} {name:<{38 - len(key)}} {s['num']:>5} {s['acc']:>7.3f} {ci_text(s):>16}")
     lines.append("extraction: " + ", ".join(f"{m} {n}" for m, n in report["methods"].items()))
     return "\n".join(lines)
 
 
+def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
+    """A record of upstream's ``run_realworldqa.py infer`` (the whole TSV row in ``annotation``) as ours."""
+    from qwenvl.evaluation import tsv
+
+    row = line["annotation"]
+    options = {k: str(row[k]) for k in "ABCDEFGH" if tsv.present(row.get(k))}
+    present = {k: row.get(k) if tsv.present(row.get(k)) else None for k in ("category", "l2-category")}
+    return {"id": str(row["index"]), "question": row["question"], "options": options,
+            "answer": str(row["answer"]).strip(), **present, **upstream_result(line)}  # fmt: skip
+
+
 def _load(path: Path) -> list[dict[str, Any]]:
-    return load_records(path, ("id", "options", "answer", "response"), "run_realworldqa.py")
+    return load_records(path, ("id", "options", "answer", "response"), "run_realworldqa.py", from_upstream)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -225,17 +241,8 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare(args: argparse.Namespace) -> int:
-    a = {r["id"]: r for r in score(_load(Path(args.a)), args.scoring)}
-    b = {r["id"]: r for r in score(_load(Path(args.b)), args.scoring)}
-    common = [i for i in a if i in b]
-    changed = [i for i in common if a[i]["correct"] != b[i]["correct"]]
-    print(f"{len(common)} common question(s); accuracy A {sum(a[i]['correct'] for i in common) / max(len(common), 1):.3f}, "
-          f"B {sum(b[i]['correct'] for i in common) / max(len(common), 1):.3f}; {len(changed)} changed")  # fmt: skip
-    for i in changed:
-        print(f"  {i}: A {a[i]['extracted']} ({a[i]['method']}) -> B {b[i]['extracted']} ({b[i]['method']}), "
-              f"gold {a[i]['answer']}")  # fmt: skip
-    return 0
+def _scored(path: Path, mode: str) -> list[dict[str, Any]]:
+    return score(_load(path), mode)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,19 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_infer_arguments(p, PRESETS)
     p.add_argument("--data-dir", default="LMUData", help=f"folder holding {TSV_NAME}")
     p.add_argument("--data-file", default=None, help=f"the TSV itself ({TSV_NAME})")
+    p.add_argument("--dataset", default="RealWorldQA", help="upstream's flag: the TSV is <--data-dir>/<dataset>.tsv")
     p.add_argument("--limit", type=int, default=None, help="the first N questions only")
     p.add_argument("--min-pixels", type=int, default=None,
                    help=f"per image (default: the checkpoint's; with --preset upstream's {UPSTREAM_MIN_PIXELS})")  # fmt: skip
     p.add_argument("--max-pixels", type=int, default=None,
                    help=f"per image (default: the checkpoint's; with --preset upstream's {UPSTREAM_MAX_PIXELS})")  # fmt: skip
     p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate)
+    add_eval_command(sub, evaluate, tool="run_realworldqa.py")
     add_merge_command(sub)
-    c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
-    c.add_argument("a")
-    c.add_argument("b")
-    c.add_argument("--scoring", default="official", choices=["official", "upstream"])
-    c.set_defaults(func=compare)
+    add_compare_command(sub, _scored)
+    add_export_command(sub, _scored)
     return parser
 
 

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from qwenvl.cli import UserError
+
 
 T = TypeVar("T")
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """Shards that cannot be merged (missing or duplicated ids, a shard not written); the message names them."""
 
 
@@ -30,9 +32,9 @@ def shard_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return (world, int(os.environ.get("RANK", "0"))) if world > 1 else (1, 0)
     if num_shards is None or shard_index is None:
-        raise ValueError("--num-shards and --shard-index go together (or neither, under torchrun)")
+        raise UserError("--num-shards and --shard-index go together (or neither, under torchrun)")
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} (--num-shards {num_shards})")
+        raise UserError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} (--num-shards {num_shards})")
     return num_shards, shard_index
 
 
@@ -96,7 +98,7 @@ def launch_data_parallel(argv: list[str], workers: int, gpus_per_worker: int, mo
         except ImportError:
             devices = []
     if devices and len(devices) < workers * gpus_per_worker:
-        raise ValueError(
+        raise UserError(
             f"--data-parallel-size {workers} x --tensor-parallel-size {gpus_per_worker} needs "
             f"{workers * gpus_per_worker} GPUs, {len(devices)} are visible"
         )

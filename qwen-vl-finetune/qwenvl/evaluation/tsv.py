@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qwenvl.cli import UserError
 
-class TSVError(ValueError):
+
+class TSVError(UserError):
     """The TSV cannot be used; the message names the file, the line and the row's index."""
 
 

@@ -42,11 +42,15 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
     Task,
+    add_compare_command,
     add_eval_command,
+    add_export_command,
     add_infer_arguments,
     add_merge_command,
+    ci_text,
     empty_answers,
     empty_answers_warning,
     judge_choices,
@@ -55,6 +59,8 @@ from qwenvl.evaluation.core import (
     run_main,
     strip_reasoning,
     upstream_presets,
+    upstream_result,
+    wilson_interval,
     write_scores,
 )
 from qwenvl.evaluation.mcq import can_infer
@@ -84,7 +90,7 @@ OFFICIAL_PREFIXES = [
 def _parquet_files(data_dir: str) -> list[str]:
     files = sorted(glob.glob(os.path.join(data_dir, "**", "test-*.parquet"), recursive=True))
     if not files:
-        raise ValueError(
+        raise UserError(
             f"--data-dir {data_dir}: no test-*.parquet below it; expected the lmms-lab/Video-MME layout "
             "(videomme/test-00000-of-00001.parquet, videos/, subtitle/)"
         )
@@ -100,18 +106,16 @@ def read_questions(data_dir: str, durations: list[str]) -> list[dict[str, Any]]:
         rows += pq.read_table(file).to_pylist()
     needed = ("videoID", "duration", "question_id", "question", "options", "answer")
     if rows and any(k not in rows[0] for k in needed):
-        raise ValueError(
-            f"{data_dir}: the parquet lacks {[k for k in needed if k not in rows[0]]} (Video-MME columns)"
-        )
+        raise UserError(f"{data_dir}: the parquet lacks {[k for k in needed if k not in rows[0]]} (Video-MME columns)")
     out = []
     for row in rows:
         if row["duration"] not in durations:
             continue
         if row["answer"] not in "ABCDE" or len(row["answer"]) != 1:
-            raise ValueError(f"{row['question_id']}: answer {row['answer']!r} is not a letter A-E")
+            raise UserError(f"{row['question_id']}: answer {row['answer']!r} is not a letter A-E")
         video = os.path.join(data_dir, "videos", f"{row['videoID']}.mp4")
         if not os.path.isfile(video):
-            raise ValueError(f"{row['question_id']}: {video} does not exist (unpack the videos_chunked zips there)")
+            raise UserError(f"{row['question_id']}: {video} does not exist (unpack the videos_chunked zips there)")
         out.append({**row, "video": video, "options": list(row["options"])})
     return out
 
@@ -272,7 +276,7 @@ def option_texts(options: list[str]) -> dict[str, str]:
 
 def score(records: list[dict[str, Any]], mode: str = "official", seed: int = 42) -> list[dict[str, Any]]:
     if mode not in ("official", "upstream"):
-        raise ValueError(f"--scoring must be official or upstream, got {mode!r}")
+        raise UserError(f"--scoring must be official or upstream, got {mode!r}")
     rng = random.Random(seed)
     out = []
     for r in sorted(records, key=lambda r: r["id"]):
@@ -296,7 +300,8 @@ def aggregate(scored: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         answered = [r for r in rs if r["answered"]]
         correct = sum(r["correct"] for r in answered)
         denominator = len(answered) if mode == "official" else len(rs)
-        return {"num": len(rs), "answered": len(answered), "correct": correct, "acc": correct / max(denominator, 1)}
+        return {"num": len(rs), "answered": len(answered), "correct": correct, "acc": correct / max(denominator, 1),
+                "ci95": wilson_interval(correct, denominator)}  # fmt: skip
 
     report: dict[str, Any] = {"overall": summary(scored), "denominator": "answered" if mode == "official" else "all"}
     keys = ("duration", "domain", "sub_category", "task_type") if mode == "official" else ("domain", "sub_category")
@@ -311,15 +316,17 @@ def aggregate(scored: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         parts = report["task_type"].values()
         answered = sum(p["answered"] for p in parts)
         report["overall"]["acc"] = sum(p["correct"] for p in parts) / max(answered, 1)
+        report["overall"]["ci95"] = wilson_interval(sum(p["correct"] for p in parts), answered)
     return report
 
 
 def format_report(report: dict[str, Any], mode: str) -> str:
     lines = [f"accuracy over {report['denominator']} questions" + (" (official: unanswered ones leave the "
-             "denominator)" if mode == "official" else ""), f"{'':44} {'num':>5} {'answered':>8} {'acc %':>7}"]  # fmt: skip
+             "denominator)" if mode == "official" else ""),
+             f"{'':44} {'num':>5} {'answered':>8} {'acc %':>7} {'95% CI':>14}"]  # fmt: skip
 
     def row(name: str, s: dict[str, Any]) -> str:
-        return f"{name:44} {s['num']:>5} {s['answered']:>8} {100 * s['acc']:>7.1f}"
+        return f"{name:44} {s['num']:>5} {s['answered']:>8} {100 * s['acc']:>7.1f} {ci_text(s, 100, 1):>14}"
 
     lines.append(row("Overall", report["overall"]))
     for key in ("duration", "domain", "sub_category", "task_type"):
@@ -328,8 +335,20 @@ def format_report(report: dict[str, Any], mode: str) -> str:
     return "\n".join(lines)
 
 
+def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
+    """A record of upstream's ``run_videomme.py infer`` (its compact annotation) as ours."""
+    a = line["annotation"]
+    task = str(line.get("task") or "")
+    duration = next((d for d in DURATIONS if f"_{d}_" in f"{task}_"), None)
+    return {"id": str(a["question_id"]), "video_id": Path(str(a.get("video_path") or "")).stem or None,
+            "duration": duration, "domain": a.get("domain"), "sub_category": a.get("sub_category"),
+            "task_type": a.get("task_type"), "question": a["question"],
+            "options": [f"{k}. {v}" for k, v in a["choices"].items()], "answer": str(a["answer"]).strip(),
+            "subtitles": task.endswith("_w_subtitle"), **upstream_result(line)}  # fmt: skip
+
+
 def _load(path: Path) -> list[dict[str, Any]]:
-    return load_records(path, ("id", "options", "answer", "response"), "run_videomme.py")
+    return load_records(path, ("id", "options", "answer", "response"), "run_videomme.py", from_upstream)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -363,20 +382,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_infer_arguments(p, PRESETS, seed=3407)
     p.set_defaults(batch_size=1)
     p.add_argument("--data-dir", required=True, help="the Video-MME folder (parquet, videos/, subtitle/)")
-    p.add_argument("--duration", default="short", choices=[*DURATIONS, "all"])
-    p.add_argument("--use-subtitle", action="store_true")
-    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"])
+    p.add_argument("--duration", default="short", choices=[*DURATIONS, "all"],
+                   help="the videos asked (upstream: one duration per run)")  # fmt: skip
+    p.add_argument("--use-subtitle", action="store_true", help="show the subtitle cues at the sampled frames")
+    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
+                   help="upstream: the official sentence with upstream's 'Question:' prefix; official: without it")  # fmt: skip
     p.add_argument("--sys-prompt", default=None, help="a text file with a system prompt")
-    p.add_argument("--max-samples", type=int, default=None, help="the first N questions only")
+    p.add_argument("--limit", "--max-samples", dest="max_samples", type=int, default=None,
+                   help="the first N questions only (--max-samples: upstream's name)")  # fmt: skip
     p.add_argument("--fps", type=float, default=None, help=f"default {VIDEO_DEFAULTS['fps']}")
     p.add_argument("--min-pixels", type=int, default=None, help=f"per frame, default {VIDEO_DEFAULTS['min_pixels']}")
     p.add_argument("--max-pixels", type=int, default=None, help=f"per frame, default {VIDEO_DEFAULTS['max_pixels']}")
     p.add_argument("--min-frames", type=int, default=None, help=f"default {VIDEO_DEFAULTS['min_frames']}")
     p.add_argument("--max-frames", type=int, default=None, help=f"default {VIDEO_DEFAULTS['max_frames']}")
     p.add_argument("--total-pixels", type=int, default=None, help=f"default {VIDEO_DEFAULTS['total_pixels']}")
+    p.add_argument(
+        "--max-videos-per-prompt",
+        type=int,
+        default=1,
+        help="upstream's vLLM limit; accepted for its command line (one video per question here)",
+    )
     p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate)
+    add_eval_command(sub, evaluate, tool="run_videomme.py")
     add_merge_command(sub)
+    add_compare_command(sub, lambda path, mode: score(_load(path), mode))
+    add_export_command(sub, lambda path, mode: score(_load(path), mode))
     return parser
 
 

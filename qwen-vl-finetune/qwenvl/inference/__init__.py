@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenvl.cli import UserError
+from qwenvl.inference.config import BackendConfig
+
 
 BACKENDS = ("hf", "vllm", "openai")
 
 
-def load_backend(kind: str, checkpoint: str | None = None, **options: Any) -> Any:
-    """A loaded backend of ``kind``.
+def load_backend(kind: str | BackendConfig, checkpoint: str | None = None, **options: Any) -> Any:
+    """A loaded backend of ``kind``: a :class:`BackendConfig` (then ``options`` are ``budget`` and ``seed``), or a
+    backend name with the checkpoint and that backend's options:
 
     * ``hf``: ``checkpoint`` plus ``dtype``, ``attn_implementation``, ``device`` (auto/cpu/cuda), ``budget``.
     * ``vllm``: ``checkpoint`` plus vLLM engine options (``tensor_parallel_size``, ``gpu_memory_utilization``,
@@ -21,6 +25,8 @@ def load_backend(kind: str, checkpoint: str | None = None, **options: Any) -> An
     * ``openai``: ``api_base``, ``model``, ``api_key``, ``family``, ``concurrency``, ``budget``; ``checkpoint`` is an
       optional local copy of the served checkpoint.
     """
+    if isinstance(kind, BackendConfig):
+        return load_backend(kind.backend, kind.model_path, **kind.options(**options))
     if kind == "hf":
         from qwenvl.inference.hf import HFBackend
 
@@ -33,4 +39,4 @@ def load_backend(kind: str, checkpoint: str | None = None, **options: Any) -> An
         from qwenvl.inference.openai_backend import OpenAIBackend
 
         return OpenAIBackend(checkpoint=checkpoint, **options)
-    raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+    raise UserError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

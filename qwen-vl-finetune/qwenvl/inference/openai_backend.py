@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
-from qwenvl.cli import UserError
+from qwenvl.cli import MissingPackage, Unreachable, UserError
 from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.families import FAMILIES, Family, get_family
@@ -64,7 +64,7 @@ class OpenAIBackend:
         try:
             from openai import OpenAI
         except ImportError as e:
-            raise ImportError("the openai backend needs the openai package: pip install openai") from e
+            raise MissingPackage("the openai backend needs the openai package: pip install openai") from e
         self.api_base = api_base
         # Retries are ours (``_create``), not the client's: its policy (5 tries doubling up to 8 s, each of the
         # concurrent requests on its own) kept a failing server busy for many seconds before one error came back.
@@ -104,7 +104,7 @@ class OpenAIBackend:
         except openai.APIStatusError as e:
             raise ServerError(f"{url} answered HTTP {e.status_code}: {_server_message(e)}") from None
         except Exception as e:  # noqa: BLE001 - any other failure to list models means the backend cannot work
-            raise ConnectionError(
+            raise Unreachable(
                 f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
                 "(e.g. vllm serve MODEL) or fix the server URL"
             ) from None

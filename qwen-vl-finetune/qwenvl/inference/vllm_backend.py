@@ -34,7 +34,9 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
-        raise ImportError(INSTALL_HINT) from e
+        from qwenvl.cli import MissingPackage
+
+        raise MissingPackage(INSTALL_HINT) from e
     return vllm
 
 

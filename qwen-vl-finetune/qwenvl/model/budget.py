@@ -20,6 +20,8 @@ import argparse
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from qwenvl.cli import UserError
+
 
 @dataclass(frozen=True)
 class MediaBudget:
@@ -42,11 +44,11 @@ class MediaBudget:
                           ("video_min_frames", "video_max_frames")):  # fmt: skip
             lo, hi = getattr(self, low), getattr(self, high)
             if lo is not None and hi is not None and lo > hi:
-                raise ValueError(f"--{low} ({lo}) is larger than --{high} ({hi}); lower --{low} or raise --{high}")
+                raise UserError(f"--{low} ({lo}) is larger than --{high} ({hi}); lower --{low} or raise --{high}")
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value <= 0:
-                raise ValueError(f"--{f.name} must be positive, got {value}")
+                raise UserError(f"--{f.name} must be positive, got {value}")
 
     @classmethod
     def from_attrs(cls, source: Any) -> MediaBudget:

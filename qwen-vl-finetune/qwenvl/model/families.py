@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from qwenvl.cli import UserError
+
 
 FamilyName = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
 # How a video token's temporal M-RoPE index is computed (see qwenvl.model.rope).
@@ -155,7 +157,7 @@ def get_family(model_type: str) -> Family:
     try:
         return FAMILIES[model_type]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"model_type {model_type!r} is not a Qwen-VL family this toolkit supports; "
             f"expected one of {sorted(FAMILIES)} (check the checkpoint's config.json)"
         ) from None

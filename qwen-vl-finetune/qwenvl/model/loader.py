@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any, Literal
 
+from qwenvl.cli import UserError
 from qwenvl.model.families import Family, get_family, transformers_attr
 
 
@@ -54,7 +55,7 @@ def resolve_attn_implementation(requested: AttnImplementation = "auto", device: 
     if requested == "auto":
         return "flash_attention_2" if (on_cuda and has_fa2) else "sdpa"
     if requested == "flash_attention_2" and not (on_cuda and has_fa2):
-        raise ValueError(
+        raise UserError(
             "attn_implementation=flash_attention_2 needs a CUDA device and the flash-attn package "
             "(pip install flash-attn --no-build-isolation); use sdpa otherwise"
         )
@@ -72,7 +73,7 @@ def resolve_dtype(dtype: DType | Any = "auto") -> Any:
     try:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     except KeyError:
-        raise ValueError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32") from None
+        raise UserError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32") from None
 
 
 def load_model(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenvl.cli import UserError
 from qwenvl.model.budget import INFERENCE_BUDGET, MediaBudget
 
 
@@ -61,7 +62,7 @@ def load_preprocessing(folder: str | Path) -> PreprocessingSettings | None:
     try:
         return PreprocessingSettings.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid {FILENAME} ({e}); restore it from the training output") from None
+        raise UserError(f"{path}: not a valid {FILENAME} ({e}); restore it from the training output") from None
 
 
 def checkpoint_budget(checkpoint: str | Path | None, **overrides: Any) -> tuple[MediaBudget, str]:

@@ -26,17 +26,23 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.core import (
+    SCORES_HELP,
     Task,
     add_infer_arguments,
     add_judge_arguments,
+    format_comparison,
     merge_outputs,
+    paired_comparison,
     read_results,
     run_infer,
     run_main,
+    scores_file,
     strip_reasoning,
     upstream_presets,
     write_manifest,
+    write_scores,
 )
 from qwenvl.evaluation.core import generation_settings as _generation_settings
 from qwenvl.evaluation.mmmu.data import build_messages, gold_answer, iter_questions, question_options, resolve_subjects
@@ -201,14 +207,9 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.judge:
         judged, judge_summary = judge_records(args, questions, records, output)
         extra = {"judged": aggregate(judged), "judge": judge_summary, "judged_questions": judged}
-    output.write_text(
-        json.dumps(
-            {"scoring": args.scoring, "input_file": args.input_file, **report, "questions": records, **extra}, indent=1
-        )
-        + "\n"
-    )
-    settings = {"mode": "eval", "input_file": args.input_file, "scoring": args.scoring, "seed": 42}
-    write_manifest(output, {**settings, **({"judge": extra["judge"]} if extra else {})})
+    body = {"scoring": args.scoring, "input_file": args.input_file, **report, "questions": records, **extra}
+    settings = {"input_file": args.input_file, "scoring": args.scoring, "seed": 42}
+    write_scores(output, body, {**settings, **({"judge": extra["judge"]} if extra else {})})
     print(f"scoring: {args.scoring}")
     print(format_report(report))
     if extra:
@@ -226,7 +227,7 @@ def judge_records(
     from qwenvl.evaluation.judge import Judge
 
     if not args.base_url or not args.judge_model:
-        raise ValueError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
+        raise UserError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
     cache = output.with_name(output.stem + ".judge.jsonl")
     judge = Judge(args.base_url, args.judge_model, cache, os.environ.get(args.api_key_env),
                   concurrency=args.judge_concurrency)  # fmt: skip
@@ -314,16 +315,18 @@ def compare(args: argparse.Namespace) -> int:
             print(f"  {qid}: A {'right' if ra['correct'] else 'wrong'} (parsed {ra['parsed']!r}) -> "
                   f"B {'right' if rb['correct'] else 'wrong'} (parsed {rb['parsed']!r})")  # fmt: skip
 
-    acc_a = sum(a[i]["correct"] for i in common) / max(len(common), 1)
-    acc_b = sum(b[i]["correct"] for i in common) / max(len(common), 1)
-    print(f"{len(common)} common question(s); accuracy A {acc_a:.3f}, B {acc_b:.3f}")
-    only = sorted(set(a) ^ set(b))
-    if only:
-        print(f"{len(only)} question(s) in only one file (not compared)")
+    print(format_comparison(paired_comparison({i: r["correct"] for i, r in a.items()},
+                                              {i: r["correct"] for i, r in b.items()})))  # fmt: skip
     show("answer changed", answer_changed)
     show("parse changed", parse_changed)
     show("random guess changed (same answer; the seeded guess stream moved)", guess_changed)
     return 0
+
+
+SCORING_HELP = (
+    "official: MMMU's parser (an unparsed multiple-choice answer is a seeded random guess); strict: the official "
+    "parser, unparsed answers wrong; lenient: official, plus answers the official parser misses"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,39 +338,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_infer_arguments(p, PRESETS)
     p.add_argument("--data-dir", default="MMMU/MMMU", help="hub id or local folder, or a folder with MMMU_DEV_VAL.tsv")
     p.add_argument("--data-file", default=None, help="VLMEvalKit's MMMU_DEV_VAL.tsv (upstream's data file)")
-    p.add_argument("--split", default="validation", choices=["dev", "validation", "test"])
+    p.add_argument("--split", default="validation", choices=["dev", "validation", "test"],
+                   help="test has no public answers: export its predictions for the MMMU server")  # fmt: skip
     p.add_argument("--subjects", default=None, help="comma-separated short (acc,bio) or full names; default all 30")
     p.add_argument("--limit", type=int, default=None, help="at most N questions per subject")
-    p.add_argument("--prompt", default="official", choices=["official", "qwen"])
-    p.add_argument("--image-placement", default="interleaved", choices=["interleaved", "first"])
+    p.add_argument("--prompt", default="official", choices=["official", "qwen"],
+                   help="official: MMMU's prompt; qwen: upstream Qwen's")  # fmt: skip
+    p.add_argument("--image-placement", default="interleaved", choices=["interleaved", "first"],
+                   help="images where their <image n> tags are, or all before the text (upstream's)")  # fmt: skip
     p.add_argument("--use-cot", action="store_true", help="append upstream's reasoning hint to each question")
     p.add_argument("--cot-prompt", default=None, help="with --use-cot: this text instead of upstream's")
     p.add_argument("--max-pixels", type=int, default=None, help="default: the checkpoint's saved settings")
-    p.add_argument("--min-pixels", type=int, default=None)
+    p.add_argument("--min-pixels", type=int, default=None, help="default: the checkpoint's saved settings")
     p.set_defaults(func=infer)
     m = sub.add_parser("merge", help="join the shard files of an infer run into --output-file")
     m.add_argument("--output-file", required=True, help="the --output-file the shards were run with")
-    m.add_argument("--num-shards", type=int, required=True)
+    m.add_argument("--num-shards", type=int, required=True, help="the --num-shards the shards were run with")
     m.set_defaults(func=merge)
     answers_help = "gold answers (official answer_dict_val.json) for an {id: prediction} input file"
     e = sub.add_parser("eval", help="score results.jsonl (or an official output.json / {id: prediction} file)")
     e.add_argument("--input-file", required=True, help="results.jsonl, an official output.json or folder of them")
-    e.add_argument("--output-file", required=True)
-    e.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
+    e.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"], help=SCORING_HELP)
     e.add_argument("--answers", default=None, help=answers_help)
     add_judge_arguments(e, unread="the multiple-choice answers the rules cannot parse")
-    e.add_argument("--judge-concurrency", type=int, default=8)
     e.set_defaults(func=evaluate)
     c = sub.add_parser("compare", help="questions whose correctness differs between two results files")
-    c.add_argument("a")
-    c.add_argument("b")
-    c.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    c.add_argument("a", help="results file A (the baseline)")
+    c.add_argument("b", help="results file B")
+    c.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"], help=SCORING_HELP)
     c.add_argument("--answers", default=None, help=answers_help)
     c.set_defaults(func=compare)
     x = sub.add_parser("export", help="write the official {id: prediction} file (MMMU evaluation, test submission)")
-    x.add_argument("--input-file", required=True)
-    x.add_argument("--output-file", required=True)
-    x.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"])
+    x.add_argument("--input-file", required=True, help="results.jsonl of infer (or an official output.json)")
+    x.add_argument("--output-file", required=True, help="the {id: prediction} JSON to submit")
+    x.add_argument("--scoring", default="official", choices=["official", "strict", "lenient"], help=SCORING_HELP)
     x.add_argument("--answers", default=None, help=answers_help)
     x.set_defaults(func=export)
     return parser

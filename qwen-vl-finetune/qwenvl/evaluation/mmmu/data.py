@@ -25,6 +25,7 @@ import os
 import re
 from typing import Any, Iterator, Literal
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation.mmmu.scoring import SHORT_NAMES, SUBJECT_ORDER, choice_letters, parse_gold, subject_of
 
 
@@ -35,7 +36,7 @@ MC_INSTRUCTION = "Answer with the option's letter from the given choices directl
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The MMMU data cannot be used; the message names the question or the path."""
 
 

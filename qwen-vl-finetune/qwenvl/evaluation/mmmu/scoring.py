@@ -26,6 +26,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwenvl.cli import UserError
+from qwenvl.evaluation.stats import ci_text, wilson_interval
+
 
 Scoring = Literal["official", "strict", "lenient"]
 
@@ -72,7 +75,7 @@ _NUM_SCIENTIFIC = re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+")
 _NUM_SIMPLE = re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])")
 
 
-class ScoringInputError(ValueError):
+class ScoringInputError(UserError):
     """A results line cannot be scored; the message names the question id."""
 
 
@@ -329,7 +332,7 @@ def official_order(questions: list[Question]) -> list[Question]:
 def score(questions: list[Question], mode: Scoring = "official", seed: int = 42) -> list[dict[str, Any]]:
     """Per-question records (parsed answer, correct, random guess, unparsed, gold problem), in the official order."""
     if mode not in ("official", "strict", "lenient"):
-        raise ValueError(f"--scoring must be official, strict or lenient, got {mode!r}")
+        raise UserError(f"--scoring must be official, strict or lenient, got {mode!r}")
     rng = random.Random(seed)
     records = []
     for q in official_order(questions):
@@ -403,6 +406,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "num": len(rs),
             "acc": _acc(rs),
+            "ci95": wilson_interval(sum(bool(r["correct"]) for r in rs), len(rs)),
             "random_guesses": sum(r["random_guess"] for r in rs),
             "unparsed": sum(r["unparsed"] for r in rs),
         }
@@ -445,10 +449,11 @@ def empty_responses(records: list[dict[str, Any]]) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     """The official table layout: each discipline's overall (with 0 when it has no questions), then its subjects;
     then Overall. Accuracies rounded once, to 3 places, as the official print."""
-    lines = [f"{'':44} {'num':>5} {'acc':>7} {'guesses':>8} {'unparsed':>9}"]
+    lines = [f"{'':44} {'num':>5} {'acc':>7} {'guesses':>8} {'unparsed':>9} {'95% CI':>16}"]
 
     def row(name: str, s: dict[str, Any]) -> str:
-        return f"{name:44} {s['num']:>5} {round(s['acc'], 3):>7.3f} {s['random_guesses']:>8} {s['unparsed']:>9}"
+        return (f"{name:44} {s['num']:>5} {round(s['acc'], 3):>7.3f} {s['random_guesses']:>8} {s['unparsed']:>9} "
+                f"{ci_text(s):>16}")  # fmt: skip
 
     for discipline, subs in DISCIPLINES.items():
         lines.append(row(f"Overall-{discipline}", report["disciplines"][discipline]))
