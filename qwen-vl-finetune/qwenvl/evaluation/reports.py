@@ -293,7 +293,7 @@ def add_compare_command(
                   f"({b[i].get('method')}), gold {a[i].get('answer')}")  # fmt: skip
         return 0
 
-    c = sub.add_parser("compare", help="two results files on their common questions: accuracies with 95% CI, a "
+    c = sub.add_parser("compare", help="two results files on their common questions: accuracies with 95%% CI, a "
                                        "paired test, and the questions whose correctness differs")  # fmt: skip
     c.add_argument("a", help="results file A (the baseline)")
     c.add_argument("b", help="results file B")
