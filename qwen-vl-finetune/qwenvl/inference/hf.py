@@ -13,7 +13,15 @@ from typing import Any, Iterator
 import torch
 
 from qwenvl.data.encode import encode_prompts
-from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.inference.base import (
+    Completion,
+    Emit,
+    Finish,
+    GenerationSettings,
+    Halted,
+    short_label,
+    stream_in_thread,
+)
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.preprocessing import checkpoint_budget
 
@@ -33,12 +41,17 @@ class DeltaStreamer:
         self.emit = emit
         self.pending: list[int] = []  # tokens not yet ending in a complete character
         self.prompt_seen = False
+        self.generated = 0  # tokens generated so far
+        self.last_token: int | None = None
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # the first call carries the prompt
             self.prompt_seen = True
             return
-        self.pending.extend(value.reshape(-1).tolist())
+        tokens = value.reshape(-1).tolist()
+        self.generated += len(tokens)
+        self.last_token = tokens[-1] if tokens else self.last_token
+        self.pending.extend(tokens)
         text = self.tokenizer.decode(self.pending, skip_special_tokens=True)
         if text.endswith("\ufffd") and len(self.pending) < 8:  # an incomplete UTF-8 sequence: wait for more
             return
@@ -148,19 +161,25 @@ class HFBackend:
         gen = gen or GenerationSettings()
         inputs = self.inputs([conversation])
 
-        def produce(emit: Emit, halted: Halted) -> None:
+        def produce(emit: Emit, halted: Halted) -> Finish:
             class _Halt(StoppingCriteria):
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                     return halted()
 
+            streamer = DeltaStreamer(self.processor.tokenizer, emit)
             with torch.no_grad():
                 if gen.seed is not None:
                     torch.manual_seed(gen.seed)
                 self.model.generate(
                     **inputs,
                     **self._generate_kwargs(gen, inputs["input_ids"].shape[1]),
-                    streamer=DeltaStreamer(self.processor.tokenizer, emit),
+                    streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Halt()]),
                 )
+            if halted():
+                return "stopped"
+            if streamer.last_token in self._end_ids() or streamer.generated < gen.max_new_tokens:
+                return "stop"
+            return "length"
 
-        yield from stream_in_thread(produce, stop, name="hf-generate")
+        return (yield from stream_in_thread(produce, stop, name="hf-generate"))
