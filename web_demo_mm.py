@@ -11,7 +11,11 @@ Run::
     python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --compare-backend vllm                # A/B: hf vs vllm
 
 The backends are :mod:`qwenvl.inference`'s (``hf``: transformers in this process; ``vllm``: vLLM's async engine
-in this process; ``openai``: an OpenAI-compatible server such as ``vllm serve``); this file holds only the UI.
+in this process; ``openai``: an OpenAI-compatible server such as ``vllm serve``); this file holds the Gradio
+wiring and its handlers. What is not UI lives below it: the chat's bookkeeping (stops, the columns' threads, upload
+checks and session files) in :mod:`qwenvl.inference.chat`, safe Markdown in :mod:`qwenvl.inference.markup`, the
+reasoning split in :mod:`qwenvl.inference.base`, boxes in :mod:`qwenvl.model.grounding`. (The backend flags and
+their construction below wait for the shared backend configuration of the evaluations.)
 All resize images through qwen_vl_utils under the checkpoint's budget, so an answer does not depend on the
 backend; sampling starts from the checkpoint's ``generation_config.json``. Only uploaded files are ever opened: text typed in the chat is never read as a path.
 The server binds 127.0.0.1 unless ``--server-name`` says otherwise; every browser session has its own history.
