@@ -904,3 +904,40 @@ def test_browser_long_answer_streams_without_freezing(browser, hf_backend):
         assert lag < 500, f"the page froze for {lag:.0f} ms"
     finally:
         demo.close()
+
+
+@pytest.mark.browser
+def test_browser_boxes_drawn_in_each_familys_convention(browser, tmp_path):
+    """Qwen2.5-VL (JSON, resized-image pixels) and Qwen2-VL (<|box_start|>, 0-1000) answers, side by side, both
+    about a square at 100..300 px of a 640x480 image: each drawing's box edge lies on the square (Qwen2.5-VL's
+    resize of 640x480 is 644x476, worked by hand). Qwen3-VL's 0-1000 JSON is drawn in the two-session test."""
+    import io
+
+    from qwenvl.model.families import get_family
+
+    image = tmp_path / "square.png"
+    picture = Image.new("RGB", (640, 480), (255, 255, 255))
+    picture.paste((0, 0, 200), (100, 100, 300, 300))
+    picture.save(image)
+    qwen25 = _CannedBackend('{"bbox_2d": [100.625, 99.17, 301.875, 297.5], "label": "sq"}', get_family("qwen2_5_vl"))
+    qwen2 = _CannedBackend("<|box_start|>(156,208),(469,625)<|box_end|>", get_family("qwen2_vl"))
+    port = _free_port()
+    demo = demo_mod.build_demo(qwen25, compare=qwen2)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        _ask(page, "Where is the square?", str(image))
+        _wait_idle(page)
+        for chat in ("#chatbot", "#chatbot_b"):
+            img = page.locator(f"{chat} [data-testid=bot] img").last
+            img.wait_for(timeout=10000)
+            src = img.get_attribute("src")
+            url = src if src.startswith("http") else f"http://127.0.0.1:{port}{src}"
+            drawn = Image.open(io.BytesIO(page.request.get(url).body())).convert("RGB")
+            assert drawn.size == (640, 480)
+            assert drawn.getpixel((101, 200)) == (255, 0, 0) and drawn.getpixel((200, 101)) == (255, 0, 0), chat
+            assert drawn.getpixel((64, 200)) == (255, 255, 255), chat  # where a 0-1000 reading would have drawn
+        page.close()
+    finally:
+        demo.close()
