@@ -941,3 +941,15 @@ def test_browser_boxes_drawn_in_each_familys_convention(browser, tmp_path):
         page.close()
     finally:
         demo.close()
+
+
+def test_qwen2_vl_answers_keep_their_box_tokens(tiny_checkpoints):
+    """Qwen2-VL writes boxes with special tokens; decoding keeps those (and only those) so the demo can draw them."""
+    backend = HFBackend(str(tiny_checkpoints["qwen2_vl"]), device="cpu")
+    tokenizer = backend.processor.tokenizer
+    box = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    ids = tokenizer(box + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert backend.decode(ids) == box
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "cat(1,2),(3,4)"  # what plain decoding would keep
+    other = HFBackend(str(tiny_checkpoints["qwen3_vl"]), device="cpu")  # JSON boxes: special tokens all dropped
+    assert other.decode(other.processor.tokenizer("a<|im_end|>", add_special_tokens=False)["input_ids"]) == "a"
