@@ -953,3 +953,38 @@ def test_qwen2_vl_answers_keep_their_box_tokens(tiny_checkpoints):
     assert tokenizer.decode(ids, skip_special_tokens=True) == "cat(1,2),(3,4)"  # what plain decoding would keep
     other = HFBackend(str(tiny_checkpoints["qwen3_vl"]), device="cpu")  # JSON boxes: special tokens all dropped
     assert other.decode(other.processor.tokenizer("a<|im_end|>", add_special_tokens=False)["input_ids"]) == "a"
+
+
+@pytest.mark.browser
+def test_browser_cut_and_dropped_streams_are_marked_and_kept(browser):
+    from tests.evaluation.chat_server import Stream, chat_server
+
+    def reply(body):
+        text = body["messages"][-1]["content"][-1]["text"]
+        if "unfinished" in text:
+            return Stream(["partial", "words"], finish=None, done=False)  # no finish reason, no [DONE]
+        return Stream(["half", "way"], drop=True)  # the connection drops mid-stream
+
+    with chat_server(reply) as server:
+        backend = OpenAIBackend(server.url, model="served-model", family="qwen3_vl")
+        port = _free_port()
+        demo = demo_mod.build_demo(backend)
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}")
+            _ask(page, "An unfinished answer")
+            page.get_by_text("the server ended the stream before the answer was complete").wait_for(timeout=20000)
+            _wait_idle(page)
+            _ask(page, "Now drop")
+            page.get_by_text("dropped the connection while streaming").wait_for(timeout=20000)
+            _wait_idle(page)
+            chat = page.locator("#chatbot").inner_text()
+            assert "half way" in chat and "cannot reach" not in chat
+            _ask(page, "Go on")  # both partial answers went into the model's history, as shown
+            page.get_by_text("dropped the connection while streaming").nth(1).wait_for(timeout=20000)
+            answers = [m["content"] for m in server.requests[-1]["messages"] if m["role"] == "assistant"]
+            assert [a[0]["text"] for a in answers] == ["partial words", "half way"]
+            page.close()
+        finally:
+            demo.close()
