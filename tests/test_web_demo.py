@@ -988,3 +988,14 @@ def test_browser_cut_and_dropped_streams_are_marked_and_kept(browser):
             page.close()
         finally:
             demo.close()
+
+
+def test_an_answer_running_when_its_session_ends_sends_no_update_and_holds_no_file():
+    from qwenvl.inference.chat import Generations
+
+    generations = Generations()
+    generations.queue("s")
+    stops, epoch = generations.start("s", 1)
+    generations.abandon("s")  # the tab closed (Gradio's unload) ...
+    generations.forget("s")  # ... and its bookkeeping is dropped
+    assert all(stop.is_set() for stop in stops) and not generations.current("s", epoch)

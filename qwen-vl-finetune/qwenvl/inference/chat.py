@@ -221,9 +221,10 @@ class Generations:
         self.stop(session)
 
     def forget(self, session: str) -> None:
-        """Drop the bookkeeping of a session that ended (after :meth:`abandon`)."""
+        """Drop the bookkeeping of a session that ended (after :meth:`abandon`). Its epoch stays: an answer still
+        running must keep seeing that it was abandoned (and hold no new files)."""
         with self._lock:
-            for table in (self._epochs, self._queued, self._started, self._stop_before_start):
+            for table in (self._queued, self._started, self._stop_before_start):
                 table.pop(session, None)
 
     def current(self, session: str, epoch: int) -> bool:
