@@ -999,3 +999,22 @@ def test_an_answer_running_when_its_session_ends_sends_no_update_and_holds_no_fi
     generations.abandon("s")  # the tab closed (Gradio's unload) ...
     generations.forget("s")  # ... and its bookkeeping is dropped
     assert all(stop.is_set() for stop in stops) and not generations.current("s", epoch)
+
+
+def test_safe_markdown_keeps_code_and_neutralises_markup_around_it():
+    from qwenvl.inference.markup import display_chunks
+
+    assert safe_markdown('x `<div class="a">Hi & bye</div>` <b>') == 'x `<div class="a">Hi & bye</div>` &lt;b&gt;'
+    assert safe_markdown("```html\n<p>&amp;</p>\n```\n<i>") == "```html\n<p>&amp;</p>\n```\n&lt;i&gt;"
+    # Where a renderer would not see code, nothing is left raw: an escaped backtick, a span across lines, a table
+    # row's pipes inside a span, an image whose text holds code.
+    assert safe_markdown("\\`<img src=x>`") == "\\`&lt;img src=x&gt;`"
+    assert safe_markdown("`a\n<img src=x>`") == "`a\n&lt;img src=x&gt;`"
+    assert safe_markdown("| `a | <img src=x> | b` |") == "| `a | &lt;img src=x&gt; | b` |"
+    assert safe_markdown("![`a`](http://h/l) ![r][ref]") == "[`a`](http://h/l) [r][ref]"
+    # Long answers in pieces: joined back they are the text, and the pieces already shown never change.
+    text = "".join(f"w{i:05d} ab " for i in range(2000)) + "\n\n```\n" + "x\n" * 3000 + "```\nend"
+    pieces = display_chunks(text)
+    assert "".join(pieces) == text and max(map(len, pieces[:-2])) <= 3000
+    assert display_chunks(text[:15000])[:-1] == pieces[: len(display_chunks(text[:15000])) - 1]
+    assert any("```\n" + "x\n" * 3000 + "```" in p for p in pieces)  # a fenced block is never cut
