@@ -11,7 +11,11 @@ Run::
     python web_demo_mm.py -c Qwen/Qwen3-VL-8B-Instruct --compare-backend vllm                # A/B: hf vs vllm
 
 The backends are :mod:`qwenvl.inference`'s (``hf``: transformers in this process; ``vllm``: vLLM's async engine
-in this process; ``openai``: an OpenAI-compatible server such as ``vllm serve``); this file holds only the UI.
+in this process; ``openai``: an OpenAI-compatible server such as ``vllm serve``); this file holds the Gradio
+wiring and its handlers. What is not UI lives below it: the chat's bookkeeping (stops, the columns' threads, upload
+checks and session files) in :mod:`qwenvl.inference.chat`, safe Markdown in :mod:`qwenvl.inference.markup`, the
+reasoning split in :mod:`qwenvl.inference.base`, boxes in :mod:`qwenvl.model.grounding`. (The backend flags and
+their construction below wait for the shared backend configuration of the evaluations.)
 All resize images through qwen_vl_utils under the checkpoint's budget, so an answer does not depend on the
 backend; sampling starts from the checkpoint's ``generation_config.json``. Only uploaded files are ever opened: text typed in the chat is never read as a path.
 The server binds 127.0.0.1 unless ``--server-name`` says otherwise; every browser session has its own history.
@@ -23,11 +27,8 @@ import argparse
 import html
 import logging
 import os
-import queue
-import re
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,23 +112,36 @@ if __name__ == "__main__":  # parse before the heavy imports below: --help and u
     check_port_free(_ARGS.server_name, _ARGS.server_port)
 
 import gradio as gr  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
-from qwenvl.data.encode import media_cost  # noqa: E402
 from qwenvl.inference import load_backend  # noqa: E402
-from qwenvl.inference.base import Backend, GenerationSettings, generation_defaults  # noqa: E402
-from qwenvl.model.grounding import find_boxes  # noqa: E402
+from qwenvl.inference.base import Backend, GenerationSettings, generation_defaults, split_reasoning  # noqa: E402
+from qwenvl.inference.chat import (  # noqa: E402
+    ColumnAnswer,
+    Generations,
+    SessionFiles,
+    UploadLimits,
+    check_upload,
+    describe_upload,
+    run_columns,
+    short_error,
+)
+from qwenvl.inference.markup import display_chunks, safe_markdown  # noqa: E402
+from qwenvl.model.grounding import answer_boxes, draw_boxes  # noqa: E402
 
 
 logger = logging.getLogger("web_demo_mm")
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 
 # A/B mode on a narrow screen stacks the two chat columns: there each gets a quarter of the screen's height, so the input
 # stays in view (a 390 px phone saw it 1250 px down); on a wide screen, side by side, 520 px each. (CSS clamp: the
 # middle term is negative below 640 px of width and huge above.)
 AB_CHAT_HEIGHT = "clamp(25vh, calc((100vw - 640px) * 10), 520px)"
+
+# What the chat says under an answer that did not end by itself.
+ENDINGS = {
+    "stopped": "*(stopped)*",
+    "length": "*(cut off: the answer reached Max new tokens)*",
+    "cut_off": "*(cut off: the server ended the stream before the answer was complete)*",
+}
 
 
 # ----------------------------------------------------------------------------------------------- session state
@@ -155,6 +169,9 @@ class ChatSession:
     def waiting_for_answer(self) -> bool:
         return bool(self.columns) and bool(self.columns[0].history) and self.columns[0].history[-1]["role"] == "user"
 
+    def has_question(self) -> bool:
+        return bool(self.columns) and any(m["role"] == "user" for m in self.columns[0].history)
+
     def drop_last_answer(self) -> None:
         for column in self.columns:
             if column.history and column.history[-1]["role"] == "assistant":
@@ -172,6 +189,9 @@ class DemoConfig:
     max_message_megapixels: float = 256.0  # all images of one message together
     upload_concurrency: int = 2  # uploads decoded at once (inside Gradio's queue)
 
+    def limits(self) -> UploadLimits:
+        return UploadLimits(self.max_upload_mb, self.max_upload_megapixels, self.max_message_megapixels)
+
     def limits_text(self) -> str:
         return (
             f"Uploads: at most {self.max_upload_mb:g} MB each; images up to {self.max_upload_megapixels:g} "
@@ -179,173 +199,35 @@ class DemoConfig:
         )
 
 
-class SessionFiles:
-    """The uploads of each browser session, deleted when the session ends or is cleared; readable by this user
-    only while they exist."""
-
-    def __init__(self) -> None:
-        self._files: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, session: str, path: str) -> None:
-        try:
-            os.chmod(path, 0o600)
-            os.chmod(os.path.dirname(path), 0o700)
-        except OSError:
-            pass
-        with self._lock:
-            self._files.setdefault(session, set()).add(path)
-
-    def delete(self, session: str) -> int:
-        with self._lock:
-            paths = self._files.pop(session, set())
-        for path in paths:
-            try:
-                os.unlink(path)
-                os.rmdir(os.path.dirname(path))  # Gradio keeps each upload in a folder of its own
-            except OSError:
-                pass
-        return len(paths)
-
-
-class Generations:
-    """The stop events of the generations running in each browser session, one per column, so Stop (all
-    columns), a column's own Stop and Clear reach a running answer directly; Clear also marks the session's
-    running answer as abandoned, so it sends no update after the chat was emptied."""
-
-    def __init__(self) -> None:
-        self._stops: dict[str, list[threading.Event]] = {}
-        self._epochs: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str, columns: int) -> tuple[list[threading.Event], int]:
-        stops = [threading.Event() for _ in range(columns)]
-        with self._lock:
-            self._stops[session] = stops
-            return stops, self._epochs.get(session, 0)
-
-    def finish(self, session: str, stops: list[threading.Event]) -> None:
-        with self._lock:
-            if self._stops.get(session) is stops:
-                del self._stops[session]
-
-    def stop(self, session: str, column: int | None = None) -> None:
-        with self._lock:
-            stops = self._stops.get(session, [])
-        for i, event in enumerate(stops):
-            if column is None or i == column:
-                event.set()
-
-    def abandon(self, session: str) -> None:
-        with self._lock:
-            self._epochs[session] = self._epochs.get(session, 0) + 1
-        self.stop(session)
-
-    def current(self, session: str, epoch: int) -> bool:
-        with self._lock:
-            return self._epochs.get(session, 0) == epoch
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def image_megapixels(path: str) -> float:
-    """Decoded size of an image upload from its header (no pixels are decoded)."""
-    from qwen_vl_utils.image_io import open_image
-
-    with open_image(path) as image:
-        width, height = image.size
-    return width * height / 1e6
-
-
-def short_error(error: BaseException, path: str = "") -> str:
-    """An error message for the chat: one line, with the server's upload folder left out."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if path:
-        text = text.replace(repr(path), repr(Path(path).name)).replace(path, Path(path).name)
-    return text[:300]
-
-
-def check_upload(path: str, max_mb: float) -> str:
-    """``image`` or ``video`` for an allowed upload; raises ValueError (shown in the chat) otherwise."""
-    ext = Path(path).suffix.lower()
-    if ext in IMAGE_EXTENSIONS:
-        kind = "image"
-    elif ext in VIDEO_EXTENSIONS:
-        kind = "video"
-    else:
-        raise ValueError(f"{Path(path).name}: unsupported file type {ext or '(none)'}; upload an image or a video")
-    size = os.path.getsize(path)
-    if size > max_mb * 1024 * 1024:
-        raise ValueError(f"{Path(path).name}: {size / 1e6:.1f} MB is over the {max_mb:g} MB upload limit")
-    return kind
-
-
-def describe_upload(path: str, kind: str, backend: Backend) -> str:
-    """The resized resolution and visual token count an upload will cost this backend (from the header or a
-    probe; raises on unreadable files)."""
-    cost = media_cost({"type": kind, kind: path}, backend.family, backend.budget)
-    if kind == "image":
-        from qwen_vl_utils import fetch_image
-
-        # Decoded once here, inside the queue: a file whose header reads but whose pixels do not is refused now.
-        fetch_image(backend.budget.image_item({"image": path}), image_patch_size=backend.family.patch_size)
-    return cost.describe(Path(path).name)
-
-
-def draw_boxes(image_path: str, boxes: list[tuple[list[float], str]], out_dir: str) -> str:
-    image = Image.open(image_path).convert("RGB")
-    draw = ImageDraw.Draw(image)
-    w, h = image.size
-    for (x1, y1, x2, y2), label in boxes:
-        rect = [x1 / 1000 * w, y1 / 1000 * h, x2 / 1000 * w, y2 / 1000 * h]
-        draw.rectangle(rect, outline=(255, 0, 0), width=max(2, w // 200))
-        if label:
-            draw.text((rect[0] + 3, rect[1] + 3), label, fill=(255, 0, 0))
-    fd, out = tempfile.mkstemp(suffix=".png", dir=out_dir)
-    os.close(fd)
-    image.save(out)
-    return out
-
-
-_MD_IMAGE = re.compile(r"!(\[[^\]]*\])")
-
-
-def render_text(text: str) -> str:
-    """Chat display of model text: HTML escaped, and Markdown images shown as plain links, so an answer (steered
-    by a prompt injection in an uploaded document, say) can never make the browser fetch a URL by itself."""
-    return _MD_IMAGE.sub(r"\1", html.escape(text, quote=False))
-
-
-def split_reasoning(text: str) -> tuple[str | None, str, bool]:
-    """``(reasoning, answer, reasoning_finished)`` of a raw answer. Qwen thinking models write
-    ``<think>...</think>`` (or only the closing tag, when the chat template opened it); ``None`` without any."""
-    open_at, close_at = text.find("<think>"), text.find("</think>")
-    if close_at >= 0:
-        start = open_at + len("<think>") if 0 <= open_at < close_at else 0
-        return text[start:close_at].strip(), text[close_at + len("</think>") :].lstrip(), True
-    if open_at >= 0:
-        return text[open_at + len("<think>") :].strip(), text[:open_at], False
-    return None, text, False
-
-
-def render_answer(text: str) -> list[dict[str, Any]]:
-    """The chat messages showing one raw answer: its reasoning as a collapsed "Reasoning" box (Gradio's thought
-    messages, escaped like the answer), then the answer."""
-    reasoning, answer, finished = split_reasoning(text)
+def render_answer(answer: ColumnAnswer, opened: bool = False) -> list[dict[str, Any]]:
+    """The chat messages showing one answer: its reasoning as a collapsed "Reasoning" box (Gradio's thought
+    messages), the answer, then how it ended when it did not end by itself (stopped, cut off, an error). ``opened``:
+    the chat template opened the reasoning block in the prompt."""
+    reasoning, text, finished = split_reasoning(answer.text, opened)
     messages: list[dict[str, Any]] = []
     if reasoning is not None:
         title = "Reasoning" if finished else "Thinking..."
-        words = len(reasoning.split())
         messages.append(
             {
                 "role": "assistant",
-                "content": render_text(reasoning) or "...",
-                "metadata": {"title": title, "status": "done", "log": f"{words} words"},
+                "content": safe_markdown(reasoning) or "...",
+                "metadata": {"title": title, "status": "done", "log": f"{len(reasoning.split())} words"},
             }
         )
-    if answer or reasoning is None:
-        messages.append({"role": "assistant", "content": render_text(answer)})
+    if text or (reasoning is None and not answer.done):
+        # A long answer is shown as consecutive messages, of which only the last changes while it streams.
+        messages.extend({"role": "assistant", "content": safe_markdown(piece)} for piece in display_chunks(text))
+    if answer.error is not None:
+        messages.append({"role": "assistant", "content": f"**Error:** {safe_markdown(short_error(answer.error))}"})
+    elif answer.finish in ENDINGS:
+        if answer.finish == "stopped" and not answer.text:
+            messages.append({"role": "assistant", "content": "*(stopped before the model answered)*"})
+        elif messages and "metadata" not in messages[-1]:
+            messages[-1]["content"] += "\n\n" + ENDINGS[answer.finish]  # in the answer's bubble, after it
+        else:
+            messages.append({"role": "assistant", "content": ENDINGS[answer.finish]})
+    elif answer.done and not messages:
+        messages.append({"role": "assistant", "content": "*(an empty answer)*"})
     return messages
 
 
@@ -374,7 +256,6 @@ class ChatApp:
         self.backends: list[Backend] = [backend] + ([compare] if compare is not None else [])
         self.files = SessionFiles()
         self.generations = Generations()
-        self.box_dir = tempfile.mkdtemp(prefix="qwenvl-demo-boxes-")
         base = GenerationSettings(max_new_tokens=self.config.default_max_new_tokens)
         self.defaults, self.default_sources = generation_defaults(backend.checkpoint, base)
 
@@ -393,53 +274,59 @@ class ChatApp:
     def cleared_outputs(self) -> tuple[Any, ...]:
         return self.outputs(ChatSession())
 
+    def box_drawing(self, session: str, answer: str, backend: Backend, image: str) -> str | None:
+        """A copy of ``image`` with the answer's boxes drawn (the backend's family convention), held by the
+        session; written inside Gradio's cache, so Gradio serves it as it is and deleting it removes it."""
+        from gradio.utils import get_upload_folder
+        from PIL import Image
+
+        with Image.open(image) as opened:
+            size = opened.size
+        boxes = answer_boxes(answer, backend.family, size, backend.budget)
+        if not boxes:
+            return None
+        folder = tempfile.mkdtemp(prefix="qwenvl-boxes-", dir=get_upload_folder())
+        drawn = draw_boxes(image, boxes, os.path.join(folder, f"{Path(image).stem}-boxes.png"))
+        self.files.add(session, drawn)
+        return drawn
+
     # ------------------------------------------------------------------------------------------- handlers
 
     def add_user(self, message: dict[str, Any] | None, session: ChatSession, request: gr.Request = None):
         """A user message: uploads checked and described (each column's own size and token cost, next to the
-        file), refusals as one line each; the input is locked until the answer is done."""
+        file), refusals as one line each after the question; the input is locked until the answer is done."""
         session = session or ChatSession()
+        sid = _session_id(request)
         text = (message or {}).get("text") or ""
         files = (message or {}).get("files") or []
         columns = [session.column(i) for i in range(len(self.backends))]
         items: list[dict[str, Any]] = []
+        refusals: list[str] = []
         message_mp = 0.0
         for f in files:
             path = f if isinstance(f, str) else f.get("path")
-            self.files.add(_session_id(request), path)
+            self.files.add(sid, path)
             try:
-                kind = check_upload(path, self.config.max_upload_mb)
-                if kind == "image":
-                    mp = image_megapixels(path)
-                    if mp > self.config.max_upload_megapixels:
-                        raise ValueError(
-                            f"{Path(path).name}: {mp:.0f} megapixels is over the "
-                            f"{self.config.max_upload_megapixels:g} megapixel limit per image (--max-upload-megapixels)"
-                        )
-                    if message_mp + mp > self.config.max_message_megapixels:
-                        raise ValueError(
-                            f"{Path(path).name}: the images of this message would exceed "
-                            f"{self.config.max_message_megapixels:g} megapixels (--max-message-megapixels); send fewer"
-                        )
-                    message_mp += mp
+                kind, mp = check_upload(path, self.config.limits(), message_mp)
                 notes = [describe_upload(path, kind, backend) for backend in self.backends]
             except Exception as e:  # noqa: BLE001 - every refusal is one line in the chat; the session goes on
-                for column in columns:
-                    column.display.append(
-                        {"role": "assistant", "content": f"Upload refused: {html.escape(short_error(e, path))}"}
-                    )
+                refusals.append(f"Upload refused: {safe_markdown(short_error(e))}")
                 continue
+            message_mp += mp
             items.append({"type": kind, kind: path})
             for column, note in zip(columns, notes):
                 column.display.append({"role": "user", "content": {"path": path}})
-                column.display.append({"role": "user", "content": f"*{html.escape(note)}*"})
+                column.display.append({"role": "user", "content": f"*{safe_markdown(note)}*"})
         if text:
             items.append({"type": "text", "text": text})
             for column in columns:
-                column.display.append({"role": "user", "content": text})
+                column.display.append({"role": "user", "content": safe_markdown(text)})
+        for column in columns:
+            column.display.extend({"role": "assistant", "content": refusal} for refusal in refusals)
         if items:
             for column in columns:
                 column.history.append({"role": "user", "content": items})
+            self.generations.queue(sid)
         return gr.MultimodalTextbox(value=None, interactive=False), *self.outputs(session)
 
     def answer(
@@ -471,75 +358,58 @@ class ChatApp:
             seed=int(seed) if seed is not None and seed >= 0 else None,
         )
         stops, epoch = self.generations.start(sid, n)
-        events: queue.Queue[tuple[int, str | None, Exception | None]] = queue.Queue()
         columns = [session.column(i) for i in range(n)]
-
-        def run(i: int) -> None:
-            try:
-                for piece in self.backends[i].stream(system + columns[i].history, gen, stops[i]):
-                    events.put((i, piece, None))
-                events.put((i, None, None))
-            except Exception as e:  # noqa: BLE001 - shown in that column, the session goes on
-                logger.exception("generation failed (%s)", self.backends[i].name)
-                events.put((i, None, e))
-
-        answers, errors = [""] * n, [None] * n
+        opened = [backend.family.thinks_by_default for backend in self.backends]
         shown_from = [len(c.display) for c in columns]
-        for i in range(n):
-            threading.Thread(target=run, args=(i,), daemon=True, name=f"demo-column-{i}").start()
+        answers: list[ColumnAnswer] = []
         try:
-            running = n
-            while running:
-                try:
-                    i, piece, error = events.get(timeout=0.1)
-                except queue.Empty:  # a backend that says nothing (a stalled server) cannot hold a cleared chat
-                    if not self.generations.current(sid, epoch):
-                        yield self.cleared_outputs()
-                        return
-                    continue
-                if piece is None:
-                    running -= 1
-                    errors[i] = error
-                else:
-                    answers[i] += piece
-                shown = render_answer(answers[i])
-                if errors[i] is not None:
-                    shown.append({"role": "assistant", "content": f"**Error:** {html.escape(short_error(errors[i]))}"})
-                columns[i].display[shown_from[i] :] = shown
-                if not self.generations.current(sid, epoch):
-                    # Cleared meanwhile: the last word is an empty chat (Gradio re-sends a generator's last
-                    # update when it ends, which would otherwise refill the chat after Clear).
-                    yield self.cleared_outputs()
-                    return
+            for answers in run_columns(
+                self.backends,
+                [system + c.history for c in columns],
+                gen,
+                stops,
+                cancelled=lambda: not self.generations.current(sid, epoch),
+            ):
+                for i, answer in enumerate(answers):
+                    columns[i].display[shown_from[i] :] = render_answer(answer, opened[i])
                 yield self.outputs(session)
         finally:
-            for stop in stops:
-                stop.set()  # also when the event is cancelled: every column's generation ends
             self.generations.finish(sid, stops)
         if not self.generations.current(sid, epoch):
+            # Cleared meanwhile: the last word is an empty chat (Gradio re-sends a generator's last update when it
+            # ends, which would otherwise refill the chat after Clear).
             yield self.cleared_outputs()
             return
-        for i in range(n):
-            if errors[i] is not None:
-                continue
-            columns[i].history.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})
-            image, boxes = last_image(columns[i].history), find_boxes(answers[i])
-            if image and boxes:
-                drawn = draw_boxes(image, boxes, self.box_dir)
-                columns[i].display.append({"role": "assistant", "content": {"path": drawn}})
+        for i, answer in enumerate(answers):
+            if answer.text:  # a partial answer (stopped, cut off) is kept in the history as it is shown
+                columns[i].history.append({"role": "assistant", "content": [{"type": "text", "text": answer.text}]})
+            image = last_image(columns[i].history)
+            if image and answer.text and answer.error is None:
+                try:
+                    drawn = self.box_drawing(sid, answer.text, self.backends[i], image)
+                except Exception as e:  # noqa: BLE001 - the answer stands without its drawing
+                    logger.warning("cannot draw the boxes: %s", short_error(e))
+                    drawn = None
+                if drawn:
+                    columns[i].display.append({"role": "assistant", "content": {"path": drawn}})
         yield self.outputs(session)
 
-    def regenerate(self, session: ChatSession):
+    def regenerate(self, session: ChatSession, request: gr.Request = None):
         session = session or ChatSession()
         session.drop_last_answer()
+        if session.waiting_for_answer():
+            self.generations.queue(_session_id(request))
         return self.outputs(session)
 
-    def stop(self, request: gr.Request = None) -> None:
+    def stop(self, request: gr.Request = None):
+        """Stop the session's answer, running or still queued; the button goes off once the stop is noted."""
         self.generations.stop(_session_id(request))
+        return gr.Button(interactive=False)
 
     def stop_column(self, column: int):
-        def stop(request: gr.Request = None) -> None:
+        def stop(request: gr.Request = None):
             self.generations.stop(_session_id(request), column)
+            return gr.Button(interactive=False)
 
         stop.__name__ = f"stop_{'ab'[column]}"
         return stop
@@ -547,22 +417,29 @@ class ChatApp:
     def clear(self, session: ChatSession, request: gr.Request = None):
         sid = _session_id(request)
         self.generations.abandon(sid)
-        self.files.delete(sid)
+        self.files.release(sid)
         session = session or ChatSession()
         session.columns = []
-        return (*self.outputs(session), gr.MultimodalTextbox(value=None, interactive=True), *self.idle())
+        return (*self.outputs(session), gr.MultimodalTextbox(value=None, interactive=True), *self.idle(session))
 
     def end_session(self, request: gr.Request = None) -> None:
         sid = _session_id(request)
         self.generations.abandon(sid)
-        self.files.delete(sid)
+        self.files.release(sid)
+        self.generations.forget(sid)
 
     def busy(self) -> tuple[Any, ...]:
-        """Buttons while an answer runs: Stop(s) on, Regenerate off."""
+        """Buttons while an answer runs or waits: Stop(s) on, Regenerate off."""
         return (gr.Button(interactive=False), *[gr.Button(interactive=True)] * len(self.stop_buttons))
 
-    def idle(self) -> tuple[Any, ...]:
-        return (gr.Button(interactive=True), *[gr.Button(interactive=False)] * len(self.stop_buttons))
+    def idle(self, session: ChatSession | None) -> tuple[Any, ...]:
+        """Buttons between answers: Stop(s) off, Regenerate on when there is a question to answer again."""
+        regen = bool(session) and session.has_question()
+        return (gr.Button(interactive=regen), *[gr.Button(interactive=False)] * len(self.stop_buttons))
+
+    def unlock(self, session: ChatSession) -> tuple[Any, ...]:
+        """After an answer: the input open again, the buttons idle."""
+        return (gr.MultimodalTextbox(interactive=True), *self.idle(session))
 
     # ------------------------------------------------------------------------------------------- layout
 
@@ -613,7 +490,7 @@ class ChatApp:
             )
             with gr.Row():
                 stop_btn = gr.Button("Stop", elem_id="stop_btn", interactive=False)
-                regen_btn = gr.Button("Regenerate", elem_id="regen_btn")
+                regen_btn = gr.Button("Regenerate", elem_id="regen_btn", interactive=False)
                 clear_btn = gr.Button("Clear", elem_id="clear_btn")
             self.stop_buttons.insert(0, stop_btn)
             gr.Markdown(self.config.limits_text(), elem_id="upload_limits")
@@ -650,19 +527,18 @@ class ChatApp:
             answer = submit.then(self.busy, None, buttons, queue=False).then(
                 self.answer, [session, *controls], view, api_name="chat", concurrency_id="model"
             )
-            answer.then(
-                lambda: (gr.MultimodalTextbox(interactive=True), *self.idle()), None, [textbox, *buttons], queue=False
-            )
+            answer.then(self.unlock, session, [textbox, *buttons], queue=False)
             regen = regen_btn.click(self.regenerate, session, view, queue=False).then(
                 self.busy, None, buttons, queue=False
             )
             regen_run = regen.then(self.answer, [session, *controls], view, concurrency_id="model")
-            regen_run.then(self.idle, None, buttons, queue=False)
-            # Stop ends the generation itself (the answer so far is kept, in the chat and the history); the
-            # generator then finishes normally and the chain above unlocks the input.
-            stop_btn.click(self.stop, None, None, queue=False)
+            regen_run.then(self.idle, session, buttons, queue=False)
+            # Stop ends the generation itself, at once even when the server has not answered yet, or the turn
+            # before it starts when it still waits in the queue (the answer so far is kept, marked, in the chat and
+            # the history); the generator then finishes normally and the chain above unlocks the input.
+            stop_btn.click(self.stop, None, stop_btn, queue=False)
             for i, button in enumerate(self.stop_buttons[1:]):
-                button.click(self.stop_column(i), None, None, queue=False)
+                button.click(self.stop_column(i), None, button, queue=False)
             # Clear stops a running answer through Generations (not Gradio's cancel): the answer then ends by
             # sending an empty chat itself, so no update of it can arrive after the Clear.
             clear_btn.click(self.clear, session, [*view, textbox, *buttons], queue=False)

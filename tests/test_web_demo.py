@@ -15,7 +15,9 @@ from PIL import Image
 
 import web_demo_mm as demo_mod
 from qwenvl.inference.base import GenerationSettings
+from qwenvl.inference.chat import ColumnAnswer, UploadLimits, check_upload, describe_upload
 from qwenvl.inference.hf import HFBackend
+from qwenvl.inference.markup import safe_markdown
 from qwenvl.inference.openai_backend import OpenAIBackend
 from tests.conftest import missing_prerequisite
 
@@ -72,27 +74,21 @@ def test_backend_streams_per_token(hf_backend, image_file):
 
 
 def test_uploads_are_checked(tmp_path, hf_backend, image_file):
-    assert demo_mod.check_upload(image_file, 1) == "image"
+    limits = UploadLimits(max_mb=1)
+    assert check_upload(image_file, limits) == ("image", 120 * 90 / 1e6)
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (2 * 1024 * 1024))
     with pytest.raises(ValueError, match="over the 1 MB upload limit"):
-        demo_mod.check_upload(str(big), 1)
+        check_upload(str(big), limits)
     with pytest.raises(ValueError, match="unsupported file type .exe"):
-        demo_mod.check_upload(str(tmp_path / "x.exe"), 1)
+        check_upload(str(tmp_path / "x.exe"), limits)
+    with pytest.raises(ValueError, match="gone.png: the upload is gone from the server; upload it again"):
+        check_upload(str(tmp_path / "gone.png"), limits)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match="corrupt.png"):
-        demo_mod.describe_upload(str(corrupt), "image", hf_backend)
-    assert "visual tokens" in demo_mod.describe_upload(image_file, "image", hf_backend)
-
-
-def test_grounding_boxes_are_found_and_drawn(image_file, tmp_path):
-    text = 'Here: [{"bbox_2d": [100, 200, 500, 800], "label": "red square"}] and {"bbox_2d":[0,0,1000,1000]}'
-    boxes = demo_mod.find_boxes(text)
-    assert boxes == [([100.0, 200.0, 500.0, 800.0], "red square"), ([0.0, 0.0, 1000.0, 1000.0], "")]
-    out = demo_mod.draw_boxes(image_file, boxes[:1], str(tmp_path))
-    pixel = Image.open(out).getpixel((12, 18))  # on the box edge (x1=12, y1=18 for 120x90)
-    assert pixel == (255, 0, 0)
+        describe_upload(str(corrupt), "image", hf_backend)
+    assert "visual tokens" in describe_upload(image_file, "image", hf_backend)
 
 
 def test_history_keeps_raw_text_and_typed_paths_are_never_opened(hf_backend, tmp_path):
@@ -101,7 +97,7 @@ def test_history_keeps_raw_text_and_typed_paths_are_never_opened(hf_backend, tmp
     history = session.columns[0].history
     assert history == [{"role": "user", "content": [{"type": "text", "text": "file:///etc/passwd <b>x</b>"}]}]
     assert demo_mod.last_image(history) is None
-    assert demo_mod.render_text("a <b> & c") == "a &lt;b&gt; &amp; c"
+    assert safe_markdown("a <b> & c") == "a &lt;b&gt; &amp; c"
 
 
 # ----------------------------------------------------------------------------------------------- real browser
@@ -392,19 +388,25 @@ def _handlers(demo) -> dict:
 
 
 def test_markdown_images_in_answers_are_links():
-    shown = demo_mod.render_text("look ![secret](http://127.0.0.1:9/leak-md?secret=abc) and [a](http://x)")
+    shown = safe_markdown("look ![secret](http://127.0.0.1:9/leak-md?secret=abc) and [a](http://x)")
     assert "![" not in shown and "[secret](http://127.0.0.1:9/leak-md?secret=abc)" in shown
 
 
 def test_reasoning_is_split_escaped_and_collapsed():
     # Qwen thinking models: <think>...</think> (or only the closing tag when the template opened it).
     for raw in ("<think>a <b>step</b></think>The answer: 4", "a <b>step</b></think>\nThe answer: 4"):
-        reasoning, answer = demo_mod.render_answer(raw)
+        reasoning, answer = demo_mod.render_answer(ColumnAnswer(raw, "stop", done=True))
         assert reasoning["metadata"]["title"] == "Reasoning" and reasoning["metadata"]["status"] == "done"
         assert reasoning["content"] == "a &lt;b&gt;step&lt;/b&gt;" and answer["content"] == "The answer: 4"
-    streaming = demo_mod.render_answer("<think>still going")
+    streaming = demo_mod.render_answer(ColumnAnswer("<think>still going"))
     assert len(streaming) == 1 and streaming[0]["metadata"]["title"] == "Thinking..."
-    assert demo_mod.render_answer("plain") == [{"role": "assistant", "content": "plain"}]
+    assert demo_mod.render_answer(ColumnAnswer("plain", "stop", done=True)) == [
+        {"role": "assistant", "content": "plain"}
+    ]
+    # A template that opened the block itself (Qwen3.5): what comes before any </think> is reasoning, not answer.
+    opened = demo_mod.render_answer(ColumnAnswer("let me count the corners"), opened=True)
+    assert len(opened) == 1 and opened[0]["metadata"]["title"] == "Thinking..."
+    assert "corners" in opened[0]["content"]
 
 
 def test_sampling_starts_from_the_checkpoints_generation_config(tiny_checkpoints, tmp_path, image_file):
@@ -460,7 +462,9 @@ def test_hostile_uploads_are_refused_in_one_line_and_the_session_goes_on(hf_back
     history = session.columns[0].history
     refusals = [m["content"] for m in chat if m["role"] == "assistant"]
     assert len(refusals) == 3
+    assert chat[-4]["content"] == "hi"  # the question first, then what was refused of it
     assert "bomb.png" in refusals[0] and "too large to decode safely" in refusals[0]
+    assert "MAX_IMAGE_PIXELS" not in refusals[0] and "image decoder's limit of 179 megapixels" in refusals[0]
     assert "wide.png: 2 megapixels is over the 1 megapixel limit per image" in refusals[1]
     assert "s2.png" in refusals[2] and "would exceed 1.5 megapixels" in refusals[2]
     assert all(str(tmp_path) not in r and "\n" not in r for r in refusals)  # no server paths, one line each
@@ -624,3 +628,426 @@ def test_demo_answers_on_a_qwen3_5_checkpoint(tiny_checkpoints, image_file):
     assert answer and answer == "".join(
         backend.stream(messages, GenerationSettings(max_new_tokens=10), threading.Event())
     )
+
+
+# ----------------------------------------------------------------------------------------------- issue 28
+
+
+def _openai_stream(server_url: str, **kwargs) -> tuple[str, object]:
+    backend = OpenAIBackend(server_url, model="served-model", family="qwen3_vl", check=False, **kwargs)
+    stream = backend.stream([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], GenerationSettings())
+    text = ""
+    while True:
+        try:
+            text += next(stream)
+        except StopIteration as end:
+            return text, end.value
+
+
+def test_openai_stream_says_how_it_ended():
+    from tests.evaluation.chat_server import Stream, chat_server
+
+    replies = iter(
+        [
+            Stream(["a", "b"]),
+            Stream(["a", "b"], finish="length"),
+            Stream(["a", "b"], finish=None, done=False),  # neither a finish reason nor [DONE]: cut off
+        ]
+    )
+    with chat_server(lambda body: next(replies)) as server:
+        assert _openai_stream(server.url) == ("a b", "stop")
+        assert _openai_stream(server.url) == ("a b", "length")
+        assert _openai_stream(server.url) == ("a b", "cut_off")
+
+
+def test_openai_stream_dropped_midway_names_the_drop_not_an_unreachable_server():
+    from qwenvl.inference.openai_backend import ServerError
+    from tests.evaluation.chat_server import Stream, chat_server
+
+    with chat_server(lambda body: Stream(["a", "b"], drop=True)) as server:
+        with pytest.raises(ServerError, match="dropped the connection while streaming") as error:
+            _openai_stream(server.url)
+        assert "cannot reach" not in str(error.value)
+
+
+def test_answers_cut_by_the_token_limit_are_marked_and_partial_answers_kept(hf_backend, image_file):
+    app = demo_mod.ChatApp(hf_backend)
+    _, session, _ = app.add_user({"text": "Colour?", "files": [image_file]}, demo_mod.ChatSession())
+    for update in app.answer(session, "", 3, 0.0, 1.0, 0, 1.0, -1):
+        pass
+    display, history = update[0].columns[0].display, update[0].columns[0].history
+    assert display[-1]["content"].endswith("\n\n" + demo_mod.ENDINGS["length"])
+    assert history[-1]["role"] == "assistant" and history[-1]["content"][0]["text"]  # kept for the next turn
+
+
+def test_boxes_follow_each_familys_convention(tmp_path):
+    """The answer's box around a square at 100..300 px of a 640x480 image, in each family's markup and coordinates,
+    lands on the square (expected values worked by hand: Qwen2.5-VL's resize of 640x480 under qwen_vl_utils'
+    defaults is 644x476, the nearest multiples of 28)."""
+    from qwenvl.model.budget import INFERENCE_BUDGET
+    from qwenvl.model.families import get_family
+    from qwenvl.model.grounding import answer_boxes, draw_boxes
+
+    image = tmp_path / "square.png"
+    Image.new("RGB", (640, 480), (255, 255, 255)).save(image)
+    answers = {
+        "qwen3_vl": '{"bbox_2d": [156.25, 208.33, 468.75, 625], "label": "square"}',
+        "qwen2_5_vl": '{"bbox_2d": [100.625, 99.17, 301.875, 297.5], "label": "square"}',
+        "qwen2_vl": "<|object_ref_start|>square<|object_ref_end|><|box_start|>(156,208),(469,625)<|box_end|>",
+    }
+    for name, answer in answers.items():
+        (box,) = answer_boxes(answer, get_family(name), (640, 480), INFERENCE_BUDGET)
+        assert [round(v) for v in (box.x1, box.y1, box.x2, box.y2)] == [100, 100, 300, 300], name
+        assert box.label == "square"
+        drawn = Image.open(draw_boxes(str(image), [box], str(tmp_path / f"{name}.png")))
+        assert drawn.getpixel((101, 200)) == (255, 0, 0) and drawn.getpixel((60, 200)) == (255, 255, 255), name
+
+
+def test_one_reasoning_split_for_demo_and_evaluations():
+    from qwenvl.inference.base import split_reasoning, strip_reasoning
+
+    # The evaluations and the demo cut at the LAST </think>.
+    assert strip_reasoning("<think>a</think>b</think> final") == "final"
+    assert split_reasoning("<think>a</think>b</think> final").answer == " final".lstrip()
+    # The template opened the block (Qwen3.5): before any </think>, all is reasoning still going on.
+    assert split_reasoning("counting corners", opened=True) == ("counting corners", "", False)
+    assert strip_reasoning("counting corners", opened=True) == ""
+    assert split_reasoning("plain answer") == (None, "plain answer", False)
+
+
+def test_errors_never_show_server_paths():
+    from qwenvl.inference.chat import short_error
+
+    error = ValueError("image file not found: '/tmp/gradio/0a1b2c/red.png'; and /srv/x/y.mp4 too")
+    assert short_error(error) == "image file not found: 'red.png'; and y.mp4 too"
+
+
+class _BoxBackend(_CannedBackend):
+    """A canned answer drawing a box on the user's image; reads the image like a real backend does."""
+
+    def stream(self, messages, gen, stop=None):
+        from qwen_vl_utils.image_io import open_image
+
+        with open_image(demo_mod.last_image(messages)):
+            pass  # a missing upload fails here as it would in a real backend
+        yield from super().stream(messages, gen, stop)
+
+
+def _src_path(page, selector: str) -> str:
+    from urllib.parse import unquote
+
+    src = page.locator(selector).last.get_attribute("src")
+    return unquote(src.split("file=", 1)[1])
+
+
+@pytest.mark.browser
+def test_browser_two_sessions_same_upload_and_unload_cleans_up(browser, hf_backend, image_file):
+    answer = 'Found: {"bbox_2d": [100, 100, 600, 600], "label": "red"} done.'
+    port = _free_port()
+    demo = demo_mod.build_demo(_BoxBackend(answer, hf_backend.family), demo_mod.DemoConfig(concurrency=2))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    contexts = [browser.new_context(), browser.new_context()]
+    try:
+        a, b = (c.new_page() for c in contexts)
+        for page in (a, b):
+            page.goto(f"http://127.0.0.1:{port}")
+            _ask(page, "Where is it?", image_file)  # the same bytes and name: Gradio stores both at one path
+            _wait_idle(page)
+        upload = _src_path(b, "#chatbot [data-testid=user] img")
+        assert upload == _src_path(a, "#chatbot [data-testid=user] img") and Path(upload).exists()
+        drawing = _src_path(b, "#chatbot [data-testid=bot] img")
+        assert Path(drawing).exists() and drawing != upload
+        a.locator("#clear_btn").click()
+        a.wait_for_function("() => !document.querySelector('#chatbot [data-testid=user]')", timeout=10000)
+        assert Path(upload).exists()  # A's Clear leaves B's upload alone
+        _ask(b, "And again?")
+        _wait_idle(b)
+        texts = " ".join(_bot_texts(b))
+        assert "Error" not in texts and texts.count("done.") == 2, texts
+        assert "/tmp" not in b.locator("#chatbot").inner_text()
+        contexts.pop().close()  # B closes its tab: Gradio's unload deletes what B held (the upload, the drawings)
+        deadline = time.monotonic() + 30
+        while (Path(upload).exists() or Path(drawing).exists()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(upload).exists() and not Path(drawing).exists()
+    finally:
+        for c in contexts:
+            c.close()
+        demo.close()
+
+
+@pytest.mark.browser
+def test_browser_stop_answers_at_once_against_a_hung_server(browser, hf_backend):
+    from tests.evaluation.chat_server import Hang, chat_server, http_error
+
+    def reply(body):
+        text = body["messages"][-1]["content"][-1]["text"]
+        return http_error(500, "the model crashed") if "fail" in text else Hang()
+
+    with chat_server(reply) as server:
+        backend = OpenAIBackend(server.url, model="served-model", family="qwen3_vl", stream_timeout=5)
+        port = _free_port()
+        demo = demo_mod.build_demo(backend, demo_mod.DemoConfig(concurrency=1))
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+        contexts = [browser.new_context(), browser.new_context()]
+        try:
+            a, b = (c.new_page() for c in contexts)
+            for page in (a, b):
+                page.goto(f"http://127.0.0.1:{port}")
+                page.locator("#chat_input textarea").wait_for(timeout=10000)
+                assert page.locator("#regen_btn").is_disabled()  # nothing to regenerate yet
+            _ask(a, "Question one")
+            deadline = time.monotonic() + 20
+            while not server.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(server.requests) == 1
+            _ask(b, "Question two")  # waits in the queue behind A (one generation at a time)
+            b.wait_for_function("() => !document.querySelector('#stop_btn').disabled", timeout=10000)
+            b.locator("#stop_btn").click()  # stopped while queued: it must never reach the server
+            b.wait_for_function("() => document.querySelector('#stop_btn').disabled", timeout=5000)  # noted
+            a.locator("#stop_btn").click()
+            # The answer ends at once (the second it takes on the server is measured without a browser, in
+            # test_stop_ends_an_answer_whose_server_never_answers_within_a_second; here the browser and the server
+            # share two busy cores, so the page gets a few seconds to show it).
+            a.wait_for_function("() => document.querySelector('#stop_btn').disabled", timeout=5000)
+            a.get_by_text("(stopped before the model answered)").wait_for(timeout=5000)
+            _wait_idle(a, 5)
+            b.get_by_text("(stopped before the model answered)").wait_for(timeout=10000)
+            _wait_idle(b, 5)
+            assert len(server.requests) == 1  # B's stopped turn was never sent
+            # The queue is free: a new question goes out at once; the hung request was abandoned within its timeout.
+            _ask(a, "Please fail")
+            a.get_by_text("HTTP 500").first.wait_for(timeout=8000)
+            assert "the model crashed" in a.locator("#chatbot").inner_text()
+            deadline = time.monotonic() + 15
+            while not server.abandoned and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert server.abandoned, "the hung request was never given up"
+        finally:
+            for c in contexts:
+                c.close()
+            demo.close()
+
+
+@pytest.mark.browser
+def test_browser_code_shows_as_written_and_user_markup_fetches_nothing(browser, hf_backend):
+    import http.server
+
+    hits: list[str] = []
+
+    class Trap(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    trap = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trap)
+    threading.Thread(target=trap.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{trap.server_address[1]}"
+    answer = 'Inline `<div class="a">Hi & bye</div>` then\n```html\n<p>x &amp; y</p>\n```\nend <b>of</b> it, final.'
+    port = _free_port()
+    demo = demo_mod.build_demo(_CannedBackend(answer, hf_backend.family))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        question = f"see ![x]({url}/leak-user-md) and <img src='{url}/leak-user-html'> ok"
+        page.locator("#chat_input textarea").fill(question)
+        page.locator("#chat_input textarea").press("Enter")
+        page.get_by_text("final.").first.wait_for(timeout=30000)
+        _wait_idle(page)
+        codes = page.locator("#chatbot [data-testid=bot] code").all_inner_texts()
+        assert '<div class="a">Hi & bye</div>' in codes and any("<p>x &amp; y</p>" in c for c in codes), codes
+        bot = page.locator("#chatbot [data-testid=bot]").inner_text()
+        assert "&lt;" not in bot and "<b>of</b>" in bot  # raw HTML outside code shown as text, not rendered
+        user = page.locator("#chatbot [data-testid=user]").inner_text()
+        assert f"<img src='{url}/leak-user-html'>" in user
+        assert page.locator("#chatbot [data-testid=user] img").count() == 0
+        page.reload()  # nothing arrives later either (a fetch from the first render would have been recorded)
+        assert hits == [], f"the browser fetched {hits}"
+    finally:
+        demo.close()
+        trap.shutdown()
+
+
+@pytest.mark.browser
+def test_browser_long_answer_streams_without_freezing(browser, hf_backend):
+    class Fast(_CannedBackend):
+        def stream(self, messages, gen, stop=None):
+            for i in range(2000):  # 20,000 characters, as fast as the UI takes them
+                if stop is not None and stop.is_set():
+                    return
+                yield f"w{i:05d} ab "
+
+    port = _free_port()
+    demo = demo_mod.build_demo(Fast("", hf_backend.family))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        page.locator("#chat_input textarea").wait_for(timeout=10000)
+        # The page's responsiveness: the longest delay of a 50 ms timer while the answer streams.
+        page.evaluate(
+            """() => { window.__lag = 0; let last = performance.now();
+                const tick = () => { const now = performance.now(); window.__lag = Math.max(window.__lag, now - last - 50);
+                                     last = now; setTimeout(tick, 50); };
+                setTimeout(tick, 50); }"""
+        )
+        _ask(page, "Write a lot.")
+        page.get_by_text("w01999").first.wait_for(timeout=120000)
+        _wait_idle(page, 30)
+        lag = page.evaluate("() => window.__lag")
+        shown = "".join(page.locator("#chatbot [data-testid=bot]").all_inner_texts())
+        assert all(f"w{i:05d} ab" in shown for i in range(2000))
+        assert lag < 500, f"the page froze for {lag:.0f} ms"
+    finally:
+        demo.close()
+
+
+@pytest.mark.browser
+def test_browser_boxes_drawn_in_each_familys_convention(browser, tmp_path):
+    """Qwen2.5-VL (JSON, resized-image pixels) and Qwen2-VL (<|box_start|>, 0-1000) answers, side by side, both
+    about a square at 100..300 px of a 640x480 image: each drawing's box edge lies on the square (Qwen2.5-VL's
+    resize of 640x480 is 644x476, worked by hand). Qwen3-VL's 0-1000 JSON is drawn in the two-session test."""
+    import io
+
+    from qwenvl.model.families import get_family
+
+    image = tmp_path / "square.png"
+    picture = Image.new("RGB", (640, 480), (255, 255, 255))
+    picture.paste((0, 0, 200), (100, 100, 300, 300))
+    picture.save(image)
+    qwen25 = _CannedBackend('{"bbox_2d": [100.625, 99.17, 301.875, 297.5], "label": "sq"}', get_family("qwen2_5_vl"))
+    qwen2 = _CannedBackend("<|box_start|>(156,208),(469,625)<|box_end|>", get_family("qwen2_vl"))
+    port = _free_port()
+    demo = demo_mod.build_demo(qwen25, compare=qwen2)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        _ask(page, "Where is the square?", str(image))
+        _wait_idle(page)
+        for chat in ("#chatbot", "#chatbot_b"):
+            img = page.locator(f"{chat} [data-testid=bot] img").last
+            img.wait_for(timeout=10000)
+            src = img.get_attribute("src")
+            url = src if src.startswith("http") else f"http://127.0.0.1:{port}{src}"
+            drawn = Image.open(io.BytesIO(page.request.get(url).body())).convert("RGB")
+            assert drawn.size == (640, 480)
+            assert drawn.getpixel((101, 200)) == (255, 0, 0) and drawn.getpixel((200, 101)) == (255, 0, 0), chat
+            assert drawn.getpixel((64, 200)) == (255, 255, 255), chat  # where a 0-1000 reading would have drawn
+        page.close()
+    finally:
+        demo.close()
+
+
+def test_qwen2_vl_answers_keep_their_box_tokens(tiny_checkpoints):
+    """Qwen2-VL writes boxes with special tokens; decoding keeps those (and only those) so the demo can draw them."""
+    backend = HFBackend(str(tiny_checkpoints["qwen2_vl"]), device="cpu")
+    tokenizer = backend.processor.tokenizer
+    box = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    ids = tokenizer(box + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert backend.decode(ids) == box
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "cat(1,2),(3,4)"  # what plain decoding would keep
+    other = HFBackend(str(tiny_checkpoints["qwen3_vl"]), device="cpu")  # JSON boxes: special tokens all dropped
+    assert other.decode(other.processor.tokenizer("a<|im_end|>", add_special_tokens=False)["input_ids"]) == "a"
+
+
+@pytest.mark.browser
+def test_browser_cut_and_dropped_streams_are_marked_and_kept(browser):
+    from tests.evaluation.chat_server import Stream, chat_server
+
+    def reply(body):
+        text = body["messages"][-1]["content"][-1]["text"]
+        if "unfinished" in text:
+            return Stream(["partial", "words"], finish=None, done=False)  # no finish reason, no [DONE]
+        return Stream(["half", "way"], drop=True)  # the connection drops mid-stream
+
+    with chat_server(reply) as server:
+        backend = OpenAIBackend(server.url, model="served-model", family="qwen3_vl")
+        port = _free_port()
+        demo = demo_mod.build_demo(backend)
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}")
+            _ask(page, "An unfinished answer")
+            page.get_by_text("the server ended the stream before the answer was complete").wait_for(timeout=20000)
+            _wait_idle(page)
+            _ask(page, "Now drop")
+            page.get_by_text("dropped the connection while streaming").wait_for(timeout=20000)
+            _wait_idle(page)
+            chat = page.locator("#chatbot").inner_text()
+            assert "half way" in chat and "cannot reach" not in chat
+            _ask(page, "Go on")  # both partial answers went into the model's history, as shown
+            page.get_by_text("dropped the connection while streaming").nth(1).wait_for(timeout=20000)
+            answers = [m["content"] for m in server.requests[-1]["messages"] if m["role"] == "assistant"]
+            assert [a[0]["text"] for a in answers] == ["partial words", "half way"]
+            page.close()
+        finally:
+            demo.close()
+
+
+def test_an_answer_running_when_its_session_ends_sends_no_update_and_holds_no_file():
+    from qwenvl.inference.chat import Generations
+
+    generations = Generations()
+    generations.queue("s")
+    stops, epoch = generations.start("s", 1)
+    generations.abandon("s")  # the tab closed (Gradio's unload) ...
+    generations.forget("s")  # ... and its bookkeeping is dropped
+    assert all(stop.is_set() for stop in stops) and not generations.current("s", epoch)
+
+
+def test_safe_markdown_keeps_code_and_neutralises_markup_around_it():
+    from qwenvl.inference.markup import display_chunks
+
+    assert safe_markdown('x `<div class="a">Hi & bye</div>` <b>') == 'x `<div class="a">Hi & bye</div>` &lt;b&gt;'
+    assert safe_markdown("```html\n<p>&amp;</p>\n```\n<i>") == "```html\n<p>&amp;</p>\n```\n&lt;i&gt;"
+    # Where a renderer would not see code, nothing is left raw: an escaped backtick, a span across lines, a table
+    # row's pipes inside a span, an image whose text holds code.
+    assert safe_markdown("\\`<img src=x>`") == "\\`&lt;img src=x&gt;`"
+    assert safe_markdown("`a\n<img src=x>`") == "`a\n&lt;img src=x&gt;`"
+    assert safe_markdown("| `a | <img src=x> | b` |") == "| `a | &lt;img src=x&gt; | b` |"
+    assert safe_markdown("![`a`](http://h/l) ![r][ref]") == "[`a`](http://h/l) [r][ref]"
+    # Long answers in pieces: joined back they are the text, and the pieces already shown never change.
+    text = "".join(f"w{i:05d} ab " for i in range(2000)) + "\n\n```\n" + "x\n" * 3000 + "```\nend"
+    pieces = display_chunks(text)
+    assert "".join(pieces) == text and max(map(len, pieces[:-2])) <= 3000
+    assert display_chunks(text[:15000])[:-1] == pieces[: len(display_chunks(text[:15000])) - 1]
+    assert any("```\n" + "x\n" * 3000 + "```" in p for p in pieces)  # a fenced block is never cut
+
+
+def test_stop_ends_an_answer_whose_server_never_answers_within_a_second():
+    from tests.evaluation.chat_server import Hang, chat_server
+
+    with chat_server(lambda body: Hang()) as server:
+        backend = OpenAIBackend(server.url, model="served-model", family="qwen3_vl", stream_timeout=5)
+        app = demo_mod.ChatApp(backend)
+        _, session, _ = app.add_user({"text": "Hello?", "files": []}, demo_mod.ChatSession())
+        ended: list[float] = []
+        updates: list = []
+
+        def run() -> None:
+            updates.extend(app.answer(session, "", 16, 0.0, 1.0, 0, 1.0, -1))
+            ended.append(time.monotonic())
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.requests and not ended  # the request is out, and the server says nothing
+        stopped = time.monotonic()
+        app.stop()  # the Stop button's handler
+        thread.join(10)
+        assert ended and ended[0] - stopped < 1.0, "Stop did not end the answer within a second"
+        assert updates[-1][1][-1]["content"] == "*(stopped before the model answered)*"
+        deadline = time.monotonic() + 15  # the abandoned request closes within its stream timeout (5 s)
+        while not server.abandoned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.abandoned

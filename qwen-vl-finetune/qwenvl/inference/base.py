@@ -14,20 +14,51 @@ import queue
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Generator, Iterator, Literal, NamedTuple, Protocol
 
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.families import Family
 
 
+THINK_START = "<think>"
 THINK_END = "</think>"
 
 
-def strip_reasoning(text: str) -> str:
-    """The answer of a generated text: what follows the last ``</think>``, stripped. Thinking models write
-    ``<think>reasoning</think>answer``, or only ``reasoning</think>answer`` when the chat template opened the block
-    in the prompt (Qwen3.5 by default); text without ``</think>`` is all answer."""
-    return text.split(THINK_END)[-1].strip()
+class Reasoning(NamedTuple):
+    """A generated text split at its reasoning: ``reasoning`` (``None`` when there is none), ``answer``, and
+    ``finished`` (the reasoning block was closed)."""
+
+    reasoning: str | None
+    answer: str
+    finished: bool
+
+
+def split_reasoning(text: str, opened: bool = False) -> Reasoning:
+    """The one reasoning split, for the demo (as an answer streams) and the evaluations (:func:`strip_reasoning`).
+
+    Thinking models write ``<think>reasoning</think>answer``, or only ``reasoning</think>answer`` when the chat
+    template opened the block in the prompt (``opened``: the family's ``thinks_by_default``, Qwen3.5). The answer is
+    what follows the LAST ``</think>``. Without any ``</think>``: in a block the prompt opened, or after a
+    ``<think>`` the text started, everything is reasoning still going on; otherwise all is answer."""
+    if THINK_END in text:
+        head, _, answer = text.rpartition(THINK_END)
+        start = head.find(THINK_START)
+        if start >= 0 and not head[:start].strip():
+            head = head[start + len(THINK_START) :]
+        return Reasoning(head.strip(), answer.lstrip(), True)
+    stripped = text.lstrip()
+    if stripped.startswith(THINK_START):
+        return Reasoning(stripped[len(THINK_START) :].strip(), "", False)
+    if opened:
+        return Reasoning(text.strip(), "", False)
+    return Reasoning(None, text, False)
+
+
+def strip_reasoning(text: str, opened: bool = False) -> str:
+    """The answer of a generated text (:func:`split_reasoning`), stripped: what follows the last ``</think>``; text
+    without ``</think>`` is all answer unless it is reasoning still going on (a ``<think>`` it starts with, or
+    ``opened``: a block the prompt opened)."""
+    return split_reasoning(text, opened).answer.strip()
 
 
 @dataclass
@@ -138,7 +169,8 @@ class Backend(Protocol):
     def stream(
         self, conversation: list[dict[str, Any]], gen: GenerationSettings, stop: threading.Event | None = None
     ) -> Iterator[str]:
-        """Yield the answer's new text as it is generated; ``stop`` (only read, never set) ends it early."""
+        """Yield the answer's new text as it is generated; ``stop`` (only read, never set) ends it early. The
+        generator may return a :data:`Finish` saying how the answer ended."""
         ...
 
 
@@ -162,19 +194,30 @@ _DONE = object()
 
 Emit = Callable[[str], None]
 Halted = Callable[[], bool]
+# How a streamed answer ended (a stream's return value; ``None``: the backend does not tell): ``stop`` the model
+# ended it, ``length`` it reached ``max_new_tokens``, ``stopped`` the caller's stop, ``cut_off`` the server ended the
+# stream without saying the answer was complete.
+Finish = Literal["stop", "length", "stopped", "cut_off"]
+# How long a stopped stream waits for its producer to notice before abandoning it (a request hung on a server).
+ABANDON_AFTER_S = 0.5
 
 
 def stream_in_thread(
-    produce: Callable[[Emit, Halted], None], stop: threading.Event | None = None, name: str = "generation"
-) -> Iterator[str]:
-    """Run ``produce(emit, halted)`` in a worker thread and yield every non-empty text it emits, as it comes.
+    produce: Callable[[Emit, Halted], Finish | None], stop: threading.Event | None = None, name: str = "generation"
+) -> Generator[str, None, Finish | None]:
+    """Run ``produce(emit, halted)`` in a worker thread and yield every non-empty text it emits, as it comes; the
+    generator returns how the answer ended (``produce``'s return value; ``stopped`` once ``stop`` is set).
 
     ``halted()`` turns true when the caller's ``stop`` is set or the caller stops reading (closes the generator);
-    the producer checks it between pieces and ends its generation. An exception in the producer is re-raised in
-    the caller's thread. The caller's ``stop`` is never set here (it may be shared, e.g. by the demo's A/B columns).
+    the producer checks it between pieces and ends its generation. Once ``stop`` is set the generator returns at
+    once, even while the producer waits on something that does not answer (a hung server): the producer is given
+    ``ABANDON_AFTER_S`` to end and is otherwise left to its own timeout. An exception in the producer is re-raised
+    in the caller's thread. The caller's ``stop`` is never set here (it may be shared, e.g. by the demo's A/B
+    columns).
     """
     pieces: queue.Queue[Any] = queue.Queue()
     halt = threading.Event()
+    finish: list[Finish | None] = [None]
 
     def halted() -> bool:
         return halt.is_set() or (stop is not None and stop.is_set())
@@ -185,7 +228,7 @@ def stream_in_thread(
 
     def run() -> None:
         try:
-            produce(emit, halted)
+            finish[0] = produce(emit, halted)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             pieces.put(_Failure(e))
         finally:
@@ -193,11 +236,21 @@ def stream_in_thread(
 
     thread = threading.Thread(target=run, daemon=True, name=name)
     thread.start()
+    abandoned = False
     try:
-        while (item := pieces.get()) is not _DONE:
+        while True:
+            try:
+                item = pieces.get(timeout=0.05 if stop is not None else None)
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    abandoned = True
+                    return "stopped"
+                continue
+            if item is _DONE:
+                return "stopped" if stop is not None and stop.is_set() else finish[0]
             if isinstance(item, _Failure):
                 raise item.error
             yield item
     finally:
         halt.set()
-        thread.join()
+        thread.join(timeout=ABANDON_AFTER_S if abandoned else None)

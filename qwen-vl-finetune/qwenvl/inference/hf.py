@@ -8,17 +8,50 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from qwenvl.data.encode import encode_prompts
-from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.inference.base import (
+    Completion,
+    Emit,
+    Finish,
+    GenerationSettings,
+    Halted,
+    short_label,
+    stream_in_thread,
+)
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.preprocessing import checkpoint_budget
 
 
 logger = logging.getLogger(__name__)
+
+
+# Special tokens that are part of an answer's text for families writing boxes as tokens (Qwen2-VL's
+# ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``): kept when decoding.
+GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                    "<|quad_end|>")  # fmt: skip
+
+
+class TextDecoder:
+    """Token ids to answer text: special tokens removed, except the grounding tokens of a family whose boxes are
+    written as tokens (``box_markup == "box_tokens"``), which the answer needs to be drawn."""
+
+    def __init__(self, tokenizer: Any, keep_grounding: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.drop: set[int] | None = None
+        if keep_grounding:
+            special = set(tokenizer.all_special_ids)
+            special |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+            keep = {tokenizer.convert_tokens_to_ids(t) for t in GROUNDING_TOKENS}
+            self.drop = special - keep
+
+    def __call__(self, ids: list[int]) -> str:
+        if self.drop is None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode([i for i in ids if i not in self.drop], skip_special_tokens=False)
 
 
 class DeltaStreamer:
@@ -28,18 +61,24 @@ class DeltaStreamer:
     Only the tokens since the last complete character are decoded each step, so a long answer costs linear time.
     """
 
-    def __init__(self, tokenizer: Any, emit: Emit) -> None:
+    def __init__(self, tokenizer: Any, emit: Emit, decode: Callable[[list[int]], str] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.decode = decode or TextDecoder(tokenizer)
         self.emit = emit
         self.pending: list[int] = []  # tokens not yet ending in a complete character
         self.prompt_seen = False
+        self.generated = 0  # tokens generated so far
+        self.last_token: int | None = None
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # the first call carries the prompt
             self.prompt_seen = True
             return
-        self.pending.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.pending, skip_special_tokens=True)
+        tokens = value.reshape(-1).tolist()
+        self.generated += len(tokens)
+        self.last_token = tokens[-1] if tokens else self.last_token
+        self.pending.extend(tokens)
+        text = self.decode(self.pending)
         if text.endswith("\ufffd") and len(self.pending) < 8:  # an incomplete UTF-8 sequence: wait for more
             return
         self.pending = []
@@ -47,7 +86,7 @@ class DeltaStreamer:
 
     def end(self) -> None:
         if self.pending:
-            self.emit(self.tokenizer.decode(self.pending, skip_special_tokens=True))
+            self.emit(self.decode(self.pending))
             self.pending = []
 
 
@@ -94,6 +133,7 @@ class HFBackend:
             model = load_model(checkpoint, dtype, attn_implementation, device_map)
         self.model = model.eval()
         self.processor = processor if processor is not None else load_processor(checkpoint)
+        self.decode = TextDecoder(self.processor.tokenizer, keep_grounding=self.family.box_markup == "box_tokens")
         if budget is None:
             self.budget, self.budget_source = checkpoint_budget(checkpoint)
         else:
@@ -117,7 +157,7 @@ class HFBackend:
         inputs = self.inputs(conversations)
         out = self.model.generate(**inputs, **self._generate_kwargs(gen, inputs["input_ids"].shape[1]))
         new = out[:, inputs["input_ids"].shape[1] :]
-        texts = self.processor.batch_decode(new, skip_special_tokens=True)
+        texts = [self.decode(row.tolist()) for row in new]
         ends = self._end_ids()
         truncated = [not any(int(t) in ends for t in row) for row in new]
         return [Completion(t, cut) for t, cut in zip(texts, truncated)]
@@ -148,19 +188,25 @@ class HFBackend:
         gen = gen or GenerationSettings()
         inputs = self.inputs([conversation])
 
-        def produce(emit: Emit, halted: Halted) -> None:
+        def produce(emit: Emit, halted: Halted) -> Finish:
             class _Halt(StoppingCriteria):
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                     return halted()
 
+            streamer = DeltaStreamer(self.processor.tokenizer, emit, self.decode)
             with torch.no_grad():
                 if gen.seed is not None:
                     torch.manual_seed(gen.seed)
                 self.model.generate(
                     **inputs,
                     **self._generate_kwargs(gen, inputs["input_ids"].shape[1]),
-                    streamer=DeltaStreamer(self.processor.tokenizer, emit),
+                    streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Halt()]),
                 )
+            if halted():
+                return "stopped"
+            if streamer.last_token in self._end_ids() or streamer.generated < gen.max_new_tokens:
+                return "stop"
+            return "length"
 
-        yield from stream_in_thread(produce, stop, name="hf-generate")
+        return (yield from stream_in_thread(produce, stop, name="hf-generate"))

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from qwenvl.cli import MissingPackage, Unreachable, UserError
-from qwenvl.inference.base import Completion, Emit, GenerationSettings, Halted, short_label, stream_in_thread
+from qwenvl.inference.base import (
+    Completion,
+    Emit,
+    Finish,
+    GenerationSettings,
+    Halted,
+    short_label,
+    stream_in_thread,
+)
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.families import FAMILIES, Family, get_family
 from qwenvl.model.preprocessing import checkpoint_budget
@@ -55,12 +63,17 @@ class OpenAIBackend:
         timeout: float = 600.0,
         max_retries: int = 2,
         check: bool = True,
+        connect_timeout: float = 5.0,
+        stream_timeout: float = 120.0,
     ) -> None:
         """``model``: the server's name for the model (default: the only one it serves, or ``checkpoint``).
         ``checkpoint``: a local copy of the served checkpoint (its family and saved budget are read from it).
         ``check``: ask the server for its models now (a ``ConnectionError`` naming the URL when it does not
         answer). ``max_retries``: how many times a request that failed on the server's side (a connection error,
-        HTTP 408, 429 or 5xx) is tried again, after ``RETRY_DELAYS``; other failures are not retried."""
+        HTTP 408, 429 or 5xx) is tried again, after ``RETRY_DELAYS``; other failures are not retried.
+        Timeouts (s): ``connect_timeout`` to open a connection; ``timeout`` for a whole non-streamed answer;
+        ``stream_timeout`` for each wait of a streamed answer (the first token, then every next piece), so a server
+        that accepts a request and never answers frees the request after that long."""
         try:
             from openai import OpenAI
         except ImportError as e:
@@ -68,7 +81,15 @@ class OpenAIBackend:
         self.api_base = api_base
         # Retries are ours (``_create``), not the client's: its policy (5 tries doubling up to 8 s, each of the
         # concurrent requests on its own) kept a failing server busy for many seconds before one error came back.
-        self.client = OpenAI(base_url=api_base, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
+        import httpx
+
+        self.client = OpenAI(
+            base_url=api_base,
+            api_key=api_key or "EMPTY",
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            max_retries=0,
+        )
+        self.stream_client = self.client.with_options(timeout=httpx.Timeout(stream_timeout, connect=connect_timeout))
         self.max_retries = max(0, max_retries)
         self.concurrency = max(1, concurrency)
         served = self.served_models() if check else {}
@@ -177,7 +198,8 @@ class OpenAIBackend:
         )
 
     def _create(self, stop: threading.Event | None = None, **request: Any) -> Any:
-        return chat_completion(self.client, self.api_base, request, self.max_retries, stop)
+        client = self.stream_client if request.get("stream") else self.client
+        return chat_completion(client, self.api_base, request, self.max_retries, stop)
 
     def generate(
         self, conversations: list[list[dict[str, Any]]], gen: GenerationSettings | None = None
@@ -221,22 +243,37 @@ class OpenAIBackend:
         gen = gen or GenerationSettings()
         messages = self.messages(conversation)
 
-        def produce(emit: Emit, halted: Halted) -> None:
+        def produce(emit: Emit, halted: Halted) -> Finish:
+            import httpx
             import openai
 
-            response = self._create(messages=messages, stream=True, **self._request(gen))
+            response = self._create(stop, messages=messages, stream=True, **self._request(gen))
+            finish = None
             try:
                 for chunk in response:
                     if halted():
-                        break
-                    if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                        emit(chunk.choices[0].delta.content)
-            except openai.APIError as e:  # the connection dropped or the server sent an error mid-stream
+                        return "stopped"
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta and choice.delta.content:
+                        emit(choice.delta.content)
+                    finish = choice.finish_reason or finish
+            except openai.APIStatusError as e:  # the server sent an error event mid-stream
                 raise ServerError(f"{self.api_base} failed while streaming: {short_error(e)}") from None
+            except (openai.APIError, httpx.HTTPError) as e:  # the connection dropped after the server answered
+                raise ServerError(
+                    f"{self.api_base} dropped the connection while streaming the answer ({short_error(e)})"
+                ) from None
             finally:
                 response.close()
+            if halted():
+                return "stopped"
+            if finish is None:
+                return "cut_off"  # neither a finish reason nor [DONE]: the answer may be incomplete
+            return "length" if finish == "length" else "stop"
 
-        yield from stream_in_thread(produce, stop, name="openai-stream")
+        return (yield from stream_in_thread(produce, stop, name="openai-stream"))
 
 
 def chat_completion(
