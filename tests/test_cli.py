@@ -54,6 +54,16 @@ TOOLS = [
     (("path", "benchmarks/bench_libs.py"), "--repeat 3", "--repeats"),
     (("path", "benchmarks/profile_photos.py"), "--repeat 3", "--repeats"),
     (("module", "qwenvl.cli"), "lint --dataset_use a --model_name_or_path m --seeed 1", "--seed"),
+    (
+        ("module", "qwenvl.data.cache_cli"),
+        "build --media_cache c --model_name_or_path m --dataset_use d --max_pixel 5",
+        "--max_pixels",
+    ),
+    (
+        ("module", "qwenvl.cli"),
+        "cache build --media_cache c --model_name_or_path m --dataset_use d --worker 2",
+        "--workers",
+    ),
 ]
 
 PROBE = """
