@@ -283,3 +283,18 @@ def test_cache_build_cli_fills_what_training_reads(tiny_checkpoints, processors,
     for record in records:
         assert encoder(record.messages, record.id)["media_cache"][1] == 0
     assert cache.stats.misses == 0 and cache.stats.hits == sum(len(r.media()) for r in records) > 7
+
+
+def test_parallel_loading_keeps_the_items_order(processors, media):
+    # Oracle: qwen_vl_utils' fetch_image one at a time, in order, and the processor on those images.
+    from qwen_vl_utils import fetch_image
+
+    processor = processors["qwen3_vl"]
+    messages = _messages(media)
+    messages[0]["content"] = [messages[0]["content"][i] for i in (1, 0)] + messages[0]["content"][3:]
+    sample = SampleEncoder(processor, FAMILIES["qwen3_vl"], TRAINING_BUDGET)(messages, "s")
+    images = [fetch_image(TRAINING_BUDGET.image_item({"image": str(media[k])}), image_patch_size=16) for k in "ba"]
+    expected = processor.image_processor(images=images, do_resize=False, return_tensors="pt")
+    assert images[0].size != images[1].size
+    assert torch.equal(sample["image_grid_thw"], expected["image_grid_thw"])
+    assert torch.equal(sample["pixel_values"], expected["pixel_values"])
