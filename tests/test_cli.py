@@ -53,7 +53,19 @@ TOOLS = [
     (("path", "benchmarks/tables.py"), "--result x", "--results"),
     (("path", "benchmarks/bench_libs.py"), "--repeat 3", "--repeats"),
     (("path", "benchmarks/profile_photos.py"), "--repeat 3", "--repeats"),
+    (("path", "benchmarks/bench_data.py"), "--repeat 3", "--repeats"),
+    (("path", "benchmarks/bench_data_wait.py"), "--step-second 3", "--step-seconds"),
     (("module", "qwenvl.cli"), "lint --dataset_use a --model_name_or_path m --seeed 1", "--seed"),
+    (
+        ("module", "qwenvl.data.cache_cli"),
+        "build --media_cache c --model_name_or_path m --dataset_use d --max_pixel 5",
+        "--max_pixels",
+    ),
+    (
+        ("module", "qwenvl.cli"),
+        "cache build --media_cache c --model_name_or_path m --dataset_use d --worker 2",
+        "--workers",
+    ),
 ]
 
 PROBE = """

@@ -9,7 +9,7 @@ a busy port) ends the tool with its one-line message and exit code 2, never a tr
 
     qwenvl train examples/qwen3vl_lora.yaml [--flag value ...]      # or: qwenvl train --model_name_or_path ...
     torchrun --nproc_per_node 8 --no-python qwenvl train recipe.yaml
-    qwenvl lint | verify-packing | inspect-video | merge-lora | tiny | quickstart  [--help]
+    qwenvl lint | verify-packing | inspect-video | merge-lora | tiny | quickstart | cache build  [--help]
     qwenvl eval mmmu|mathvision|realworldqa|videomme|odinw13 infer|eval|merge|compare|export [--help]
 
 The module entry points (``python -m qwenvl.data.lint`` ...) and upstream's ``qwenvl/train/train_qwen.py`` keep
@@ -169,6 +169,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny": ("qwenvl.model.tiny", "write a tiny random checkpoint of a family (offline)"),
     "quickstart": ("qwenvl.quickstart", "the main job: tiny Qwen3-VL learns to read colours on CPU"),
     "eval": ("qwenvl.evaluation.registry", "benchmarks: qwenvl eval <benchmark> infer|eval|merge|compare|export"),
+    "cache": ("qwenvl.data.cache_cli", "cache build: fill a media cache of resized images and videos"),
 }
 
 

@@ -42,6 +42,7 @@ class Batch(TypedDict, total=False):
     video_grid_thw: torch.Tensor
     second_per_grid_ts: torch.Tensor
     use_cache: bool
+    media_cache: list[int]  # [hits, misses] of the batch's media, with a media cache (the trainer pops it)
 
 
 def flatten_samples(items: Sequence[EncodedSample | Sequence[EncodedSample] | None]) -> list[EncodedSample]:
@@ -126,6 +127,12 @@ def _cat_vision(samples: list[EncodedSample], batch: Batch) -> None:
             batch[key] = torch.cat(parts, dim=0)
 
 
+def _media_cache_counts(samples: list[EncodedSample], batch: Batch) -> None:
+    counts = [s["media_cache"] for s in samples if "media_cache" in s]
+    if counts:
+        batch["media_cache"] = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
+
+
 @dataclass
 class PaddedCollator:
     """Right-pads samples to the longest in the batch (optionally to a multiple of ``pad_to_multiple_of``).
@@ -180,6 +187,7 @@ class PaddedCollator:
             "use_cache": False,
         }
         _cat_vision(samples + dummies, batch)
+        _media_cache_counts(samples, batch)
         if self.with_ids:
             batch["sample_ids"] = [s.get("sample_id", "") for s in samples]
         return batch
@@ -216,6 +224,7 @@ class PackedCollator:
             "use_cache": False,
         }
         _cat_vision(samples, batch)
+        _media_cache_counts(samples, batch)
         if self.with_ids:
             batch["sample_ids"] = ids
         return batch

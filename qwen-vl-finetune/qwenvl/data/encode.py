@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 import torch
 
 from qwenvl.cli import UserError
+from qwenvl.data.media_cache import MediaCache
 from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 from qwenvl.model.families import Family
 from qwenvl.model.rope import mrope_position_ids
@@ -46,18 +47,25 @@ class EncodedSample(TypedDict, total=False):
     pixel_values_videos: torch.Tensor
     video_grid_thw: torch.Tensor
     second_per_grid_ts: torch.Tensor
+    media_cache: list[int]  # [hits, misses] of this sample's media, with a media cache
 
 
 class SampleEncoder:
     """Encodes conversations for one checkpoint's processor and family."""
 
     def __init__(
-        self, processor: Any, family: Family, budget: MediaBudget | None = None, tokens_per_second: float = 2.0
+        self,
+        processor: Any,
+        family: Family,
+        budget: MediaBudget | None = None,
+        tokens_per_second: float = 2.0,
+        media_cache: MediaCache | None = None,
     ):
         self.processor = processor
         self.family = family
         self.budget = budget or TRAINING_BUDGET
         self.tokens_per_second = tokens_per_second
+        self.media_cache = media_cache
         tok = processor.tokenizer
         self.im_start = _token_id(tok, "<|im_start|>")
         self.im_end = _token_id(tok, "<|im_end|>")
@@ -71,30 +79,72 @@ class SampleEncoder:
     def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list]:
         """Fetch and resize every image and video of ``messages`` (in order) with the budgets.
 
+        A record's items load concurrently, largest first, as ``process_vision_info`` loads them; through the media
+        cache when the encoder has one.
+
         Raises:
             MediaLoadError: naming the sample and the file, whatever went wrong while loading it.
         """
-        from qwen_vl_utils import fetch_image, fetch_video
+        images, videos, metadata, _ = self.load_media_counted(messages, sample_id)
+        return images, videos, metadata
 
-        images, videos, metadata = [], [], []
-        patch = self.family.patch_size
+    def load_media_counted(
+        self, messages: list[dict[str, Any]], sample_id: str = ""
+    ) -> tuple[list, list, list, list[int]]:
+        """:meth:`load_media` plus ``[hits, misses]`` of the media cache for these media."""
+        from qwen_vl_utils.image_io import reuse_image_blocks
+
+        items = []
         for message in messages:
             if not isinstance(message["content"], list):
                 continue
             for item in message["content"]:
                 kind = item.get("type")
-                if kind not in ("image", "video"):
-                    continue
-                try:
-                    if kind == "image":
-                        images.append(fetch_image(self.budget.image_item(item), image_patch_size=patch))
-                        continue
-                    video, meta = fetch_video(self.budget.video_item(item), patch, return_video_metadata=True)
-                except Exception as e:  # noqa: BLE001 - every media failure is reported the same way
-                    raise MediaLoadError(sample_id, str(item.get(kind)), f"{type(e).__name__}: {e}") from e
-                videos.append(video)
+                if kind == "image":
+                    items.append((kind, self.budget.image_item(item)))
+                elif kind == "video":
+                    items.append((kind, self.budget.video_item(item)))
+        with reuse_image_blocks():
+            if len(items) <= 1:
+                results = [self._load_item(kind, item, sample_id) for kind, item in items]
+            else:
+                results = self._load_parallel(items, sample_id)
+        images, videos, metadata = [], [], []
+        outcomes = [0, 0]
+        for (kind, _), (media, meta, outcome) in zip(items, results):
+            if outcome == "hit":
+                outcomes[0] += 1
+            elif outcome == "miss":
+                outcomes[1] += 1
+            if kind == "image":
+                images.append(media)
+            else:
+                videos.append(media)
                 metadata.append(meta)
-        return images, videos, metadata
+        return images, videos, metadata, outcomes
+
+    def _load_item(self, kind: str, item: dict[str, Any], sample_id: str) -> tuple[Any, Any, str]:
+        from qwenvl.data.media_cache import fetch_item
+
+        try:
+            if self.media_cache is not None:
+                return self.media_cache.load(kind, item)
+            media, meta = fetch_item(kind, item, self.family.patch_size)
+            return media, meta, "uncached"
+        except Exception as e:  # noqa: BLE001 - every media failure is reported the same way
+            raise MediaLoadError(sample_id, str(item.get(kind)), f"{type(e).__name__}: {e}") from e
+
+    def _load_parallel(self, items: list[tuple[str, dict[str, Any]]], sample_id: str) -> list[tuple[Any, Any, str]]:
+        import concurrent.futures
+
+        # The scheduling of process_vision_info (qwen_vl_utils): as many threads as it would use, biggest first.
+        from qwen_vl_utils.vision_process import _fetch_cost, _fetch_workers
+
+        infos = [item for _, item in items]
+        order = sorted(range(len(items)), key=lambda i: _fetch_cost(infos[i]))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=_fetch_workers(infos)) as pool:
+            futures = {i: pool.submit(self._load_item, *items[i], sample_id) for i in order}
+        return [futures[i].result() for i in range(len(items))]  # the first failing item in order is reported
 
     def check_text(self, messages: list[dict[str, Any]], sample_id: str) -> None:
         for message in messages:
@@ -110,7 +160,7 @@ class SampleEncoder:
 
     def __call__(self, messages: list[dict[str, Any]], sample_id: str = "") -> EncodedSample:
         self.check_text(messages, sample_id)
-        images, videos, metadata = self.load_media(messages, sample_id)
+        images, videos, metadata, outcomes = self.load_media_counted(messages, sample_id)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
         if images:
@@ -131,6 +181,8 @@ class SampleEncoder:
         for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
             if key in enc and enc[key] is not None:
                 sample[key] = enc[key]
+        if self.media_cache is not None:
+            sample["media_cache"] = outcomes
         sample["position_ids"] = mrope_position_ids(
             self.family,
             sample["mm_token_type_ids"],

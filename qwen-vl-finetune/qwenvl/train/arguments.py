@@ -98,6 +98,16 @@ class DataArguments:
         metadata={"help": "media root of annotation files given directly in --dataset_use (default: their folder)"},
     )
     data_seed_sampling: int = field(default=42, metadata={"help": "seed of name%%N sampling (the same on every rank)"})
+    media_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of a media cache: resized images and videos stored at first use (or by qwenvl cache "
+            "build), so later epochs skip decoding; shared safely by workers, ranks and nodes"
+        },
+    )
+    media_cache_max_gb: float | None = field(
+        default=None, metadata={"help": "size bound of --media_cache in GB (least recently used entries go first)"}
+    )
     base_interval: float | None = field(
         default=None,
         metadata={"help": "accepted for upstream's scripts and ignored (it only served upstream's offline packer)"},
@@ -130,6 +140,14 @@ class QwenTrainingFields:
     warmup_ratio: float | None = field(
         default=None,
         metadata={"help": "upstream's flag: warm-up steps = ceil(ratio x total steps); or give --warmup_steps"},
+    )
+    # DataLoader defaults that keep a GPU step from waiting for its batch (benchmarks/RESULTS.md, "Feeding the GPU").
+    dataloader_num_workers: int = field(
+        default=4, metadata={"help": "dataloader worker processes per rank (0: load in the training process)"}
+    )
+    dataloader_persistent_workers: bool = field(
+        default=True,
+        metadata={"help": "keep the workers between epochs (no restart, no cold first batch); off with 0 workers"},
     )
 
 
@@ -186,6 +204,10 @@ def check_data_args(data_args: DataArguments, training_args: Any) -> None:
     if training_args.eval_strategy != "no" and not data_args.eval_dataset_use:
         strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
         raise UserError(f"--eval_strategy {strategy} needs --eval_dataset_use")
+    if data_args.media_cache_max_gb is not None and data_args.media_cache is None:
+        raise UserError("--media_cache_max_gb is set without --media_cache; add --media_cache DIR")
+    if data_args.media_cache_max_gb is not None and data_args.media_cache_max_gb <= 0:
+        raise UserError(f"--media_cache_max_gb must be positive, got {data_args.media_cache_max_gb}")
     if training_args.remove_unused_columns:
         raise UserError("--remove_unused_columns True would drop the image tensors from batches; leave it False")
 
@@ -493,6 +515,8 @@ def training_arguments_class() -> type:
             if self.warmup_steps:
                 raise UserError("--warmup_ratio and --warmup_steps are both set; keep one")
             self.warmup_steps = self.warmup_ratio  # transformers reads a value below 1 as a ratio (rounded up)
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # torch refuses it without workers
         transformers.TrainingArguments.__post_init__(self)
 
     namespace: dict[str, Any] = {

@@ -214,7 +214,17 @@ def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dic
 
     tokens_per_second = getattr(getattr(model.config, "vision_config", None), "tokens_per_second", 2)
     budget = MediaBudget.from_attrs(data_args)
-    encoder = SampleEncoder(processor, family, budget, tokens_per_second)
+    media_cache = None
+    if data_args.media_cache:
+        from qwenvl.data.media_cache import MediaCache
+
+        max_gb = data_args.media_cache_max_gb
+        media_cache = MediaCache(
+            data_args.media_cache,
+            PreprocessingSettings(family.model_type, family.patch_size, budget),
+            max_bytes=int(max_gb * 1e9) if max_gb is not None else None,
+        )
+    encoder = SampleEncoder(processor, family, budget, tokens_per_second, media_cache=media_cache)
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     data_report: dict[str, Any] = {}
     train_dataset, eval_dataset = build_datasets(data_args, training_args, encoder, quarantine, data_report)
@@ -263,6 +273,7 @@ def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dic
     entries = [{**e, "id": current[e["key"]]} for e in quarantine.entries() if e["key"] in current]
     skipped = dict(Counter(e["kind"] for e in entries))
     metrics["skipped_samples"] = skipped
+    metrics.update(trainer.data_summary())  # data_wait_s, data_wait_share, media_cache hits / misses per epoch
     data_report.update(
         quarantined=skipped,
         quarantined_records=[{"id": e["id"], "kind": e["kind"], "reason": e["reason"]} for e in entries],

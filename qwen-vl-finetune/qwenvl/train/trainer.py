@@ -5,6 +5,9 @@ statistics.
   ``mm_projector_lr`` / ``learning_rate``; every trainable parameter is in exactly one group (asserted).
 * Checkpoints are written under ``output_dir/.partial`` and renamed into place when complete, with
   ``qwenvl_preprocessing.json`` inside (see :mod:`qwenvl.train.checkpoints`).
+* Data wait: the time each optimizer step waited for its batches is logged (``data_wait_s``, ``data_wait_share``)
+  and summed for ``train_summary.json``, with the media cache's hits and misses per epoch
+  (see :mod:`qwenvl.train.data_wait`).
 * Ranks calling the vision tower a different number of times (text-only vs image batches) would hang ZeRO-3;
   the collators' ``DummyMedia`` prevents that (see :mod:`qwenvl.data.collate`).
 """
@@ -23,6 +26,7 @@ from transformers import Trainer
 from qwenvl.model.freeze import component_of
 from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
 from qwenvl.train import checkpoints
+from qwenvl.train.data_wait import DataWaitClock, MediaCacheCounter, merge_media_cache
 
 
 logger = logging.getLogger(__name__)
@@ -92,6 +96,8 @@ class QwenVLTrainer(Trainer):
         self._staging = False
         self._stats_step = 0
         self.trained_ids: Counter[str] = Counter()  # sample ids of the batches this process trained on
+        self.data_wait = DataWaitClock()
+        self.media_cache_counts = MediaCacheCounter()
 
     # ------------------------------------------------------------------------------------------------ checkpoints
 
@@ -207,8 +213,29 @@ class QwenVLTrainer(Trainer):
         self.batch_stats.add(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: D102
+        batches, num_items = super().get_batch_samples(self.data_wait.begin(epoch_iterator), num_batches, device)
+        epoch = int(self.state.epoch or 0)  # exactly e at the first step of epoch e
+        for batch in batches:
+            if isinstance(batch, dict):
+                self.media_cache_counts.add(epoch, batch.pop("media_cache", None))
+        return batches, num_items
+
+    def data_summary(self) -> dict[str, Any]:
+        """Data wait of this process, and the media cache's hits and misses summed over all ranks."""
+        parts = [self.media_cache_counts.as_dict()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self.media_cache_counts.as_dict())
+        out: dict[str, Any] = self.data_wait.summary()
+        media = merge_media_cache(parts)
+        if media["hits"] or media["misses"]:
+            out["media_cache"] = media
+        return out
+
     def prediction_step(self, model, inputs, *args, **kwargs):  # noqa: D102
         inputs.pop("sample_ids", None)
+        inputs.pop("media_cache", None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def gathered_trained_ids(self) -> Counter[str]:
@@ -224,6 +251,7 @@ class QwenVLTrainer(Trainer):
 
     def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
         # Called after every optimizer step, before the step's save: the "step_end" crash point.
+        self.data_wait.end()
         checkpoints.crash_point("step_end", self.state.global_step, self.args.process_index)
         super()._maybe_log_save_evaluate(*args, **kwargs)
 
@@ -245,4 +273,5 @@ class QwenVLTrainer(Trainer):
                 logs["aux_loss"] = round(sum(stats.aux_losses) / len(stats.aux_losses), 6)
             self._stats_step = self.state.global_step
             stats.reset()
+            logs.update(self.data_wait.window_logs())
         super().log(logs, start_time)
