@@ -192,6 +192,27 @@ class PromptEncoder:
                 prompt[key] = out[key]
         return prompt
 
+    def generation_prompt(self, messages: list[dict[str, Any]], sample_id: str = "") -> dict[str, Any]:
+        """Model inputs to generate an answer from, rendered as inference renders them (``add_generation_prompt``:
+        a thinking template opens ``<think>``), with the SFT encoder's media; ``opened`` is the text the template
+        put after the assistant header."""
+        enc = self.encoder
+        enc.check_text(messages, sample_id)
+        text = enc.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images, videos, metadata = enc.load_media(messages, sample_id)
+        kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs.update(videos=videos, do_sample_frames=False, video_metadata=metadata)
+        out = enc.processor(text=[text], **kwargs)
+        prompt = {"input_ids": out["input_ids"][0], "mm_token_type_ids": out["mm_token_type_ids"][0]}
+        for key in PROMPT_KEYS[2:]:
+            if key in out and out[key] is not None:
+                prompt[key] = out[key]
+        prompt["opened"] = text[text.rfind(self.header) + len(self.header) :]
+        return prompt
+
     def answer_ids(self, messages: list[dict[str, Any]], answer: str) -> torch.Tensor:
         """Token ids of ``answer`` as the chat template renders the last turn, through its ``<|im_end|>``."""
         full = self.encoder.processor.apply_chat_template(
@@ -281,11 +302,31 @@ class PairDataset(torch.utils.data.Dataset):
         raise RuntimeError("every preference pair was skipped; see quarantine.jsonl in the output dir")
 
 
+def collate_sequences(
+    samples: list[EncodedSample], pad_token_id: int, packed: bool = False, dummy: DummyMedia | None = None
+) -> dict[str, Any]:
+    """Samples padded (or packed into one row whose samples stay isolated), plus ``segments`` ``(N, L)``: each
+    token's sample (-1 for padding), what per-sequence log-probabilities sum over."""
+    if packed:
+        batch: dict[str, Any] = dict(PackedCollator(dummy=dummy)(samples))
+        segments = torch.full_like(batch["input_ids"], -1)
+        start = 0
+        for i, s in enumerate(samples):
+            n = len(s["input_ids"])
+            segments[0, start : start + n] = i
+            start += n
+    else:
+        batch = dict(PaddedCollator(pad_token_id=pad_token_id, dummy=dummy)(samples))
+        index = torch.arange(len(samples)).unsqueeze(1).expand_as(batch["input_ids"])
+        segments = torch.where(batch["attention_mask"].bool(), index, torch.full_like(index, -1))
+    batch["segments"] = segments
+    return batch
+
+
 @dataclass
 class PairCollator:
     """A batch of pairs: the chosen samples, then the rejected ones (row ``i`` and row ``B + i`` are a pair),
-    padded, or packed into one row (``packed``) whose samples stay isolated. ``segments`` ``(N, L)`` names each
-    token's sample (-1 for padding), which is what per-sequence log-probabilities sum over."""
+    padded or packed (see :func:`collate_sequences`)."""
 
     pad_token_id: int
     packed: bool = False
@@ -293,19 +334,54 @@ class PairCollator:
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         samples = [p["chosen"] for p in items] + [p["rejected"] for p in items]
-        if self.packed:
-            batch: dict[str, Any] = dict(PackedCollator(dummy=self.dummy)(samples))
-            lengths = [len(s["input_ids"]) for s in samples]
-            segments = torch.full_like(batch["input_ids"], -1)
-            start = 0
-            for i, n in enumerate(lengths):
-                segments[0, start : start + n] = i
-                start += n
-        else:
-            batch = dict(PaddedCollator(pad_token_id=self.pad_token_id, dummy=self.dummy)(samples))
-            index = torch.arange(len(samples)).unsqueeze(1).expand_as(batch["input_ids"])
-            segments = torch.where(batch["attention_mask"].bool(), index, torch.full_like(index, -1))
-        batch["segments"] = segments
+        batch = collate_sequences(samples, self.pad_token_id, self.packed, self.dummy)
         batch["pair_keys"] = [p["key"] for p in items]
         batch["sample_ids"] = [p["id"] for p in items]
         return batch
+
+
+class PromptDataset(torch.utils.data.Dataset):
+    """RL prompts encoded for generation (``add_generation_prompt``, as inference renders them), media loaded
+    once per prompt with the training budget; a prompt whose media fail to load is quarantined and replaced with
+    ``bad_media=skip``."""
+
+    def __init__(self, records: list[PromptRecord], encoder: PromptEncoder, max_length: int,
+                 bad_media: str = "error", quarantine: Any = None) -> None:  # fmt: skip
+        self.records = records
+        self.encoder = encoder
+        self.max_length = max_length
+        self.bad_media = bad_media
+        self.quarantine = quarantine
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def encode(self, index: int) -> dict[str, Any] | None:
+        from qwenvl.data.encode import MediaLoadError
+
+        record = self.records[index]
+        try:
+            prompt = self.encoder.generation_prompt(record.prompt, record.id)
+        except MediaLoadError as e:
+            if self.bad_media != "skip":
+                raise
+            logger.warning("skipping %s (bad_media): %s", record.id, e.reason)
+            if self.quarantine is not None:
+                self.quarantine.add(record.key, record.id, e.path, e.reason, "bad_media")
+            return None
+        if len(prompt["input_ids"]) >= self.max_length:
+            raise UserError(f"{record.id}: the prompt alone has {len(prompt['input_ids'])} tokens, --model_max_length "
+                            f"is {self.max_length}; raise it or lower the pixel budgets")  # fmt: skip
+        return {"record": record, "prompt": prompt, "key": record.key, "id": record.id}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for step in range(len(self.records)):
+            item = self.encode((index + step) % len(self.records))
+            if item is not None:
+                return item
+        raise RuntimeError("every prompt was skipped; see quarantine.jsonl in the output dir")
+
+
+def collate_prompts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Prompts stay a list (each is generated from on its own); the trainer builds the training batch."""
+    return {"prompts": list(items), "sample_ids": [i["id"] for i in items]}

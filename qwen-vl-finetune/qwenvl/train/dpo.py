@@ -285,13 +285,13 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qwenvl.train.policy import end_distributed
-
     try:
         train(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from qwenvl.train.policy import end_distributed
+
     end_distributed()
     return 0
 
