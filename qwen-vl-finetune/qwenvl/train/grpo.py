@@ -181,10 +181,9 @@ def _trainer_class() -> type:
             metrics["frac_reward_zero_std"] += (grouped.std(dim=1) == 0).float().tolist()
             metrics["completion_length"] += [float(n) for n in lengths]
             for name, values in per_reward.items():
+                failed = failures.get(name, 0)
                 metrics[f"rewards/{name}"] += values
-                metrics[f"rewards/{name}/failure_rate"] += [0.0] * (len(values) - failures[name]) + [1.0] * failures[
-                    name
-                ]
+                metrics[f"rewards/{name}/failure_rate"] += [0.0] * (len(values) - failed) + [1.0] * failed
             if failures:
                 logger.warning("rollouts of step %d: %s reward(s) gave 0 for an unreadable answer or an error",
                                self.state.global_step + 1, dict(failures))  # fmt: skip
