@@ -216,3 +216,24 @@ def test_grpo_full_tuning_packed_with_a_frozen_copy(tiny_checkpoints, tmp_path, 
                            "4096", "--loss_type", "grpo", "--scale_rewards", "none", "--save_steps", "1"))  # fmt: skip
     assert metrics["reference"] == "copy" and len(metrics["reward_curve"]) == 2
     assert (out / "checkpoint-2" / "qwenvl_preprocessing.json").is_file() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("family, box", [("qwen2_vl", "<|box_start|>(100,100),(500,500)<|box_end|>"),
+                                         ("qwen2_5_vl", '{"bbox_2d": [8, 8, 40, 40], "label": "shape"}')])  # fmt: skip
+def test_grpo_grounding_with_the_iou_reward_reads_each_familys_markup(tiny_checkpoints, tmp_path, family, box):
+    """Grounding prompts scored by IoU in the family's own box markup: an answer without a box scores 0 with the
+    reason naming the markup the family answers in, and training goes on."""
+    from qwenvl.train.grpo import train
+
+    path = tmp_path / "boxes.jsonl"
+    path.write_text(json.dumps({"id": "box-0", "image": str(DEMO_DIR / "images" / "0_red_circle.png"),
+                                "conversations": [{"from": "human", "value": "<image>\nLocate the shape."},
+                                                  {"from": "gpt", "value": box}]}) + "\n")  # fmt: skip
+    out = tmp_path / "out"
+    metrics = train(_flags(tiny_checkpoints[family], path, out, "--rewards", "iou", "--max_steps", "1",
+                           "--per_device_train_batch_size", "1", "--lora_enable", "True", "--lora_r", "4"))  # fmt: skip
+    assert metrics["reward_curve"] == [[1, 0.0]]
+    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    markup = "box_tokens" if family == "qwen2_vl" else "json"
+    assert len(rows) == 3 and all(r["failures"]["iou"] == f"unparseable: no box in the answer (expected {markup} markup)"
+                                  for r in rows)  # fmt: skip
