@@ -54,6 +54,7 @@ TOOLS = [
     (("path", "benchmarks/bench_demo.py"), "--repea 3", "--repeat"),
     (("path", "benchmarks/tables.py"), "--result x", "--results"),
     (("path", "benchmarks/bench_libs.py"), "--repeat 3", "--repeats"),
+    (("path", "benchmarks/bench_rl.py"), "--step 3", "--steps"),
     (("path", "benchmarks/profile_photos.py"), "--repeat 3", "--repeats"),
     (("module", "qwenvl.cli"), "lint --dataset_use a --model_name_or_path m --seeed 1", "--seed"),
 ]

@@ -127,6 +127,10 @@ def _trainer_class() -> type:
                 args.label_smoothing, args.simpo_gamma,
             )  # fmt: skip
             loss = losses.mean()
+            if args.rpo_alpha:
+                nll = -(logps[:pairs] / counts[:pairs]).mean()
+                loss = loss + args.rpo_alpha * nll
+                self.pair_metrics[("" if model.training else "eval_") + "nll/chosen"] += [float(nll.detach())]
             prefix = "" if model.training else "eval_"
             metrics = self.pair_metrics
             margin = rewards["chosen"] - rewards["rejected"]

@@ -21,14 +21,19 @@ class DPOArguments:
                   "orpo (ORPO, reference-free, adds the chosen answers' NLL)"},
     )  # fmt: skip
     beta: float = field(
-        default=0.1, metadata={"help": "inverse temperature of the implicit reward (IPO: the regulariser tau)"}
+        default=0.1,
+        metadata={"help": "inverse temperature of the implicit reward (IPO: the regulariser tau; ORPO: lambda)"},
     )
     label_smoothing: float = field(
         default=0.0,
         metadata={"help": "conservative DPO / robust SimPO: the chance a pair is mislabelled, in [0, 0.5)"},
     )
     simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin gamma"})
-    orpo_lambda: float = field(default=0.1, metadata={"help": "ORPO's weight of the odds-ratio term"})
+    rpo_alpha: float = field(
+        default=0.0,
+        metadata={"help": "weight of the chosen answers' per-token NLL added to the loss (RPO; keeps the policy "
+                  "generating the chosen answers while it learns the preference); 0 = off"},
+    )  # fmt: skip
     reference: Reference = field(
         default="auto",
         metadata={"help": "reference model: adapters (LoRA switched off: one copy of the weights), copy (a frozen "
@@ -53,6 +58,8 @@ class DPOArguments:
             self.reference = "none"
         elif self.reference == "none":
             raise UserError(f"--loss_type {self.loss_type} needs a reference model; use --reference auto")
+        if self.rpo_alpha < 0:
+            raise UserError(f"--rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if self.loss_type == "ipo" and self.label_smoothing:
             raise UserError("--label_smoothing does not apply to --loss_type ipo; drop it")
 
