@@ -173,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.results)
     for name, fn in (("vision.json", vision), ("vision_wide.json", vision), ("vision_wide_30s.json", vision),
-                     ("vision_300s_backends.json", vision), ("photo_profile.json", photo_profile), ("libs.json", libs), ("train.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
+                     ("vision_300s_backends.json", vision), ("photo_profile.json", photo_profile), ("libs.json", libs), ("train.json", train), ("train_qwen3_5.json", train), ("mmmu.json", mmmu), ("demo.json", demo)):  # fmt: skip
         path = root / name
         if path.is_file():
             print("\n".join(fn(path)) + "\n")

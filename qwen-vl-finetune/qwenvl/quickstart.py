@@ -12,7 +12,8 @@ Run (no downloads)::
     python -m qwenvl.quickstart [--family qwen3_vl|qwen3_5|...] [--out runs/quickstart] [--train-size 512] [--epochs 6]
 
 A thinking family (Qwen3.5) is trained on its official rendering of the answers (an empty think block, then the
-colour) and scored on the answer after ``</think>``.
+colour) and scored on the answer after ``</think>``. It runs on one CPU thread (as ``scripts/quickstart.sh``) unless
+``OMP_NUM_THREADS`` is set.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "(qwenvl/quickstart_rl.py; --train-size, --eval-size, --family, --out, --seed apply)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    set_cpu_threads()
     from qwenvl.cli import run_tool
 
     if args.stage != "sft":
@@ -149,6 +152,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_tool(lambda: run_rl(args))
     return run_tool(lambda: run(args))
+
+
+# What scripts/quickstart.sh exports; a value the user set wins.
+QUICKSTART_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+                  "HF_DATASETS_OFFLINE": "1"}  # fmt: skip
+
+
+def set_cpu_threads() -> int:
+    """One CPU thread unless ``OMP_NUM_THREADS`` says otherwise: the tiny model's matrices are far too small to gain
+    from threads, and on a busy small machine extra threads make the job 10x slower. Returns the thread count."""
+    for key, value in QUICKSTART_ENV.items():
+        os.environ.setdefault(key, value)
+    import torch
+
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    torch.set_num_threads(threads)  # also when torch was imported before the variable was set
+    return threads
 
 
 def run(args: argparse.Namespace) -> int:

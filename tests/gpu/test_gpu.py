@@ -83,3 +83,35 @@ def test_verify_packing_cli_on_gpu(tiny_checkpoints, attn, capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0, out
     assert "OK: all 8 samples match" in out and "the check sees a leak" in out
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILIES[f].linear_attention])
+def test_qwen3_5_packed_rows_on_the_linear_attention_kernels(tiny_checkpoints, family):
+    """Packed Qwen3.5 rows on CUDA: with flash-linear-attention and causal-conv1d installed the boundaries go to the
+    kernels (cu_seqlens, seq_idx), otherwise each sample runs alone through the layer; either way each sample's
+    logits equal the vanilla model's for that sample alone (fp32, so the tolerance is tight)."""
+    from transformers import AutoModelForImageTextToText
+
+    from qwenvl.model.linear_attention import kernels_available
+
+    path = str(tiny_checkpoints[family])
+    model = load_model(path, dtype="float32", attn_implementation="sdpa", device_map="cuda").eval()
+    vanilla = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).cuda().eval()
+    encoder = SampleEncoder(load_processor(path), FAMILIES[family], TRAINING_BUDGET)
+    samples = [encoder(r.messages, r.id) for r in load_records("demo_images,demo_video,demo_messages")][:5]
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in PackedCollator()([samples]).items() if k != "labels"}
+    with torch.no_grad():
+        packed = model(**batch).logits.float()
+    hook = model._qwenvl_packed_linear_attention
+    assert hook.mode == ("kernels" if kernels_available() else "per_sample")
+    start = 0
+    for s in samples:
+        n = len(s["input_ids"])
+        inputs = {"input_ids": s["input_ids"][None], "attention_mask": torch.ones_like(s["input_ids"])[None],
+                  "mm_token_type_ids": s["mm_token_type_ids"][None], "use_cache": False}  # fmt: skip
+        inputs.update({k: s[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+                       if k in s})  # fmt: skip
+        with torch.no_grad():
+            alone = vanilla(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}).logits.float()
+        assert (packed[0, start : start + n] - alone[0]).abs().max() < 2e-3, s["sample_id"]
+        start += n

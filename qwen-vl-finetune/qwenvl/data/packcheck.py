@@ -200,6 +200,10 @@ def verify(args: argparse.Namespace) -> int:
             ]
             control = max((d for d in diffs if not math.isnan(d)), default=0.0)
 
+    hook = getattr(model, "_qwenvl_packed_linear_attention", None)
+    if hook is not None:
+        how = {"kernels": "handed to flash-linear-attention / causal-conv1d", "per_sample": "each sample run alone"}
+        print(f"linear-attention layers: {len(hook.layers)}, packed-sample boundaries {how.get(hook.mode, 'unused')}")
     width = max(len("sample"), *(len(c.sample_id) for c in checks))
     print(
         f"{'sample':<{width}} {'tokens':>7} {'img':>4} {'vid':>4} {'pack':>5} {'loss alone':>11} {'loss packed':>12} "

@@ -70,7 +70,8 @@ def load_registry(path: str | Path | None = None) -> dict[str, DatasetSpec]:
 
 
 def parse_dataset_use(dataset_use: str) -> list[tuple[str, float]]:
-    """``"a,b%50"`` to ``[("a", 1.0), ("b", 0.5)]``."""
+    """``"a,b%50"`` to ``[("a", 1.0), ("b", 0.5)]``; a malformed or non-positive percentage is a
+    :class:`AnnotationError` naming the entry."""
     out = []
     for part in (p.strip() for p in dataset_use.split(",")):
         if not part:
@@ -79,12 +80,21 @@ def parse_dataset_use(dataset_use: str) -> list[tuple[str, float]]:
         if match:
             rate = float(match["pct"]) / 100
             if rate <= 0:
-                raise ValueError(f"--dataset_use {part!r}: the sampling percentage must be positive")
+                raise AnnotationError(
+                    f"--dataset_use {part!r}: the sampling percentage must be positive (e.g. {match['name']}%50), "
+                    f"or leave the dataset out"
+                )
             out.append((match["name"], rate))
+        elif "%" in part and Path(part).suffix not in (".json", ".jsonl"):
+            name, _, pct = part.rpartition("%")
+            raise AnnotationError(
+                f"--dataset_use {part!r}: {pct!r} after % is not a percentage; write {name or 'NAME'}%N with a "
+                f"number N (e.g. {name or 'NAME'}%50 for half the records)"
+            )
         else:
             out.append((part, 1.0))
     if not out:
-        raise ValueError("--dataset_use is empty; name at least one dataset (e.g. demo_images)")
+        raise AnnotationError("--dataset_use is empty; name at least one dataset (e.g. demo_images)")
     return out
 
 

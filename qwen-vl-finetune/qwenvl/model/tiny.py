@@ -237,48 +237,7 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
         pad_token_id=tokenizer.pad_token_id,
     )
     # Each mrope_section must sum to half the rotary dimensions (head_dim, or a quarter of it for Qwen3.5).
-    if family.linear_attention:
-        # Qwen3.5: four text layers, Gated DeltaNet linear attention and full attention alternating (the released
-        # checkpoints have three linear layers per full one; with a single full-attention layer at the end, a model
-        # this small learns the main job's colours too slowly: 49% instead of 99% held-out), partial rotary
-        # embeddings on a quarter of each head; no DeepStack.
-        text.update(
-            num_hidden_layers=4,
-            layer_types=["linear_attention", "full_attention"] * 2,
-            head_dim=head_dim,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
-            linear_key_head_dim=32,
-            linear_value_head_dim=32,
-            linear_conv_kernel_dim=4,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 10_000_000.0,
-                "partial_rotary_factor": 0.25,
-                "mrope_section": [2, 1, 1] if head_dim == 32 else [3, 3, 2],
-                "mrope_interleaved": True,
-            },
-        )
-        vision = dict(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_heads=4,
-            out_hidden_size=128,
-            patch_size=family.patch_size,
-            spatial_merge_size=family.spatial_merge_size,
-            temporal_patch_size=family.temporal_patch_size,
-            num_position_embeddings=64,
-            in_channels=3,
-        )
-    elif family.video_timestamps:
-        text["head_dim"] = head_dim
-        text["rope_parameters"] = {
-            "rope_type": "default",
-            "rope_theta": 5_000_000.0,
-            "mrope_section": [6, 5, 5] if head_dim == 32 else [12, 10, 10],
-            "mrope_interleaved": True,
-        }
+    if family.video_timestamps:  # Qwen3-VL and Qwen3.5: the same vision stack (Qwen3.5 without DeepStack)
         vision = dict(
             depth=2,
             hidden_size=64,
@@ -289,10 +248,37 @@ def build_config(family: Family, tokenizer: Any, head_dim: int = 32) -> Any:
             spatial_merge_size=family.spatial_merge_size,
             temporal_patch_size=family.temporal_patch_size,
             num_position_embeddings=64,  # must be a perfect square (an 8x8 learned grid)
-            deepstack_visual_indexes=[0, 1],  # must be < vision depth; at most num_hidden_layers are used
             in_channels=3,
         )
-    else:
+        if family.deepstack:
+            vision["deepstack_visual_indexes"] = [0, 1]  # must be < vision depth; at most num_hidden_layers are used
+        text["head_dim"] = head_dim
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [6, 5, 5] if head_dim == 32 else [12, 10, 10],
+            "mrope_interleaved": True,
+        }
+    if family.linear_attention:
+        # Qwen3.5: four text layers, Gated DeltaNet linear attention and full attention alternating (the released
+        # checkpoints have three linear layers per full one; with a single full-attention layer at the end, a model
+        # this small learns the main job's colours too slowly: 49% instead of 99% held-out), partial rotary
+        # embeddings on a quarter of each head.
+        text.update(
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=head_dim,  # 64 with --head-dim 64: vLLM's CPU kernels take no smaller heads
+            linear_value_head_dim=head_dim,
+            linear_conv_kernel_dim=4,
+        )
+        text["rope_parameters"].update(
+            rope_theta=10_000_000.0,
+            partial_rotary_factor=0.25,
+            mrope_section=[2, 1, 1] if head_dim == 32 else [3, 3, 2],
+        )
+    elif not family.video_timestamps:
         sections = [4, 6, 6] if head_dim == 32 else [8, 12, 12]
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": sections}
         if family.temporal_rope == "group_index":

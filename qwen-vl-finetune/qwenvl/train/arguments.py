@@ -5,9 +5,11 @@ named like the flags; flags given on the command line win over the file.
 
 Flags are checked in two steps, so that ``--help`` and usage mistakes answer in well under two seconds: a light
 parser that knows every flag name (ours, and transformers' ``TrainingArguments`` read from its source without
-importing it) refuses abbreviations and unknown flags or YAML keys, naming the closest valid flag; only then is
-transformers imported and the values parsed into the dataclasses. ``TrainingArguments`` (transformers' class plus
-our fields) is therefore built on first use.
+importing it) refuses abbreviations and unknown flags or YAML keys, naming the closest valid flag, and values of
+the wrong kind (a number, a boolean, a choice, a ``name%N`` percentage); only then is transformers imported and the
+values parsed into the dataclasses. Every boolean flag also takes the bare form (``--bf16`` = ``--bf16 True``).
+``TrainingArguments`` (transformers' class plus our fields) is therefore built on first use. Without a GPU it
+chooses the CPU settings unasked (:func:`choose_cpu_settings`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class ModelArguments:
         metadata={"help": "train the merger incl. Qwen3-VL deepstack mergers fully (default: True without LoRA)"},
     )
     tune_mm_llm: bool | None = field(
-        default=None, metadata={"help": "train the LLM fully (default: True without LoRA; not allowed with LoRA)"}
+        default=None,
+        metadata={
+            "help": "train the LLM fully (default: True without LoRA; with LoRA ignored, the adapters train it)"
+        },
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = field(
         default="auto", metadata={"help": "auto = flash_attention_2 when installed and on GPU, else sdpa"}
@@ -134,10 +139,12 @@ def resolve_components(model_args: ModelArguments, training_args: Any) -> None:
     """Fill the tune_* defaults and check every cross-flag rule, naming the flags (before any weights load)."""
     lora = training_args.lora_enable
     if lora and model_args.tune_mm_llm:
-        raise UserError(
-            "--tune_mm_llm True and --lora_enable True both train the LLM; drop --tune_mm_llm (LoRA trains the LLM) "
-            "or drop --lora_enable for a full fine-tune"
+        # Upstream's sft_30a3b_lora.sh passes both; upstream ignores the tune flags under LoRA.
+        logger.warning(
+            "--tune_mm_llm True with --lora_enable True: the LLM trains through its LoRA adapters, its base weights "
+            "stay frozen (as upstream does); drop --lora_enable for a full fine-tune of the LLM"
         )
+        model_args.tune_mm_llm = False
     if model_args.tune_mm_vision is None:
         model_args.tune_mm_vision = False
     if model_args.tune_mm_mlp is None:
@@ -222,14 +229,17 @@ OURS = (ModelArguments, DataArguments, QwenTrainingFields)
 
 
 def light_parser(prog: str | None = None, extra: tuple[type, ...] = ()) -> StrictParser:
-    """A parser that knows every flag's name (and help) without importing transformers: values are taken as text
-    and parsed for real afterwards. ``extra``: more argument dataclasses (a method's, e.g. DPO), one group each."""
+    """A parser that knows every flag's name, help and value kind without importing transformers: a value of the
+    wrong kind (``--learning_rate abc``, ``--bf16 maybe``) is refused here, in well under two seconds. Values stay
+    text (:func:`canonical_argv` hands them to transformers' parser, which builds the dataclasses). ``extra``: more
+    argument dataclasses (a method's, e.g. DPO), one group each."""
     parser = StrictParser(
         prog=prog,
         usage="%(prog)s [--config YAML] --model_name_or_path M --dataset_use D --output_dir OUT [flags]",
         description="Fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) with the HF Trainer."
         "\n\nRun: torchrun --nproc_per_node N qwenvl/train/train_qwen.py "
-        "--model_name_or_path ... --dataset_use ... --output_dir ...  (or qwenvl train recipe.yaml)",
+        "--model_name_or_path ... --dataset_use ... --output_dir ...  (or qwenvl train recipe.yaml)"
+        "\n\nA boolean flag alone means True (--bf16 is --bf16 True).",
     )
     parser.add_argument("--config", metavar="YAML", help="read flags from a YAML file (command-line flags win)")
     ours: set[str] = set()
@@ -240,22 +250,107 @@ def light_parser(prog: str | None = None, extra: tuple[type, ...] = ()) -> Stric
             ours.add(f.name)
             default = f.default if f.default is not MISSING else None
             text = f.metadata.get("help", "") + (f" (default {default})" if default not in (None, "") else "")
-            _add_flag(group, f.name, text.replace("%", "%%") if "%%" not in text else text, default is True)
+            _add_flag(group, f.name, _annotation_text(dtype, f), text, default is True)
     group = parser.add_argument_group("training (transformers.TrainingArguments)")
     for name, annotation, default, help_text in _transformers_training_fields():
         if name in ours:
             continue
         text = " ".join(help_text.split()) + (f" (default {default})" if default not in (None, "") else "")
-        _add_flag(group, name, text.replace("%", "%%"), default is True and annotation.startswith("bool"))
+        _add_flag(group, name, annotation, text, default is True and annotation.startswith("bool"))
     return parser
 
 
-def _add_flag(group: Any, name: str, help_text: str, bool_default_true: bool) -> None:
+def _annotation_text(dtype: type, f: Any) -> str:
+    """A field's annotation as written (``"bool | None"``): transformers' parser replaces ``Field.type`` with the
+    resolved type once it has parsed, so the class's own annotations are read first."""
+    annotation = dtype.__dict__.get("__annotations__", {}).get(f.name, f.type)
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _escape_percent(text: str) -> str:
+    """Help text for argparse, which %-formats it: every ``%`` doubled once (transformers' help is already
+    escaped for its own parser, ours is not)."""
+    return text.replace("%%", "%").replace("%", "%%")
+
+
+_TRUE = ("yes", "true", "t", "y", "1")
+_FALSE = ("no", "false", "f", "n", "0")
+
+
+def _checker(kind: str, check: Any) -> Any:
+    """An argparse ``type`` that refuses a value ``check`` refuses and keeps the text; named ``kind`` so argparse's
+    message reads ``invalid float value: 'abc'``."""
+
+    def convert(text: str) -> str:
+        check(text)
+        return text
+
+    convert.__name__ = kind
+    return convert
+
+
+def _check_bool(text: str) -> None:
+    if text.lower() not in _TRUE + _FALSE:
+        raise ValueError(text)
+
+
+def _value_kind(annotation: str) -> tuple[str, Any, Any]:
+    """``(metavar, argparse type, choices)`` of a field from its annotation text (``"float | None"``,
+    ``"Literal['a', 'b']"``, ``"IntervalStrategy | str"``); anything that admits text is taken as text."""
+    if annotation.startswith("Optional[") and annotation.endswith("]"):
+        annotation = annotation[len("Optional[") : -1]
+    parts = {p.strip() for p in annotation.split("|")} - {"None"}
+    if len(parts) == 1 and next(iter(parts)).startswith("Literal["):
+        choices = ast.literal_eval("[" + next(iter(parts))[len("Literal[") : -1] + "]")
+        return "{" + ",".join(map(str, choices)) + "}", None, choices
+    if parts == {"bool"}:
+        return "BOOL", _checker("boolean (true/false)", _check_bool), None
+    if parts == {"int"}:
+        return "INT", _checker("int", int), None
+    if parts <= {"int", "float"} and parts:
+        return "FLOAT", _checker("float", float), None
+    if any(p.startswith("dict") for p in parts):
+        return "JSON_OR_PATH", None, None
+    return "VALUE", None, None
+
+
+def _add_flag(group: Any, name: str, annotation: str, help_text: str, bool_default_true: bool) -> None:
     options = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    group.add_argument(*options, dest=name, nargs="*", metavar="V", help=help_text)
+    metavar, kind, choices = _value_kind(annotation)
+    kwargs: dict[str, Any] = {"dest": name, "metavar": metavar, "help": _escape_percent(help_text)}
+    if kind is not None:
+        kwargs["type"] = kind
+    if choices is not None:
+        kwargs["choices"] = [str(c) for c in choices]
+    if metavar == "BOOL":
+        kwargs.update(nargs="?", const="True")  # a bare --flag means True, for every boolean flag
+    elif any("list[" in p for p in annotation.split("|")):
+        kwargs["nargs"] = "+"
+    group.add_argument(*options, **kwargs)
     if bool_default_true:  # transformers' parser adds --no_<flag> for booleans that default to True
         group.add_argument(f"--no_{name}", f"--no-{name.replace('_', '-')}", dest=f"no_{name}",
                            action="store_const", const=True, help=argparse.SUPPRESS)  # fmt: skip
+
+
+def canonical_argv(parser: StrictParser, seen: argparse.Namespace) -> list[str]:
+    """The flags ``seen`` holds, as ``--name value`` pairs for transformers' parser (the last occurrence of a flag
+    has won; a bare boolean flag has become ``True``)."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if action.dest in ("help", "config") or not action.option_strings:
+            continue
+        value = getattr(seen, action.dest, None)
+        if value is None:
+            continue
+        if action.dest.startswith("no_") and value is True and action.nargs == 0:
+            argv.append(f"--{action.dest}")
+        elif isinstance(value, list):
+            argv += [f"--{action.dest}", *value]
+        else:
+            argv += [f"--{action.dest}", value]
+    return argv
 
 
 PATH_KEYS = ("deepspeed", "dataset_registry")
@@ -310,6 +405,78 @@ def config_file_args(argv: list[str], known: list[str] | None = None) -> list[st
     return expanded + argv[:i] + argv[i + 2 :]
 
 
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator that transformers would train on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def choose_cpu_settings(args: Any) -> None:
+    """On a machine without a GPU, train on the CPU unasked: ``--use_cpu True``, and ``--bf16`` / ``--fp16``
+    (the recipes' GPU precision) off, so training runs in float32, with one warning naming what changed. Without it
+    transformers refuses bf16, and under torchrun DeepSpeed counts the ranks differently from accelerate (a
+    batch-size AssertionError). ``--use_cpu True --bf16 True`` given explicitly is left as it is."""
+    if args.use_cpu or has_accelerator():
+        return
+    args.use_cpu = True
+    changed = ["--use_cpu True"]
+    for flag in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
+        if getattr(args, flag, False):
+            setattr(args, flag, False)
+            changed.append(f"--{flag} False")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
+        logger.warning(
+            "no GPU found: training on the CPU in float32 (%s); pass --use_cpu True --bf16 True to train in bf16 on "
+            "a CPU that supports it", ", ".join(changed),
+        )  # fmt: skip
+
+
+def prepare_single_process_launch(deepspeed: Any) -> None:
+    """DeepSpeed started without a launcher (``qwenvl train recipe.yaml`` on one GPU or CPU) looks for MPI unless
+    the launcher's variables are set; set those of a one-process job (rank 0 of 1, a free local port)."""
+    import os
+
+    if not deepspeed or any(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    logger.info("DeepSpeed without a launcher: one process (rank 0 of 1, port %d)", port)
+
+
+# --report_to names (transformers' integrations) and the module each needs.
+REPORTERS = {
+    "wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
+    "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio",
+    "codecarbon": "codecarbon", "azure_ml": "azureml", "flyte": "flytekit", "dagshub": "dagshub",
+}  # fmt: skip
+
+
+def missing_reporters(report_to: list[str] | str) -> list[tuple[str, str]]:
+    """``(name, package)`` of each ``--report_to`` integration whose package is not installed (transformers would
+    raise a RuntimeError when the Trainer is built)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    missing = []
+    for name in names:
+        module = REPORTERS.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            if name != "tensorboard" or importlib.util.find_spec("tensorboardX") is None:
+                missing.append((name, module))
+    return missing
+
+
 _TRAINING_CLASS: type | None = None
 
 
@@ -323,6 +490,7 @@ def training_arguments_class() -> type:
     import transformers
 
     def __post_init__(self) -> None:
+        choose_cpu_settings(self)
         if self.warmup_ratio is not None:
             if not 0.0 <= self.warmup_ratio < 1.0:
                 raise UserError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -352,11 +520,13 @@ def __getattr__(name: str) -> Any:
 
 
 def parse_args(
-    argv: list[str] | None = None, prog: str | None = None, extra: tuple[type, ...] = ()
+    argv: list[str] | None = None, prog: str | None = None, launch: bool = False, extra: tuple[type, ...] = ()
 ) -> tuple[Any, ...]:
     """Parse flags (and ``--config``) into ``(ModelArguments, DataArguments, TrainingArguments)`` (followed by one
     instance of each ``extra`` dataclass) and run the cross-flag checks. Usage mistakes exit with status 2 and one
-    line naming the fix (before transformers is imported); a value that fails a check raises :class:`UserError`."""
+    line naming the fix (before transformers is imported); a value that fails a check raises :class:`UserError`.
+    ``launch`` (training itself, not a check of flags) also sets the environment a launcher would for a one-process
+    DeepSpeed run, before the arguments set up the devices."""
     light = light_parser(prog, extra)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -366,8 +536,25 @@ def parse_args(
     seen = light.parse_args(argv)
     if not seen.output_dir:
         light.error("--output_dir is required (checkpoints, logs and the final model go there)")
+    if Path(seen.output_dir).exists() and not Path(seen.output_dir).is_dir():
+        light.error(f"--output_dir {seen.output_dir} is a file; give a folder")
+    missing = missing_reporters(seen.report_to or [])
+    if missing:
+        name, package = missing[0]
+        light.error(f"--report_to {name} needs the {package} package: pip install {package}, or pass --report_to none")
     if seen.base_interval is not None:
         logger.warning("--base_interval is accepted for upstream's scripts and ignored (frames follow --video_fps)")
+    from qwenvl.data.registry import parse_dataset_use
+
+    for flag in ("dataset_use", "eval_dataset_use"):
+        try:
+            if getattr(seen, flag):
+                parse_dataset_use(getattr(seen, flag))
+        except UserError as e:
+            light.error(str(e).replace("--dataset_use", f"--{flag}"))
+    argv = canonical_argv(light, seen)
+    if launch:
+        prepare_single_process_launch(seen.deepspeed)
 
     import transformers
 

@@ -14,6 +14,7 @@ lack any of it (written by other tools, or copied half-way).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -147,3 +148,54 @@ def publish(staged: Path, final: Path) -> None:
     else:
         os.replace(staged, final)
     fsync_dir(final.parent)
+
+
+# What the final save of a run writes (besides the weights) and a checkpoint holds too; optimizer, scheduler and RNG
+# state are for resuming only.
+RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "latest", "zero_to_fp32.py")
+
+
+def checkpoint_step(folder: str | Path) -> tuple[int, float]:
+    """``(global_step, epoch)`` recorded in ``folder/trainer_state.json``."""
+    state = json.loads((Path(folder) / "trainer_state.json").read_text())
+    return int(state.get("global_step", 0)), float(state.get("epoch") or 0.0)
+
+
+def reached_end(folder: str | Path, max_steps: int, num_train_epochs: float) -> bool:
+    """Whether the checkpoint ``folder`` is the end of a run with these ``--max_steps`` / ``--num_train_epochs``
+    (``max_steps`` wins when positive, as in transformers). Resuming from it would train past the end: transformers
+    checks the step limit only after a step."""
+    if not (Path(folder) / "trainer_state.json").is_file():
+        return False  # not ours to judge: transformers says what is missing when it resumes
+    step, epoch = checkpoint_step(folder)
+    if max_steps > 0:
+        return step >= max_steps
+    return epoch >= num_train_epochs - 1e-6
+
+
+def finished_output(output_dir: str | Path, step: int) -> bool:
+    """Whether ``output_dir`` holds the final save of a run that ended at ``step`` (written after training:
+    trainer_state.json at that step and train_summary.json)."""
+    output_dir = Path(output_dir)
+    if not (output_dir / "train_summary.json").is_file() or not (output_dir / "trainer_state.json").is_file():
+        return False
+    return checkpoint_step(output_dir)[0] >= step
+
+
+def publish_final_from_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> list[str]:
+    """The final save of a run stopped after its last checkpoint but before the final save: copy the checkpoint's
+    model, processor, preprocessing and trainer state files (what the final save writes; the same weights) into
+    ``output_dir``. Returns the names copied; an empty list when the checkpoint has no loadable weights (a ZeRO-3
+    checkpoint saved without gathering)."""
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    names = sorted(os.listdir(checkpoint))
+    if not set(names) & set(WEIGHTS):
+        return []
+    copied = []
+    for name in names:
+        source = checkpoint / name
+        if source.is_dir() or name in RESUME_ONLY or name.startswith("rng_state"):
+            continue
+        shutil.copy2(source, output_dir / name)
+        copied.append(name)
+    return copied

@@ -197,7 +197,9 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags and build everything up to the trainer: ``{"trainer", "resume", "settings", ...}``."""
     from qwenvl.train.arguments import parse_args
 
-    model_args, data_args, training_args, dpo_args = parse_args(argv, prog="qwenvl dpo", extra=(DPOArguments,))
+    model_args, data_args, training_args, dpo_args = parse_args(
+        argv, prog="qwenvl dpo", launch=True, extra=(DPOArguments,)
+    )
     reference = dpo_args.resolve_reference(training_args.lora_enable)
     if data_args.data_flatten:
         raise UserError("--data_flatten does not apply to qwenvl dpo; use --data_packing True to pack pairs")

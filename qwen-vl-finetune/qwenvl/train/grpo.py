@@ -247,7 +247,9 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
     from qwenvl.train.arguments import parse_args
     from qwenvl.train.rewards import resolve_rewards
 
-    model_args, data_args, training_args, grpo_args = parse_args(argv, prog="qwenvl grpo", extra=(GRPOArguments,))
+    model_args, data_args, training_args, grpo_args = parse_args(
+        argv, prog="qwenvl grpo", launch=True, extra=(GRPOArguments,)
+    )
     reference = grpo_args.resolve_reference(training_args.lora_enable)
     rewards = resolve_rewards(grpo_args.rewards, grpo_args.reward_weights)
     if data_args.data_flatten:

@@ -27,6 +27,8 @@ def merge_lora(adapter: str | Path, out: str | Path, base: str | None = None, dt
     from peft import PeftModel
 
     adapter, out = Path(adapter), Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the merged model")
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
         raise UserError(f"{adapter} has no adapter_config.json; pass the output dir of a --lora_enable run")
@@ -36,7 +38,10 @@ def merge_lora(adapter: str | Path, out: str | Path, base: str | None = None, dt
     model = load_model(base, dtype=dtype, attn_implementation="sdpa")
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.config.use_cache = True
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror}); give a writable folder") from None
     model.save_pretrained(out)
     # The processor saved with the adapter is the one it was trained with; fall back to the base model's.
     processor_source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(base)

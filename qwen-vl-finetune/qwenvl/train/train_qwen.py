@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from qwenvl.cli import UserError
+from qwenvl.cli import UserError, report_error
 from qwenvl.train.arguments import DataArguments, parse_args
 
 
@@ -96,9 +96,38 @@ def build_datasets(
     return train, evaluation
 
 
+# What a run writes into --output_dir before its first checkpoint: a failed run that leaves only these (in a folder
+# it created) removes the folder again, so that a failure does not leave an empty run behind.
+SCRATCH = ("length_cache.json", "quarantine.jsonl", ".partial")
+
+
+def _remove_failed_output(output_dir: Path) -> None:
+    """Remove ``output_dir`` (created by this run) if it holds nothing but :data:`SCRATCH` files; on rank 0 only."""
+    if os.environ.get("RANK", "0") != "0" or not output_dir.is_dir():
+        return
+    entries = list(output_dir.iterdir())
+    if any(e.name not in SCRATCH or (e.is_dir() and any(e.iterdir())) for e in entries):
+        return
+    import shutil
+
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def train(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse flags and run training; returns the final metrics."""
-    model_args, data_args, training_args = parse_args(argv)
+    """Parse flags and run training; returns the final metrics. A run that fails before writing anything but
+    scratch files removes the ``--output_dir`` it created."""
+    model_args, data_args, training_args = parse_args(argv, launch=True)
+    output_dir = Path(training_args.output_dir)
+    created = not output_dir.exists()
+    try:
+        return _train(model_args, data_args, training_args)
+    except BaseException:
+        if created:
+            _remove_failed_output(output_dir)
+        raise
+
+
+def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dict[str, Any]:
     import torch
     import transformers
 
@@ -109,7 +138,7 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     from qwenvl.model.freeze import format_summary, set_trainable, trainable_summary
     from qwenvl.model.loader import load_model, load_processor, read_family
     from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
-    from qwenvl.train.checkpoints import find_resume_checkpoint
+    from qwenvl.train.checkpoints import find_resume_checkpoint, reached_end
     from qwenvl.train.trainer import QwenVLTrainer, causal_lm_loss
 
     logging.basicConfig(
@@ -117,8 +146,24 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     transformers.set_seed(training_args.seed)  # before LoRA init, which Trainer would leave unseeded
+    try:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"--output_dir {training_args.output_dir}: cannot create the folder ({e.strerror}); give a writable folder"
+        ) from None
+
+    resume = training_args.resume_from_checkpoint
+    if resume is None:
+        found = find_resume_checkpoint(training_args.output_dir)
+        resume = None if found is None else str(found)
+    elif not os.path.isdir(resume):
+        raise UserError(f"--resume_from_checkpoint {resume}: no such folder")
+    if resume is not None and reached_end(resume, training_args.max_steps, training_args.num_train_epochs):
+        return _run_complete(Path(resume), training_args)
+    if resume is not None and training_args.resume_from_checkpoint is None:
+        logger.warning("found %s: resuming from it (pass a new --output_dir to start over)", resume)
     _init_deepspeed_comm(training_args)
-    os.makedirs(training_args.output_dir, exist_ok=True)
 
     family = read_family(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
@@ -201,14 +246,6 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
         preprocessing=settings,
     )
 
-    resume = training_args.resume_from_checkpoint
-    if resume is None:
-        found = find_resume_checkpoint(training_args.output_dir)
-        if found is not None:
-            resume = str(found)
-            logger.warning("found %s: resuming from it (pass a new --output_dir to start over)", resume)
-    elif not os.path.isdir(resume):
-        raise UserError(f"--resume_from_checkpoint {resume}: no such folder")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     for config in (model.config, getattr(model.config, "text_config", None)):
@@ -251,6 +288,35 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
+def _run_complete(checkpoint: Path, training_args: Any) -> dict[str, Any]:
+    """The run ended at ``checkpoint``: train nothing and leave the checkpoints as they are. If the run was stopped
+    between its last checkpoint and its final save, the final save is made from that checkpoint."""
+    from qwenvl.train.checkpoints import checkpoint_step, finished_output, publish_final_from_checkpoint
+
+    step, epoch = checkpoint_step(checkpoint)
+    output_dir = Path(training_args.output_dir)
+    limit = f"--max_steps {training_args.max_steps}" if training_args.max_steps > 0 else (
+        f"--num_train_epochs {training_args.num_train_epochs:g}"
+    )  # fmt: skip
+    if training_args.process_index == 0:
+        if not finished_output(output_dir, step):
+            copied = publish_final_from_checkpoint(checkpoint, output_dir)
+            if not copied:
+                raise UserError(
+                    f"{checkpoint} ends the run ({limit}) but holds no model weights to publish as the final model; "
+                    f"recover them with {checkpoint}/zero_to_fp32.py"
+                )
+            summary = {"global_step": step, "epoch": epoch, "final_model_from": str(checkpoint)}
+            (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            logger.warning("the run stopped after %s, before its final save: final model published from it", checkpoint)
+        logger.warning(
+            "the run in %s is complete: %s is at step %d, the end for %s; nothing to train (raise %s to train on, "
+            "or pass a new --output_dir to start over)",
+            output_dir, checkpoint.name, step, limit, limit.split()[0],
+        )  # fmt: skip
+    return {"run_complete": True, "global_step": step, "epoch": epoch}
+
+
 def _lost_peer(error: BaseException) -> bool:
     """Whether ``error`` is a collective failing because another rank (or node) went away."""
     import torch
@@ -267,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_error(f"error: {e}")
         return 2
     except RuntimeError as e:
         import torch
@@ -276,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         rank = torch.distributed.get_rank()
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        print(
+        report_error(
             f"error: rank {rank} lost contact with another rank ({first}); a process or node died or the network "
             "failed. Rerun the same command on every node: training resumes from the newest complete checkpoint.",
-            file=sys.stderr,
+            code=3,
         )
         return 3
     import torch

@@ -24,6 +24,8 @@ def test_packed_rows_match_the_unpacked_inference_path(tiny_checkpoint, family, 
     out = capsys.readouterr().out
     assert "OK: all 7 samples match their unpacked loss" in out
     assert "the check sees a leak" in out  # the control: without restarting positions, samples see each other
+    if family in ("qwen3_5", "qwen3_5_moe"):  # the linear-attention layers were isolated by the training path's hook
+        assert "linear-attention layers: 2, packed-sample boundaries each sample run alone" in out
     dump = json.loads((tmp_path / "layout.json").read_text())
     checks = dump["checks"]
     assert len(checks) == 7 and all(c["max_logit_diff"] < 1e-4 for c in checks)

@@ -129,3 +129,32 @@ def test_moe_router_aux_loss_is_added_and_logged_when_the_config_asks(tiny_check
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     aux = [h["aux_loss"] for h in history if "aux_loss" in h]
     assert len(aux) == 2 and all(a > 0 for a in aux)
+
+
+@pytest.mark.slow
+def test_lora_through_qwenvl_train_and_full_through_upstreams_train_qwen_py(tiny_checkpoints, tmp_path):
+    """The two command forms a user types: ``qwenvl train`` (LoRA on Qwen3.5-MoE) and upstream's
+    ``python qwenvl/train/train_qwen.py`` (full tuning of Qwen3.5), two steps each, packed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    script = root / "qwen-vl-finetune" / "qwenvl" / "train" / "train_qwen.py"
+    runs = {
+        "lora": (
+            [sys.executable, "-m", "qwenvl.cli", "train"],
+            "qwen3_5_moe",
+            ["--lora_enable", "True", "--lora_r", "4"],
+        ),
+        "full": ([sys.executable, str(script)], "qwen3_5", ["--tune_mm_vision", "True"]),
+    }
+    for name, (command, family, extra) in runs.items():
+        out = tmp_path / name
+        flags = _flags(tiny_checkpoints[family], out, "--data_packing", "True", "--max_packed_tokens", "2048",
+                       "--max_steps", "2", "--save_strategy", "no", *extra)  # fmt: skip
+        result = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+        saved = "adapter_model.safetensors" if name == "lora" else "model.safetensors"
+        assert (out / saved).is_file(), name
