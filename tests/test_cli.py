@@ -21,6 +21,8 @@ HEAVY = ("torch", "transformers", "gradio")
 TOOLS = [
     (("path", "qwen-vl-finetune/qwenvl/train/train_qwen.py"), "--output_dir x --max_pixel 5", "--max_pixels"),
     (("module", "qwenvl.train.train_qwen"), "--output_dir x --learning_rat 1", "--learning_rate"),
+    (("module", "qwenvl.train.dpo"), "--output_dir x --bet 0.1", "--beta"),
+    (("module", "qwenvl.train.grpo"), "--output_dir x --num_generation 4", "--num_generations"),
     (("module", "qwenvl.data.lint"), "--dataset_use a --model_name_or_path m --max_packed 3", "--max_packed_tokens"),
     (("module", "qwenvl.data.verify_packing"), "--model_name_or_path m --dataset_use a --sampl 2", "--samples"),
     (("module", "qwenvl.data.inspect_video"), "--model_name_or_path m --video v --questio q", "--question"),
@@ -52,6 +54,7 @@ TOOLS = [
     (("path", "benchmarks/bench_demo.py"), "--repea 3", "--repeat"),
     (("path", "benchmarks/tables.py"), "--result x", "--results"),
     (("path", "benchmarks/bench_libs.py"), "--repeat 3", "--repeats"),
+    (("path", "benchmarks/bench_rl.py"), "--step 3", "--steps"),
     (("path", "benchmarks/profile_photos.py"), "--repeat 3", "--repeats"),
     (("path", "benchmarks/bench_data.py"), "--repeat 3", "--repeats"),
     (("path", "benchmarks/bench_data_wait.py"), "--step-second 3", "--step-seconds"),

@@ -9,6 +9,7 @@ a busy port) ends the tool with its one-line message and exit code 2, never a tr
 
     qwenvl train examples/qwen3vl_lora.yaml [--flag value ...]      # or: qwenvl train --model_name_or_path ...
     torchrun --nproc_per_node 8 --no-python qwenvl train recipe.yaml
+    qwenvl dpo | grpo  recipe.yaml [--flag value ...]                   # preference / RL tuning
     qwenvl lint | verify-packing | inspect-video | merge-lora | tiny | quickstart | cache build  [--help]
     qwenvl eval mmmu|mathvision|realworldqa|videomme|odinw13 infer|eval|merge|compare|export [--help]
 
@@ -162,6 +163,8 @@ def run_tool(body: Callable[[], int | None]) -> int:
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("qwenvl.train.train_qwen", "fine-tune (flags, or a YAML recipe as first argument)"),
+    "dpo": ("qwenvl.train.dpo", "preference tuning on chosen/rejected pairs (DPO, IPO, SimPO, ORPO)"),
+    "grpo": ("qwenvl.train.grpo", "RL tuning with sampled answers and rewards (GRPO, Dr. GRPO, DAPO)"),
     "lint": ("qwenvl.data.lint", "check annotation files and report lengths, packing and bad records"),
     "verify-packing": ("qwenvl.data.verify_packing", "packed rows vs the model's unpacked path on real data"),
     "inspect-video": ("qwenvl.data.inspect_video", "frame sampling, sizes and tokens of one video"),

@@ -138,10 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=6)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stage", default="sft", choices=["sft", "dpo", "grpo"],
+        help="sft: this job; dpo / grpo: a brief SFT, then preference / RL tuning must gain 30 points "
+        "(qwenvl/quickstart_rl.py; --train-size, --eval-size, --family, --out, --seed apply)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     set_cpu_threads()
     from qwenvl.cli import run_tool
 
+    if args.stage != "sft":
+        from qwenvl.quickstart_rl import run as run_rl
+
+        return run_tool(lambda: run_rl(args))
     return run_tool(lambda: run(args))
 
 

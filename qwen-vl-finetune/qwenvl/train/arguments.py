@@ -45,7 +45,9 @@ class ModelArguments:
     )
     tune_mm_llm: bool | None = field(
         default=None,
-        metadata={"help": "train the LLM fully (default: True without LoRA; with LoRA ignored, the adapters train it)"},
+        metadata={
+            "help": "train the LLM fully (default: True without LoRA; with LoRA ignored, the adapters train it)"
+        },
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = field(
         default="auto", metadata={"help": "auto = flash_attention_2 when installed and on GPU, else sdpa"}
@@ -248,10 +250,11 @@ def _transformers_training_fields() -> list[tuple[str, str, Any, str]]:
 OURS = (ModelArguments, DataArguments, QwenTrainingFields)
 
 
-def light_parser(prog: str | None = None) -> StrictParser:
+def light_parser(prog: str | None = None, extra: tuple[type, ...] = ()) -> StrictParser:
     """A parser that knows every flag's name, help and value kind without importing transformers: a value of the
     wrong kind (``--learning_rate abc``, ``--bf16 maybe``) is refused here, in well under two seconds. Values stay
-    text (:func:`canonical_argv` hands them to transformers' parser, which builds the dataclasses)."""
+    text (:func:`canonical_argv` hands them to transformers' parser, which builds the dataclasses). ``extra``: more
+    argument dataclasses (a method's, e.g. DPO), one group each."""
     parser = StrictParser(
         prog=prog,
         usage="%(prog)s [--config YAML] --model_name_or_path M --dataset_use D --output_dir OUT [flags]",
@@ -262,7 +265,8 @@ def light_parser(prog: str | None = None) -> StrictParser:
     )
     parser.add_argument("--config", metavar="YAML", help="read flags from a YAML file (command-line flags win)")
     ours: set[str] = set()
-    for group_name, dtype in zip(("model", "data", "training (qwenvl)"), OURS):
+    names = ("model", "data", "training (qwenvl)") + tuple(getattr(t, "GROUP", t.__name__) for t in extra)
+    for group_name, dtype in zip(names, OURS + tuple(extra)):
         group = parser.add_argument_group(group_name)
         for f in fields(dtype):
             ours.add(f.name)
@@ -540,14 +544,14 @@ def __getattr__(name: str) -> Any:
 
 
 def parse_args(
-    argv: list[str] | None = None, prog: str | None = None, launch: bool = False
-) -> tuple[Any, Any, Any]:
-    """Parse flags (and ``--config``) into ``(ModelArguments, DataArguments, TrainingArguments)`` and run the
-    cross-flag checks. Usage mistakes exit with status 2 and one line naming the fix (before transformers is
-    imported); a value that fails a check raises :class:`UserError`. ``launch`` (training itself, not a check of
-    flags) also sets the environment a launcher would for a one-process DeepSpeed run, before the arguments set up
-    the devices."""
-    light = light_parser(prog)
+    argv: list[str] | None = None, prog: str | None = None, launch: bool = False, extra: tuple[type, ...] = ()
+) -> tuple[Any, ...]:
+    """Parse flags (and ``--config``) into ``(ModelArguments, DataArguments, TrainingArguments)`` (followed by one
+    instance of each ``extra`` dataclass) and run the cross-flag checks. Usage mistakes exit with status 2 and one
+    line naming the fix (before transformers is imported); a value that fails a check raises :class:`UserError`.
+    ``launch`` (training itself, not a check of flags) also sets the environment a launcher would for a one-process
+    DeepSpeed run, before the arguments set up the devices."""
+    light = light_parser(prog, extra)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = config_file_args(argv, light.known_flags())
@@ -582,11 +586,13 @@ def parse_args(
         def error(self, message: str):  # noqa: D102 - same short error as the light parser
             light.error(message)
 
-    parser = _Parser((ModelArguments, DataArguments, training_arguments_class()), allow_abbrev=False)
+    parser = _Parser((ModelArguments, DataArguments, training_arguments_class(), *extra), allow_abbrev=False)
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except ValueError as e:  # a value transformers' own checks refuse
+        model_args, data_args, training_args, *more = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False
+        )
+    except ValueError as e:  # a value transformers' own checks refuse (or an extra dataclass's __post_init__)
         raise UserError(str(e)) from None
     resolve_components(model_args, training_args)
     check_data_args(data_args, training_args)
-    return model_args, data_args, training_args
+    return (model_args, data_args, training_args, *more)

@@ -32,7 +32,7 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.s
 
 FAULT_ENV = "QWENVL_FAULT_INJECT"
 FAULT_POINTS = ("step_end", "save_begin", "after_model", "after_optimizer", "after_rng", "before_publish",
-                "after_publish", "after_rotate")  # fmt: skip
+                "after_publish", "after_rotate", "rollout")  # fmt: skip
 
 
 def crash_point(point: str, step: int, rank: int = 0) -> None:

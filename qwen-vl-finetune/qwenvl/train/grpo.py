@@ -1,0 +1,321 @@
+"""``qwenvl grpo``: group relative policy optimisation of a Qwen-VL model with sampled answers and rewards.
+
+Run (flags as ``qwenvl train``, plus those of :mod:`qwenvl.train.grpo_args`)::
+
+    qwenvl grpo --model_name_or_path sft_out --dataset_use prompts.jsonl --output_dir grpo_out \\
+        --lora_enable True --rewards exact,format --num_generations 8 [examples/grpo_lora.yaml]
+    torchrun --nproc_per_node 8 --no-python qwenvl grpo examples/grpo_lora.yaml
+
+Each training step takes ``per_device_train_batch_size`` prompts (images, videos, multi-turn: the SFT formats;
+the last answer is the reference the rewards compare with), samples ``--num_generations`` completions of each with
+HF ``generate`` from the prompt encoded as inference encodes it (same frames, sizes and timestamps as SFT and
+inference: :class:`qwenvl.data.preference.PromptEncoder`), scores them (:mod:`qwenvl.train.rewards`; a reward
+that raises or cannot read an answer gives 0 and a logged reason), normalises rewards within each group, and
+trains the clipped policy objective on the completion tokens, with an optional KL term to the reference
+(``--beta``; 0 uses no reference). The trainer is the SFT ``QwenVLTrainer``: checkpoints, resume after a kill,
+learning-rate groups are SFT's; the completions of a step are packed (``--data_packing True``) or padded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from qwenvl.cli import UserError
+from qwenvl.train.grpo_args import GRPOArguments
+
+
+logger = logging.getLogger("qwenvl.grpo")
+
+
+def group_advantages(rewards: Any, group: int, scale: str = "group", eps: float = 1e-4) -> Any:
+    """``r - mean(group)``, divided by ``std(group) + eps`` with ``scale="group"`` (GRPO) or not (``"none"``:
+    Dr. GRPO). ``rewards`` are ordered group by group."""
+    grouped = rewards.view(-1, group)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def grpo_loss(
+    logps: Any, old_logps: Any, owners: Any, advantages: Any, epsilon: float = 0.2, epsilon_high: float | None = None,
+    ref_logps: Any = None, beta: float = 0.0, loss_type: str = "dapo", max_completion_length: int = 1,
+) -> tuple[Any, dict[str, float]]:  # fmt: skip
+    """The clipped objective over completion tokens, flattened: token ``i`` belongs to completion ``owners[i]``.
+
+    Per token: ``-min(ρ A, clip(ρ, 1-ε, 1+ε_high) A) + β KL`` with ``ρ = exp(logp - old_logp)`` and the k3
+    estimator ``KL = exp(ref - logp) - (ref - logp) - 1``. Normalisation: ``grpo`` means over each completion's
+    tokens then over completions; ``dapo`` means over all tokens; ``dr_grpo`` sums and divides by
+    completions x ``max_completion_length``.
+    """
+    import torch
+
+    high = epsilon if epsilon_high is None else epsilon_high
+    adv = advantages[owners]
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    stats: dict[str, float] = {"clip_ratio": float(((ratio < 1 - epsilon) | (ratio > 1 + high)).float().mean())}
+    if beta and ref_logps is not None:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + beta * kl
+        stats["kl"] = float(kl.detach().mean())
+    n = len(advantages)
+    if loss_type == "grpo":
+        sums = torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add(0, owners, per_token)
+        counts = torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add(
+            0, owners, torch.ones_like(per_token)
+        )
+        loss = (sums / counts.clamp(min=1)).mean()
+    elif loss_type == "dapo":
+        loss = per_token.sum() / max(len(per_token), 1)
+    elif loss_type == "dr_grpo":
+        loss = per_token.sum() / (n * max_completion_length)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    return loss, stats
+
+
+def _trainer_class() -> type:
+    import torch
+
+    from qwenvl.data.preference import PROMPT_KEYS, collate_sequences
+    from qwenvl.train import checkpoints
+    from qwenvl.train.policy import model_inputs, token_logps
+    from qwenvl.train.rewards import score
+    from qwenvl.train.trainer import QwenVLTrainer
+
+    class GRPOTrainer(QwenVLTrainer):
+        """``QwenVLTrainer`` whose training step first samples and scores completions (see the module doc)."""
+
+        def __init__(self, *args: Any, grpo_args: GRPOArguments, rewards: list, reference: str, encoder: Any,
+                     family: Any, packed: bool = False, dummy: Any = None, ref_model: Any = None,
+                     **kwargs: Any) -> None:  # fmt: skip
+            super().__init__(*args, **kwargs)
+            self.grpo_args = grpo_args
+            self.rewards = rewards
+            self.reference = reference
+            self.encoder = encoder
+            self.family = family
+            self.packed = packed
+            self.dummy = dummy
+            self.ref_model = ref_model
+            self.model_accepts_loss_kwargs = False  # a mean per step: Trainer divides by accumulation steps
+            self.rl_metrics: dict[str, list[float]] = defaultdict(list)
+            tok = self.processing_class.tokenizer
+            self.pad_id = tok.pad_token_id
+            self.end_ids = sorted({tok.convert_tokens_to_ids("<|im_end|>")} | ({tok.eos_token_id} - {None}))
+            # Media placeholders and turn openers in a completion would break the training forward (an image token
+            # without pixels) or the sample's structure: rollouts never sample them.
+            reserved = {tok.convert_tokens_to_ids(t) for t in encoder.encoder.reserved}
+            self.suppressed = sorted(reserved - set(self.end_ids) - {None, tok.unk_token_id})
+            if ref_model is not None:
+                ref_model.to(self.args.device)
+
+        # -------------------------------------------------------------------------------------------- rollouts
+
+        @torch.no_grad()
+        def rollout(self, model: Any, prompts: list[dict[str, Any]]) -> dict[str, Any]:
+            """Sample G completions per prompt, score them, and build the training batch with advantages."""
+            args, group = self.grpo_args, self.grpo_args.num_generations
+            unwrapped = self.accelerator.unwrap_model(model)
+            was_training = unwrapped.training
+            unwrapped.eval()
+            samples, totals, log_rows = [], [], []
+            per_reward: dict[str, list[float]] = defaultdict(list)
+            failures: dict[str, int] = defaultdict(int)
+            lengths = []
+            tokenizer = self.processing_class.tokenizer
+            for item in prompts:
+                prompt, record = item["prompt"], item["record"]
+                inputs = {k: prompt[k] for k in PROMPT_KEYS if k in prompt}
+                inputs["input_ids"] = inputs["input_ids"].unsqueeze(0)
+                inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"].unsqueeze(0)
+                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+                inputs = {k: v.to(self.args.device) for k, v in inputs.items()}
+                n_prompt = inputs["input_ids"].shape[1]
+                out = unwrapped.generate(
+                    **inputs, do_sample=True, num_return_sequences=group, max_new_tokens=args.max_completion_length,
+                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None, use_cache=True,
+                    pad_token_id=self.pad_id, eos_token_id=self.end_ids, suppress_tokens=self.suppressed,
+                )  # fmt: skip
+                for row in out[:, n_prompt:].cpu().tolist():
+                    ends = [i for i, t in enumerate(row) if t in self.end_ids]
+                    ids = row[: ends[0] + 1] if ends else row
+                    text = tokenizer.decode([t for t in ids if t not in self.end_ids], skip_special_tokens=False)
+                    completion = prompt["opened"] + text
+                    total, values, reasons = 0.0, {}, {}
+                    for reward in self.rewards:
+                        value, reason = score(reward, completion, record.solution, record=record.extra,
+                                              family=self.family)  # fmt: skip
+                        values[reward.name] = value
+                        per_reward[reward.name].append(value)
+                        if reason is not None:
+                            reasons[reward.name] = reason
+                            failures[reward.name] += 1
+                            if failures[reward.name] <= 3:
+                                logger.warning("reward %s gave 0 to a rollout of %s: %s (answer %r)", reward.name,
+                                               record.id, reason, text[:120])  # fmt: skip
+                        total += reward.weight * value
+                    totals.append(total)
+                    lengths.append(len(ids))
+                    samples.append(self.encoder.join(prompt, torch.tensor(ids, dtype=torch.long), record.id))
+                    log_rows.append({"id": record.id, "completion": completion, "truncated": not ends,
+                                     "reward": total, "rewards": values, "failures": reasons})  # fmt: skip
+            unwrapped.train(was_training)
+            rewards = torch.tensor(totals, dtype=torch.float32)
+            advantages = group_advantages(rewards, group, args.scale_rewards)
+            batch = collate_sequences(samples, self.pad_id, self.packed, self.dummy)
+            batch["advantages"] = advantages
+            batch["sample_ids"] = [item["id"] for item in prompts]
+            grouped = rewards.view(-1, group)
+            metrics = self.rl_metrics
+            metrics["reward"] += rewards.tolist()
+            metrics["reward_std"] += grouped.std(dim=1).tolist()
+            metrics["frac_reward_zero_std"] += (grouped.std(dim=1) == 0).float().tolist()
+            metrics["completion_length"] += [float(n) for n in lengths]
+            for name, values in per_reward.items():
+                failed = failures.get(name, 0)
+                metrics[f"rewards/{name}"] += values
+                metrics[f"rewards/{name}/failure_rate"] += [0.0] * (len(values) - failed) + [1.0] * failed
+            if failures:
+                logger.warning("rollouts of step %d: %s reward(s) gave 0 for an unreadable answer or an error",
+                               self.state.global_step + 1, dict(failures))  # fmt: skip
+            if args.log_rollouts:
+                rank = self.args.process_index
+                path = Path(self.args.output_dir) / ("rollouts.jsonl" if rank == 0 else f"rollouts-rank{rank}.jsonl")
+                step = self.state.global_step + 1
+                with path.open("a", encoding="utf-8") as f:
+                    for row, adv in zip(log_rows, advantages.tolist()):
+                        f.write(json.dumps({"step": step, **row, "advantage": round(adv, 4)}) + "\n")
+            return batch
+
+        def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
+            checkpoints.crash_point("rollout", self.state.global_step + 1, self.args.process_index)
+            batch = self.rollout(model, inputs["prompts"])
+            return super().training_step(model, batch, num_items_in_batch)
+
+        # -------------------------------------------------------------------------------------------- loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+            args = self.grpo_args
+            labels, segments = inputs["labels"], inputs["segments"]
+            outputs = model(**model_inputs(inputs))
+            mask = labels[:, 1:].ne(-100)
+            logps = token_logps(outputs.logits, labels)[mask]
+            owners = segments[:, 1:][mask].to(logps.device)
+            ref = None
+            if self.reference != "none":
+                with torch.no_grad():
+                    if self.reference == "adapters":
+                        unwrapped = self.accelerator.unwrap_model(model)
+                        with unwrapped.disable_adapter():
+                            ref_logits = unwrapped(**model_inputs(inputs)).logits
+                    else:
+                        ref_logits = self.ref_model(**model_inputs(inputs)).logits
+                    ref = token_logps(ref_logits, labels)[mask]
+            loss, stats = grpo_loss(
+                logps, logps.detach(), owners, inputs["advantages"].to(logps.device), args.epsilon, args.epsilon_high,
+                ref, args.beta, args.loss_type, args.max_completion_length,
+            )  # fmt: skip
+            for key, value in stats.items():
+                self.rl_metrics[key].append(value)
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                for key in sorted(self.rl_metrics):
+                    values = self.rl_metrics.pop(key)
+                    local = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=self.args.device)
+                    total = self.accelerator.reduce(local, reduction="sum")
+                    logs[key] = round(float(total[0] / total[1].clamp(min=1)), 6)
+            super().log(logs, start_time)
+
+    return GRPOTrainer
+
+
+def build(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse flags and build everything up to the trainer: ``{"trainer", "resume", "settings", ...}``."""
+    import os
+
+    from qwenvl.train.arguments import parse_args
+    from qwenvl.train.rewards import resolve_rewards
+
+    model_args, data_args, training_args, grpo_args = parse_args(
+        argv, prog="qwenvl grpo", launch=True, extra=(GRPOArguments,)
+    )
+    reference = grpo_args.resolve_reference(training_args.lora_enable)
+    rewards = resolve_rewards(grpo_args.rewards, grpo_args.reward_weights)
+    if data_args.data_flatten:
+        raise UserError("--data_flatten does not apply to qwenvl grpo; use --data_packing True to pack completions")
+    if data_args.eval_dataset_use:
+        raise UserError("--eval_dataset_use is not supported by qwenvl grpo yet; evaluate the saved model instead")
+
+    from qwenvl.data.collate import DummyMedia
+    from qwenvl.data.dataset import Quarantine
+    from qwenvl.data.encode import SampleEncoder
+    from qwenvl.data.preference import PromptDataset, PromptEncoder, collate_prompts, load_prompt_records
+    from qwenvl.model.budget import MediaBudget
+    from qwenvl.model.preprocessing import PreprocessingSettings
+    from qwenvl.train.policy import frozen_copy, resume_checkpoint, setup_policy
+
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    policy = setup_policy(model_args, training_args)
+    model, processor, family = policy["model"], policy["processor"], policy["family"]
+    ref_model = frozen_copy(model) if reference == "copy" else None
+    budget = MediaBudget.from_attrs(data_args)
+    encoder = PromptEncoder(SampleEncoder(processor, family, budget, policy["tokens_per_second"]))
+    quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
+    records = load_prompt_records(data_args.dataset_use, data_args.dataset_registry, data_args.data_seed_sampling,
+                                  data_args.bad_records, data_args.media_root, kind="prompt")  # fmt: skip
+    dataset = PromptDataset(records, encoder, training_args.model_max_length, data_args.bad_media, quarantine)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dummy = DummyMedia.from_processor(processor, family) if world > 1 or training_args.deepspeed else None
+    settings = PreprocessingSettings(model_type=family.model_type, patch_size=family.patch_size, budget=budget,
+                                     model_max_length=training_args.model_max_length)  # fmt: skip
+    trainer = _trainer_class()(
+        model=model, args=training_args, train_dataset=dataset, data_collator=collate_prompts,
+        processing_class=processor, component_lrs=policy["lrs"], preprocessing=settings, grpo_args=grpo_args,
+        rewards=rewards, reference=reference, encoder=encoder, family=family, packed=data_args.data_packing,
+        dummy=dummy, ref_model=ref_model,
+    )  # fmt: skip
+    return {"trainer": trainer, "resume": resume_checkpoint(training_args), "settings": settings, "model": model,
+            "reference": reference, "grpo_args": grpo_args}  # fmt: skip
+
+
+def train(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse flags and run GRPO; returns the final metrics (``reward_curve``: mean reward per logged step)."""
+    from qwenvl.train.policy import finish
+
+    built = build(argv)
+    trainer = built["trainer"]
+    result = trainer.train(resume_from_checkpoint=built["resume"])
+    metrics = dict(result.metrics)
+    history = [e for e in trainer.state.log_history if "loss" in e]
+    metrics["reward_curve"] = [[e["step"], e.get("reward")] for e in history]
+    metrics.update(reference=built["reference"], resumed_from=built["resume"])
+    finish(trainer, built["model"], built["settings"], metrics, "grpo")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from qwenvl.train.policy import end_distributed
+
+    end_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""``qwenvl grpo``'s own flags (the rest are ``qwenvl train``'s: model, data, LoRA, Trainer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class GRPOArguments:
+    GROUP = "reinforcement (grpo)"
+
+    rewards: str = field(
+        default="exact",
+        metadata={"help": "comma-separated rewards: exact, choice, numeric, iou, format, or module:function "
+                  "(see qwenvl/train/rewards.py)"},
+    )  # fmt: skip
+    reward_weights: str | None = field(
+        default=None, metadata={"help": "comma-separated weights, one per reward (default: all 1)"}
+    )
+    num_generations: int = field(default=4, metadata={"help": "G: completions sampled per prompt"})
+    max_completion_length: int = field(default=64, metadata={"help": "most tokens generated per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the rollouts"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling of the rollouts (0: off)"})
+    beta: float = field(
+        default=0.0, metadata={"help": "weight of the KL term to the reference (0: no reference model is used)"}
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "clip range of the policy ratio (lower side)"})
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "upper clip range (DAPO's clip-higher; default: --epsilon)"}
+    )
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = field(
+        default="dapo",
+        metadata={"help": "normalisation: grpo (mean over each completion's tokens, then over completions), dapo "
+                  "(token-level: sum over all tokens / their count), dr_grpo (sum / (completions x "
+                  "--max_completion_length))"},
+    )  # fmt: skip
+    scale_rewards: Literal["group", "none"] = field(
+        default="group", metadata={"help": "divide advantages by the group's std (group) or not (none, Dr. GRPO)"}
+    )
+    reference: Literal["auto", "adapters", "copy"] = field(
+        default="auto",
+        metadata={"help": "KL reference when --beta > 0: adapters (LoRA off, one copy), copy (frozen copy); "
+                  "auto = adapters with LoRA, else copy"},
+    )  # fmt: skip
+    log_rollouts: bool = field(
+        default=True, metadata={"help": "append every rollout, its rewards and failures to output_dir/rollouts.jsonl"}
+    )
+
+    def __post_init__(self) -> None:
+        from qwenvl.cli import UserError
+
+        if self.num_generations < 2:
+            raise UserError(
+                f"--num_generations must be at least 2 (advantages compare a group), got {self.num_generations}"
+            )
+        if self.max_completion_length < 1:
+            raise UserError(f"--max_completion_length must be positive, got {self.max_completion_length}")
+        if self.beta < 0:
+            raise UserError(f"--beta must be >= 0, got {self.beta}")
+        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            raise UserError("--epsilon must be in (0, 1) and --epsilon_high positive")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be positive (rollouts are sampled), got {self.temperature}")
+
+    def resolve_reference(self, lora: bool) -> str:
+        from qwenvl.cli import UserError
+
+        if self.beta == 0:
+            return "none"
+        if self.reference == "auto":
+            return "adapters" if lora else "copy"
+        if self.reference == "adapters" and not lora:
+            raise UserError("--reference adapters needs --lora_enable True; use --reference copy")
+        return self.reference
