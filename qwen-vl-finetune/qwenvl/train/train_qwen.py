@@ -287,6 +287,9 @@ def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dic
     )
     if trainer.is_world_process_zero():
         save_preprocessing(settings, training_args.output_dir)
+        staging = Path(training_args.output_dir) / ".partial"
+        if staging.is_dir() and not any(staging.iterdir()):
+            staging.rmdir()  # every checkpoint was published: a finished run leaves no empty staging folder
         (Path(training_args.output_dir) / "train_summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (Path(training_args.output_dir) / "data_report.json").write_text(json.dumps(data_report, indent=2) + "\n")
         invalid = len(data_report.get("invalid_records", []))

@@ -178,6 +178,7 @@ def test_train_lora_packed_checkpoints_and_merge(tiny_checkpoints, tmp_path):
                    "--save_steps", "2", "--eval_dataset_use", "demo_images", "--eval_strategy", "steps", "--eval_steps", "3")  # fmt: skip
     metrics = train(flags)
     assert "eval_loss" in metrics and metrics["skipped_samples"] == {}
+    assert not (out / ".partial").exists()  # checkpoints were staged there; a finished run leaves no empty folder
     assert (out / "adapter_model.safetensors").is_file() and (
         out / "checkpoint-2" / "adapter_model.safetensors"
     ).is_file()
