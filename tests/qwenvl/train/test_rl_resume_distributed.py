@@ -62,24 +62,9 @@ def test_dpo_two_ranks_match_one_process(tiny_checkpoints, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.distributed
-def test_grpo_two_ranks(tiny_checkpoints, tmp_path):
-    (tmp_path / "my_rewards.py").write_text(USER_REWARDS)
-    flags = _flags(tiny_checkpoints["qwen2_5_vl"], write_prompts(tmp_path), tmp_path / "out", 1, "--max_steps", "2",
-                   "--rewards", "my_rewards:vowels,my_rewards:flaky", "--num_generations", "3",
-                   "--max_completion_length", "6")  # fmt: skip
-    result = _run("grpo", flags, nproc=2, pythonpath=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "out"
-    assert [s for s, _ in _losses(out)] == [1, 2] and (out / "grpo_summary.json").is_file()
-    ranks = [json.loads(line)["id"] for f in ("rollouts.jsonl", "rollouts-rank1.jsonl")
-             for line in (out / f).read_text().splitlines()]  # fmt: skip
-    assert len(ranks) == 2 * 2 * 3  # 2 steps x 2 ranks x 3 completions
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "tool, fault", [("grpo", "rollout@3"), ("grpo", "after_model@2"), ("dpo", "after_optimizer@2")]
+    # (a DPO save is the SFT checkpoint machinery, which test_crash_resume kills at every save stage)
+    "tool, fault", [("grpo", "rollout@3"), ("grpo", "after_model@2")]
 )
 def test_sigkill_during_rollouts_or_a_save_resumes_to_max_steps(tiny_checkpoints, tmp_path, tool, fault):
     (tmp_path / "my_rewards.py").write_text(USER_REWARDS)
