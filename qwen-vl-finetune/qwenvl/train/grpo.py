@@ -292,9 +292,9 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
 
 def train(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags and run GRPO; returns the final metrics (``reward_curve``: mean reward per logged step)."""
+    built = build(argv)  # parses the flags before anything heavy is imported
     from qwenvl.train.policy import finish
 
-    built = build(argv)
     trainer = built["trainer"]
     result = trainer.train(resume_from_checkpoint=built["resume"])
     metrics = dict(result.metrics)
