@@ -14,8 +14,8 @@ The backends are :mod:`qwenvl.inference`'s (``hf``: transformers in this process
 in this process; ``openai``: an OpenAI-compatible server such as ``vllm serve``); this file holds the Gradio
 wiring and its handlers. What is not UI lives below it: the chat's bookkeeping (stops, the columns' threads, upload
 checks and session files) in :mod:`qwenvl.inference.chat`, safe Markdown in :mod:`qwenvl.inference.markup`, the
-reasoning split in :mod:`qwenvl.inference.base`, boxes in :mod:`qwenvl.model.grounding`. (The backend flags and
-their construction below wait for the shared backend configuration of the evaluations.)
+reasoning split in :mod:`qwenvl.inference.base`, boxes in :mod:`qwenvl.model.grounding`. The backend flags and
+their construction are the evaluations' (:class:`qwenvl.inference.config.BackendConfig`).
 All resize images through qwen_vl_utils under the checkpoint's budget, so an answer does not depend on the
 backend; sampling starts from the checkpoint's ``generation_config.json``. Only uploaded files are ever opened: text typed in the chat is never read as a path.
 The server binds 127.0.0.1 unless ``--server-name`` says otherwise; every browser session has its own history.
@@ -34,52 +34,22 @@ from pathlib import Path
 from typing import Any
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from qwenvl.cli import StrictParser
-    from qwenvl.model.families import FAMILIES
+DEMO_DEFAULTS = {"model_path": "Qwen/Qwen3-VL-8B-Instruct", "base_url": "http://127.0.0.1:8000/v1", "concurrency": 1}
 
-    parser = StrictParser(description=__doc__)
-    parser.add_argument(
-        "-c", "--checkpoint-path", default="Qwen/Qwen3-VL-8B-Instruct", help="checkpoint (hub id or folder)"
-    )
-    parser.add_argument("--cpu-only", action="store_true", help="run on CPU")
-    parser.add_argument("--flash-attn2", action="store_true", help="use flash-attention 2 (hf backend, GPU)")
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The backend's flags (:class:`qwenvl.inference.config.BackendConfig`, shared with the evaluations, with the
+    demo's historical names as aliases) and the server's and uploads' own."""
+    from qwenvl.cli import StrictParser
+    from qwenvl.inference.config import BackendConfig
+
+    parser = StrictParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    BackendConfig.add_arguments(parser, defaults=DEMO_DEFAULTS)
+    BackendConfig.add_compare_arguments(parser)
     parser.add_argument("--share", action="store_true", help="create a public Gradio link")
     parser.add_argument("--inbrowser", action="store_true", help="open a browser tab")
     parser.add_argument("--server-port", type=int, default=7860)
     parser.add_argument("--server-name", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
-    parser.add_argument(
-        "--backend",
-        default="hf",
-        choices=["hf", "vllm", "openai"],
-        help="hf (transformers in this process), vllm (vLLM's async engine in this process) or openai (a server)",
-    )
-    parser.add_argument("--api-base", default="http://127.0.0.1:8000/v1", help="openai backend: server URL")
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help="openai backend: key")
-    parser.add_argument(
-        "--model", default=None, help="openai backend: the server's model name (default: the one it serves)"
-    )
-    parser.add_argument(
-        "--family",
-        default=None,
-        choices=sorted(FAMILIES),
-        help="openai backend: the served model's family when neither -c nor the server's model card tells it",
-    )
-    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs (default 1)")
-    parser.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.9, help="vllm backend: share of GPU memory to use"
-    )
-    parser.add_argument(
-        "--compare-checkpoint",
-        default=None,
-        help="A/B mode: a second checkpoint answering every message beside the first (e.g. base vs fine-tuned)",
-    )
-    parser.add_argument(
-        "--compare-backend",
-        default=None,
-        choices=["hf", "vllm", "openai"],
-        help="A/B mode: the second column's backend (default --backend); alone: two backends of one checkpoint",
-    )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
     parser.add_argument(
         "--max-upload-megapixels", type=float, default=64.0, help="largest decoded image accepted, in megapixels"
@@ -87,7 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-message-megapixels", type=float, default=256.0, help="all images of one message, in megapixels"
     )
-    parser.add_argument("--concurrency", type=int, default=1, help="generations running at once")
     return parser.parse_args(argv)
 
 
@@ -113,6 +82,7 @@ if __name__ == "__main__":  # parse before the heavy imports below: --help and u
 
 import gradio as gr  # noqa: E402
 
+from qwenvl.cli import run_tool  # noqa: E402
 from qwenvl.inference import load_backend  # noqa: E402
 from qwenvl.inference.base import Backend, GenerationSettings, generation_defaults, split_reasoning  # noqa: E402
 from qwenvl.inference.chat import (  # noqa: E402
@@ -125,6 +95,7 @@ from qwenvl.inference.chat import (  # noqa: E402
     run_columns,
     short_error,
 )
+from qwenvl.inference.config import BackendConfig  # noqa: E402
 from qwenvl.inference.markup import display_chunks, safe_markdown  # noqa: E402
 from qwenvl.model.grounding import answer_boxes, draw_boxes  # noqa: E402
 
@@ -285,6 +256,7 @@ class ChatApp:
         boxes = answer_boxes(answer, backend.family, size, backend.budget)
         if not boxes:
             return None
+        os.makedirs(get_upload_folder(), exist_ok=True)  # (made by Gradio's first upload; not before)
         folder = tempfile.mkdtemp(prefix="qwenvl-boxes-", dir=get_upload_folder())
         drawn = draw_boxes(image, boxes, os.path.join(folder, f"{Path(image).stem}-boxes.png"))
         self.files.add(session, drawn)
@@ -557,51 +529,12 @@ def build_demo(backend: Backend, config: DemoConfig | None = None, compare: Back
 # ----------------------------------------------------------------------------------------------- main
 
 
-def make_backend(args: argparse.Namespace) -> Backend:
-    """The backend the command line asks for (one line naming the fix when it cannot be built)."""
-    from qwenvl.cli import UserError
-
-    try:
-        if args.backend == "openai":
-            return load_backend(
-                "openai",
-                args.checkpoint_path,
-                api_base=args.api_base,
-                api_key=args.api_key,
-                model=args.model,
-                family=args.family,
-            )
-        if args.backend == "vllm":
-            return load_backend(
-                "vllm",
-                args.checkpoint_path,
-                tensor_parallel_size=args.tensor_parallel_size or 1,
-                gpu_memory_utilization=args.gpu_memory_utilization,
-                dtype="float32" if args.cpu_only else "auto",
-                enforce_eager=args.cpu_only,
-            )
-        attn = "flash_attention_2" if args.flash_attn2 else "auto"
-        return load_backend("hf", args.checkpoint_path, attn_implementation=attn,
-                            device="cpu" if args.cpu_only else "auto")  # fmt: skip
-    except (ConnectionError, UserError) as e:
-        hint = " (fix --api-base)" if isinstance(e, ConnectionError) else ""
-        print(f"web_demo_mm.py: error: {e}{hint}", file=sys.stderr)
-        raise SystemExit(2) from None
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """Start the demo (one ``error:`` line, exit 2, for a user's mistake such as an unreachable server)."""
+    return run_tool(lambda: _serve(args if args is not None else parse_args(argv)))
 
 
-def make_compare_backend(args: argparse.Namespace) -> Backend | None:
-    """The A/B mode's second backend, or None when neither --compare-checkpoint nor --compare-backend is given."""
-    if args.compare_checkpoint is None and args.compare_backend is None:
-        return None
-    checkpoint = args.compare_checkpoint or args.checkpoint_path
-    second = dict(vars(args), backend=args.compare_backend or args.backend, checkpoint_path=checkpoint)
-    if args.compare_checkpoint is not None:
-        second["model"] = checkpoint  # openai: the server's name for the second model
-    return make_backend(argparse.Namespace(**second))
-
-
-def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> None:
-    args = args if args is not None else parse_args(argv)
+def _serve(args: argparse.Namespace) -> None:
     check_port_free(args.server_name, args.server_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DemoConfig(
@@ -612,7 +545,9 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     )
     # The demo fetches only uploads, but a fine-tuned model's answer can be asked to open URLs; never private ones.
     os.environ.setdefault("QWENVL_HTTP_BLOCK_PRIVATE", "1")
-    demo = build_demo(make_backend(args), config, compare=make_compare_backend(args))
+    first = BackendConfig.from_args(args)
+    second = first.compared(args.compare_checkpoint, args.compare_backend)
+    demo = build_demo(load_backend(first), config, compare=load_backend(second) if second else None)
     demo.launch(
         server_name=args.server_name,
         server_port=args.server_port,
@@ -623,4 +558,4 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
 
 
 if __name__ == "__main__":
-    main(args=_ARGS)
+    sys.exit(main(args=_ARGS))

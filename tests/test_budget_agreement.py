@@ -15,6 +15,7 @@ import web_demo_mm as demo_mod
 from qwenvl.data.encode import SampleEncoder
 from qwenvl.data.inspect_video import main as inspect_video
 from qwenvl.inference import load_backend
+from qwenvl.inference.config import BackendConfig
 from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 from qwenvl.model.families import FAMILIES
 from qwenvl.model.preprocessing import PreprocessingSettings, checkpoint_budget, save_preprocessing
@@ -42,7 +43,7 @@ def _views(checkpoint: str, image: str, tmp_path: Path, capsys) -> dict[str, dic
                                                  {"type": "text", "text": "What happens?"}]}]  # fmt: skip
     views: dict[str, dict[str, tuple]] = {}
     # The demo: its upload notes, from the backend it builds for the checkpoint.
-    backend = demo_mod.make_backend(demo_mod.parse_args(["-c", checkpoint, "--cpu-only"]))
+    backend = load_backend(BackendConfig.from_args(demo_mod.parse_args(["-c", checkpoint, "--cpu-only"])))
     notes = [demo_mod.describe_upload(image, "image", backend), demo_mod.describe_upload(VIDEO, "video", backend)]
     views["demo"] = {"image": _demo_view(notes[0])[1:], "video": _demo_view(notes[1])}
     # MMMU: the budget its infer builds from --model-path (no pixel flags), fed through the hf backend.

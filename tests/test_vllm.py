@@ -99,12 +99,15 @@ def test_demo_vllm_backend_streams_like_hf(vllm_checkpoint, tmp_path):
         import json, sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         import web_demo_mm as demo
+        from qwenvl.inference import load_backend
         from qwenvl.inference.base import GenerationSettings
+        from qwenvl.inference.config import BackendConfig
         from qwenvl.inference.vllm_backend import VLLMBackend
 
         def main():
             # The command line a user types: web_demo_mm.py -c CKPT --backend vllm --cpu-only
-            backend = demo.make_backend(demo.parse_args(["-c", {str(vllm_checkpoint)!r}, "--backend", "vllm", "--cpu-only"]))
+            args = demo.parse_args(["-c", {str(vllm_checkpoint)!r}, "--backend", "vllm", "--cpu-only"])
+            backend = load_backend(BackendConfig.from_args(args))
             assert isinstance(backend, VLLMBackend)
             messages = json.loads({json.dumps(messages)!r})
             full = list(backend.stream(messages, GenerationSettings(max_new_tokens=24), threading.Event()))

@@ -16,6 +16,7 @@ from PIL import Image
 import web_demo_mm as demo_mod
 from qwenvl.inference.base import GenerationSettings
 from qwenvl.inference.chat import ColumnAnswer, UploadLimits, check_upload, describe_upload
+from qwenvl.inference.config import BackendConfig
 from qwenvl.inference.hf import HFBackend
 from qwenvl.inference.markup import safe_markdown
 from qwenvl.inference.openai_backend import OpenAIBackend
@@ -50,9 +51,42 @@ def test_command_line_offers_every_backend(tiny_checkpoints):
     assert demo_mod.parse_args([]).server_name == "127.0.0.1"  # this machine only unless asked
     with pytest.raises(SystemExit):
         demo_mod.parse_args(["--backend", "sglang"])
-    backend = demo_mod.make_backend(demo_mod.parse_args(["-c", ckpt, "--backend", "hf", "--cpu-only"]))
+    backend = _demo_backend(["-c", ckpt, "--backend", "hf", "--cpu-only"])
     assert isinstance(backend, HFBackend) and backend.family.model_type == "qwen3_vl"
     # (the vllm backend is built from the same command line in tests/test_vllm.py, inside .venv-vllm)
+
+
+def _demo_backend(argv: list[str]):
+    """The backend the demo builds for a command line (as its main does)."""
+    from qwenvl.inference import load_backend
+
+    return load_backend(BackendConfig.from_args(demo_mod.parse_args(argv)))
+
+
+def test_demo_reads_the_evaluations_backend_flags_and_its_own_aliases():
+    """One configuration for the demo and the benchmarks: the evaluations' flag names work in the demo, the demo's
+    historical names are aliases of the same fields, and only the defaults differ (a hub checkpoint, a local server,
+    one answer at a time)."""
+    from qwenvl.cli import StrictParser
+
+    def evaluation(argv: list[str]) -> BackendConfig:
+        parser = StrictParser()
+        BackendConfig.add_arguments(parser)
+        return BackendConfig.from_args(parser.parse_args(argv))
+
+    shared = ["--model-path", "ckpt", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--dtype",
+              "bfloat16", "--attn-implementation", "eager", "--device", "cpu", "--concurrency", "3"]  # fmt: skip
+    assert BackendConfig.from_args(demo_mod.parse_args(shared)) == evaluation(shared)
+    historical = ["-c", "ckpt", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--cpu-only",
+                  "--flash-attn2", "--api-key", "k"]  # fmt: skip
+    config = BackendConfig.from_args(demo_mod.parse_args(historical))
+    assert (config.model_path, config.base_url, config.device, config.attn_implementation) == (
+        "ckpt", "http://127.0.0.1:9/v1", "cpu", "flash_attention_2")  # fmt: skip
+    assert config.options()["api_key"] == "k"
+    defaults = BackendConfig.from_args(demo_mod.parse_args([]))
+    assert (defaults.model_path, defaults.base_url, defaults.concurrency) == (
+        "Qwen/Qwen3-VL-8B-Instruct", "http://127.0.0.1:8000/v1", 1)  # fmt: skip
+    assert not hasattr(demo_mod, "make_backend") and not hasattr(demo_mod, "make_compare_backend")
 
 
 def test_build_demo_returns_blocks_without_a_server(hf_backend):
@@ -292,10 +326,12 @@ def test_stream_never_sets_the_callers_stop_event(hf_backend, image_file):
 
 def test_ab_command_line_builds_the_second_column(tiny_checkpoints):
     ckpt, other = str(tiny_checkpoints["qwen3_vl"]), str(tiny_checkpoints["qwen2_5_vl"])
+    from qwenvl.inference import load_backend
+
     args = demo_mod.parse_args(["-c", ckpt, "--cpu-only", "--compare-checkpoint", other])
-    second = demo_mod.make_compare_backend(args)
+    second = load_backend(BackendConfig.from_args(args).compared(args.compare_checkpoint, args.compare_backend))
     assert isinstance(second, HFBackend) and second.family.model_type == "qwen2_5_vl"
-    assert demo_mod.make_compare_backend(demo_mod.parse_args(["-c", ckpt])) is None
+    assert BackendConfig.from_args(demo_mod.parse_args(["-c", ckpt])).compared(None, None) is None
 
 
 @pytest.mark.browser
@@ -481,11 +517,10 @@ def test_unreachable_openai_server_is_named_at_start(tiny_checkpoints, capsys):
     port = _free_port()
     args = demo_mod.parse_args(["-c", str(tiny_checkpoints["qwen3_vl"]), "--backend", "openai",
                                 "--api-base", f"http://127.0.0.1:{port}/v1"])  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        demo_mod.make_backend(args)
-    assert exit_info.value.code == 2
+    assert demo_mod.main(args=args) == 2  # before any page is served
     err = capsys.readouterr().err
     assert f"cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1" in err and "--api-base" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
 @pytest.mark.browser
@@ -616,7 +651,7 @@ def test_browser_ab_columns_stop_separately(browser, hf_backend, second_backend)
 def test_demo_answers_on_a_qwen3_5_checkpoint(tiny_checkpoints, image_file):
     """The demo's handlers on a tiny Qwen3.5 (linear attention, a template that opens <think> in the prompt): the
     answer streams into the history and is what the backend alone generates for the same request."""
-    backend = demo_mod.make_backend(demo_mod.parse_args(["-c", str(tiny_checkpoints["qwen3_5"]), "--cpu-only"]))
+    backend = _demo_backend(["-c", str(tiny_checkpoints["qwen3_5"]), "--cpu-only"])
     assert backend.family.model_type == "qwen3_5" and backend.family.thinks_by_default
     app = demo_mod.ChatApp(backend)
     _, session, chat = app.add_user({"text": "What colour is it?", "files": [image_file]}, demo_mod.ChatSession())
@@ -1051,3 +1086,41 @@ def test_stop_ends_an_answer_whose_server_never_answers_within_a_second():
         while not server.abandoned and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.abandoned
+
+
+def test_qwen2_vl_boxes_through_an_openai_server_are_drawn(tiny_checkpoints, tmp_path):
+    """A server decodes Qwen2-VL's box tokens only when asked (vLLM and SGLang skip special tokens by default, as
+    this fake server does): the openai backend asks for them, keeps the grounding ones and drops the rest, so the
+    demo draws the box around the square at 100..300 px of a 640x480 image, streamed or not."""
+    from tests.evaluation.chat_server import Stream, chat_server
+
+    image = tmp_path / "square.png"
+    picture = Image.new("RGB", (640, 480), (255, 255, 255))
+    picture.paste((220, 30, 30), (100, 100, 300, 300))
+    picture.save(image)
+    tokens = ["<|object_ref_start|>square<|object_ref_end|>", "<|box_start|>(156,208),(469,625)<|box_end|>",
+              "<|im_end|>"]  # fmt: skip
+
+    def reply(body):
+        kept = tokens if body.get("skip_special_tokens") is False else ["square", "(156,208),(469,625)"]
+        return Stream(["Here:", *kept]) if body.get("stream") else " ".join(["Here:", *kept])
+
+    with chat_server(reply) as server:
+        backend = _demo_backend(["-c", str(tiny_checkpoints["qwen2_vl"]), "--backend", "openai", "--api-base",
+                                 server.url])  # fmt: skip
+        assert isinstance(backend, OpenAIBackend) and backend.family.box_markup == "box_tokens"
+        app = demo_mod.ChatApp(backend)
+        _, session, _ = app.add_user({"text": "Where is the square?", "files": [str(image)]}, demo_mod.ChatSession())
+        for update in app.answer(session, "", 20, 0.0, 1.0, 0, 1.0, -1):
+            pass
+        (whole,) = backend.generate([session.columns[0].history[:1]])  # not streamed: the same text
+    answer = session.columns[0].history[-1]["content"][0]["text"]
+    assert answer.endswith("<|object_ref_start|>square<|object_ref_end|> <|box_start|>(156,208),(469,625)<|box_end|> ")
+    assert str(whole).endswith("<|box_start|>(156,208),(469,625)<|box_end|> ") and "<|im_end|>" not in str(whole)
+    display = session.columns[0].display
+    (drawing,) = [m["content"]["path"] for m in display if m["role"] == "assistant" and isinstance(m["content"], dict)]
+    drawn = Image.open(drawing).convert("RGB")
+    assert drawn.size == (640, 480)
+    # The outline (pure red, 3 px) lies on the square's edges; inside and outside keep their colours.
+    assert [drawn.getpixel(xy) for xy in ((101, 200), (298, 200), (200, 101), (200, 298))] == [(255, 0, 0)] * 4
+    assert drawn.getpixel((200, 200)) == (220, 30, 30) and drawn.getpixel((90, 200)) == (255, 255, 255)

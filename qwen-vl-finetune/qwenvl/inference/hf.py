@@ -23,16 +23,11 @@ from qwenvl.inference.base import (
     stream_in_thread,
 )
 from qwenvl.model.budget import MediaBudget
+from qwenvl.model.grounding import GROUNDING_TOKENS
 from qwenvl.model.preprocessing import checkpoint_budget
 
 
 logger = logging.getLogger(__name__)
-
-
-# Special tokens that are part of an answer's text for families writing boxes as tokens (Qwen2-VL's
-# ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``): kept when decoding.
-GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
-                    "<|quad_end|>")  # fmt: skip
 
 
 class TextDecoder:

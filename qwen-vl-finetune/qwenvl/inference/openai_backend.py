@@ -31,6 +31,7 @@ from qwenvl.inference.base import (
 )
 from qwenvl.model.budget import MediaBudget
 from qwenvl.model.families import FAMILIES, Family, get_family
+from qwenvl.model.grounding import keep_grounding_tokens
 from qwenvl.model.preprocessing import checkpoint_budget
 
 
@@ -127,7 +128,7 @@ class OpenAIBackend:
         except Exception as e:  # noqa: BLE001 - any other failure to list models means the backend cannot work
             raise Unreachable(
                 f"cannot reach the OpenAI-compatible server at {self.api_base} ({short_error(e)}); start it "
-                "(e.g. vllm serve MODEL) or fix the server URL"
+                "(e.g. vllm serve MODEL) or fix --base-url (the demo also reads it as --api-base)"
             ) from None
         try:
             models = {m.id: getattr(m, "root", None) for m in raw.parse().data}
@@ -187,6 +188,9 @@ class OpenAIBackend:
             extra["top_k"] = gen.top_k
         if gen.repetition_penalty != 1.0:
             extra["repetition_penalty"] = gen.repetition_penalty
+        if self.family.box_markup == "box_tokens":
+            # Qwen2-VL writes boxes with special tokens, which servers drop by default (vLLM, SGLang): ask for them.
+            extra["skip_special_tokens"] = False
         return dict(
             model=self.model,
             max_tokens=gen.max_new_tokens,
@@ -196,6 +200,10 @@ class OpenAIBackend:
             seed=gen.seed,
             extra_body=extra or None,
         )
+
+    def _text(self, text: str) -> str:
+        """The answer's text: with special tokens asked for (box markup), all but the grounding ones removed."""
+        return keep_grounding_tokens(text) if self.family.box_markup == "box_tokens" else text
 
     def _create(self, stop: threading.Event | None = None, **request: Any) -> Any:
         client = self.stream_client if request.get("stream") else self.client
@@ -219,7 +227,7 @@ class OpenAIBackend:
                 failed.set()
                 raise
             choice = response.choices[0]
-            return Completion(choice.message.content or "", choice.finish_reason == "length")
+            return Completion(self._text(choice.message.content or ""), choice.finish_reason == "length")
 
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(conversations)))) as pool:
             futures = [pool.submit(one, c) for c in conversations]
@@ -256,8 +264,8 @@ class OpenAIBackend:
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
-                    if choice.delta and choice.delta.content:
-                        emit(choice.delta.content)
+                    if choice.delta and choice.delta.content and (text := self._text(choice.delta.content)):
+                        emit(text)
                     finish = choice.finish_reason or finish
             except openai.APIStatusError as e:  # the server sent an error event mid-stream
                 raise ServerError(f"{self.api_base} failed while streaming: {short_error(e)}") from None

@@ -20,6 +20,18 @@ if TYPE_CHECKING:
     from qwenvl.model.families import Family
 
 
+# Special tokens that are part of an answer's text for families writing boxes as tokens (Qwen2-VL's
+# ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``): kept when decoding.
+GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                    "<|quad_end|>")  # fmt: skip
+SPECIAL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
+
+def keep_grounding_tokens(text: str) -> str:
+    """``text`` (decoded with its special tokens) without the special tokens that are not grounding markup."""
+    return SPECIAL_TOKEN_RE.sub(lambda m: m.group(0) if m.group(0) in GROUNDING_TOKENS else "", text)
+
+
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _SEP = r"\s*,\s*"
 # JSON ("bbox_2d") and Python-repr ('bbox_2d') keys alike.
