@@ -12,7 +12,9 @@ HF ``generate`` from the prompt encoded as inference encodes it (same frames, si
 inference: :class:`qwenvl.data.preference.PromptEncoder`), scores them (:mod:`qwenvl.train.rewards`; a reward
 that raises or cannot read an answer gives 0 and a logged reason), normalises rewards within each group, and
 trains the clipped policy objective on the completion tokens, with an optional KL term to the reference
-(``--beta``; 0 uses no reference). The trainer is the SFT ``QwenVLTrainer``: checkpoints, resume after a kill,
+(``--beta``; 0 uses no reference). With ``--num_iterations`` mu > 1 the sampler gives each step's prompts mu
+times in a row and the later passes train on the same completions, clipped against their log-probs at sampling
+time (a run resumed between passes samples that batch afresh). The trainer is the SFT ``QwenVLTrainer``: checkpoints, resume after a kill,
 learning-rate groups are SFT's; the completions of a step are packed (``--data_packing True``) or padded.
 """
 
@@ -60,7 +62,8 @@ def grpo_loss(
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + high)
     per_token = -torch.min(ratio * adv, clipped * adv)
-    stats: dict[str, float] = {"clip_ratio": float(((ratio < 1 - epsilon) | (ratio > 1 + high)).float().mean())}
+    stats: dict[str, float] = {"clip_ratio": float(((ratio < 1 - epsilon) | (ratio > 1 + high)).float().mean()),
+                               "ratio_mean": float(ratio.detach().mean())}  # fmt: skip
     if beta and ref_logps is not None:
         delta = ref_logps - logps
         kl = torch.exp(delta) - delta - 1
@@ -82,8 +85,31 @@ def grpo_loss(
     return loss, stats
 
 
+class RepeatedChunks:
+    """A sampler giving ``base``'s indices in chunks of ``chunk``, each chunk ``repeats`` times in a row. With
+    ``chunk`` = per-device batch x processes x accumulation steps, every process sees the batches of one optimiser
+    step ``repeats`` times, in the same order (accelerate hands consecutive batches to consecutive processes)."""
+
+    def __init__(self, base: Any, chunk: int, repeats: int) -> None:
+        self.base, self.chunk, self.repeats = base, chunk, repeats
+
+    def __iter__(self) -> Any:
+        indices = list(self.base)
+        for start in range(0, len(indices), self.chunk):
+            for _ in range(self.repeats):
+                yield from indices[start : start + self.chunk]
+
+    def __len__(self) -> int:
+        return len(self.base) * self.repeats
+
+    def set_epoch(self, epoch: int) -> None:  # (a distributed base sampler reshuffles per epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+
 def _trainer_class() -> type:
     import torch
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     from qwenvl.data.preference import PROMPT_KEYS, collate_sequences
     from qwenvl.train import checkpoints
@@ -117,6 +143,17 @@ def _trainer_class() -> type:
             self.suppressed = sorted(reserved - set(self.end_ids) - {None, tok.unk_token_id})
             if ref_model is not None:
                 ref_model.to(self.args.device)
+            self.reuse: dict[tuple[str, ...], list[Any]] = {}  # --num_iterations: batch -> [rollout, passes left]
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            base = super()._get_train_sampler(train_dataset)
+            mu = self.grpo_args.num_iterations
+            if mu == 1 or base is None:
+                return base
+            chunk = (
+                self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+            )
+            return RepeatedChunks(base, chunk, mu)
 
         # -------------------------------------------------------------------------------------------- rollouts
 
@@ -125,6 +162,9 @@ def _trainer_class() -> type:
             """Sample G completions per prompt, score them, and build the training batch with advantages."""
             args, group = self.grpo_args, self.grpo_args.num_generations
             unwrapped = self.accelerator.unwrap_model(model)
+            # ZeRO-3 gathers each layer's weights from every rank at every forward: all ranks go on generating
+            # until the last one is done, or a rank that finished early would leave the others waiting forever.
+            synced = is_deepspeed_zero3_enabled() and self.args.world_size > 1
             was_training = unwrapped.training
             unwrapped.eval()
             samples, totals, log_rows = [], [], []
@@ -144,6 +184,7 @@ def _trainer_class() -> type:
                     **inputs, do_sample=True, num_return_sequences=group, max_new_tokens=args.max_completion_length,
                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None, use_cache=True,
                     pad_token_id=self.pad_id, eos_token_id=self.end_ids, suppress_tokens=self.suppressed,
+                    synced_gpus=synced,
                 )  # fmt: skip
                 for row in out[:, n_prompt:].cpu().tolist():
                     ends = [i for i, t in enumerate(row) if t in self.end_ids]
@@ -197,9 +238,29 @@ def _trainer_class() -> type:
             return batch
 
         def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
-            checkpoints.crash_point("rollout", self.state.global_step + 1, self.args.process_index)
-            batch = self.rollout(model, inputs["prompts"])
+            key = tuple(item["id"] for item in inputs["prompts"])
+            held = self.reuse.pop(key, None)
+            if held is None:  # a new batch: sample it (and keep it for the passes still to come)
+                checkpoints.crash_point("rollout", self.state.global_step + 1, self.args.process_index)
+                batch = self.rollout(model, inputs["prompts"])
+                if self.grpo_args.num_iterations > 1:
+                    batch["old_logps"] = self.sampling_logps(model, batch)
+                    self.reuse[key] = [batch, self.grpo_args.num_iterations - 1]
+            else:  # a later pass over the same completions (the sampler repeats the batch)
+                batch = held[0]
+                if held[1] > 1:
+                    self.reuse[key] = [batch, held[1] - 1]
+            self.rl_metrics["reused_rollouts"].append(float(held is not None))
             return super().training_step(model, batch, num_items_in_batch)
+
+        @torch.no_grad()
+        def sampling_logps(self, model: Any, batch: dict[str, Any]) -> Any:
+            """The completion tokens' log-probs under the policy that sampled them (the ratio's denominator on
+            every pass after the first)."""
+            inputs = self._prepare_inputs(dict(batch))
+            labels = inputs["labels"]
+            logits = model(**model_inputs(inputs)).logits
+            return token_logps(logits, labels)[labels[:, 1:].ne(-100)].detach().cpu()
 
         # -------------------------------------------------------------------------------------------- loss
 
@@ -220,8 +281,9 @@ def _trainer_class() -> type:
                     else:
                         ref_logits = self.ref_model(**model_inputs(inputs)).logits
                     ref = token_logps(ref_logits, labels)[mask]
+            old = inputs.get("old_logps")  # (on the first pass, or with one pass, the policy is the sampler)
             loss, stats = grpo_loss(
-                logps, logps.detach(), owners, inputs["advantages"].to(logps.device), args.epsilon, args.epsilon_high,
+                logps, logps.detach() if old is None else old.to(logps.device), owners, inputs["advantages"].to(logps.device), args.epsilon, args.epsilon_high,
                 ref, args.beta, args.loss_type, args.max_completion_length,
             )  # fmt: skip
             for key, value in stats.items():

@@ -44,6 +44,11 @@ class GRPOArguments:
         metadata={"help": "KL reference when --beta > 0: adapters (LoRA off, one copy), copy (frozen copy); "
                   "auto = adapters with LoRA, else copy"},
     )  # fmt: skip
+    num_iterations: int = field(
+        default=1,
+        metadata={"help": "optimisation passes over each rollout batch (mu): its prompts come back mu times in a row "
+                  "and train on the same completions, clipped against their log-probs at sampling time"},
+    )  # fmt: skip
     log_rollouts: bool = field(
         default=True, metadata={"help": "append every rollout, its rewards and failures to output_dir/rollouts.jsonl"}
     )
@@ -61,6 +66,9 @@ class GRPOArguments:
             raise UserError(f"--beta must be >= 0, got {self.beta}")
         if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
             raise UserError("--epsilon must be in (0, 1) and --epsilon_high positive")
+        if self.num_iterations < 1:
+            raise UserError(f"--num_iterations must be at least 1 (passes over each rollout batch), got "
+                            f"{self.num_iterations}")  # fmt: skip
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive (rollouts are sampled), got {self.temperature}")
 

@@ -237,3 +237,35 @@ def test_grpo_grounding_with_the_iou_reward_reads_each_familys_markup(tiny_check
     markup = "box_tokens" if family == "qwen2_vl" else "json"
     assert len(rows) == 3 and all(r["failures"]["iou"] == f"unparseable: no box in the answer (expected {markup} markup)"
                                   for r in rows)  # fmt: skip
+
+
+def test_grpo_several_passes_over_each_rollout_batch(tiny_checkpoints, tmp_path, monkeypatch):
+    """--num_iterations 2 with one prompt per step: the sampler gives each prompt twice in a row, the second step
+    trains on the first step's completions (no new rollout) against their sampling log-probs (ratio no longer 1),
+    and the next prompt comes after: 4 steps, 2 rollouts, both prompts trained."""
+    from qwenvl.train.grpo import build
+
+    (tmp_path / "my_rewards.py").write_text(USER_REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    trainer = build(_flags(tiny_checkpoints["qwen2_5_vl"], write_prompts(tmp_path), out, "--rewards",
+                           "my_rewards:vowels", "--lora_enable", "True", "--lora_r", "4", "--num_iterations", "2",
+                           "--per_device_train_batch_size", "1", "--max_steps", "4", "--learning_rate", "5e-2"))["trainer"]  # fmt: skip
+    trainer.train()
+    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == [1, 3] and len(rows) == 2 * 3
+    assert len({r["id"] for r in rows}) == 2  # both prompts, one per rollout
+    history = _history(trainer)
+    assert [h["reused_rollouts"] for h in history] == [0.0, 1.0, 0.0, 1.0]
+    assert history[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # the sampler's log-probs, recomputed
+    assert abs(history[1]["ratio_mean"] - 1.0) > 1e-4  # the policy moved after step 1; the completions did not
+
+
+def test_repeated_chunks_give_each_optimiser_steps_batches_again_in_order():
+    """Chunks of batch x processes x accumulation indices, each given mu times in a row (the last chunk may be
+    short); accelerate then deals consecutive batches to consecutive processes, so each process sees its own
+    batches again."""
+    from qwenvl.train.grpo import RepeatedChunks
+
+    sampler = RepeatedChunks([5, 0, 3, 1, 4, 2], chunk=4, repeats=2)
+    assert list(sampler) == [5, 0, 3, 1, 5, 0, 3, 1, 4, 2, 4, 2] and len(sampler) == 12

@@ -15,8 +15,15 @@ from tests.qwenvl.train.test_dpo import write_pairs
 from tests.qwenvl.train.test_grpo import USER_REWARDS, write_prompts
 
 
-def _run(tool: str, flags: list[str], nproc: int = 1, fault: str | None = None, pythonpath: Path | None = None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+def _run(
+    tool: str,
+    flags: list[str],
+    nproc: int = 1,
+    fault: str | None = None,
+    pythonpath: Path | None = None,
+    env: dict[str, str] | None = None,
+):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", **(env or {}))
     env.pop("QWENVL_FAULT_INJECT", None)
     if fault:
         env["QWENVL_FAULT_INJECT"] = fault
@@ -62,9 +69,30 @@ def test_dpo_two_ranks_match_one_process(tiny_checkpoints, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
+def test_grpo_two_ranks_under_zero3(tiny_checkpoints, tmp_path):
+    """GRPO with DeepSpeed ZeRO-3 on 2 ranks (an image prompt on one, a video prompt on the other): rollouts
+    generate with weights partitioned across ranks (generate keeps every rank stepping until all are done), two
+    passes over each rollout batch, and the run reaches max_steps and saves the adapters."""
+    (tmp_path / "my_rewards.py").write_text(USER_REWARDS)
+    out = tmp_path / "out"
+    zero3 = Path(__file__).resolve().parents[3] / "qwen-vl-finetune" / "scripts" / "zero3.json"
+    flags = _flags(tiny_checkpoints["qwen3_vl"], write_prompts(tmp_path), out, 1, "--max_steps", "2", "--deepspeed",
+                   str(zero3), "--rewards", "my_rewards:vowels", "--num_generations", "2", "--max_completion_length",
+                   "4", "--num_iterations", "2")  # fmt: skip
+    run = _run("grpo", flags, nproc=2, pythonpath=tmp_path, env={"DS_ACCELERATOR": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [s for s, _ in _losses(out)] == [1, 2]
+    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {1} and len(rows) == 2  # rank 0's prompt, sampled once, trained twice
+    assert (out / "adapter_model.safetensors").is_file() and (out / "grpo_summary.json").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     # (a DPO save is the SFT checkpoint machinery, which test_crash_resume kills at every save stage)
-    "tool, fault", [("grpo", "rollout@3"), ("grpo", "after_model@2")]
+    "tool, fault",
+    [("grpo", "rollout@3"), ("grpo", "after_model@2")],
 )
 def test_sigkill_during_rollouts_or_a_save_resumes_to_max_steps(tiny_checkpoints, tmp_path, tool, fault):
     (tmp_path / "my_rewards.py").write_text(USER_REWARDS)
