@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ def _trainer_class() -> type:
     from qwenvl.train import checkpoints
     from qwenvl.train.policy import model_inputs, token_logps
     from qwenvl.train.rewards import score
+    from qwenvl.train.rollout_server import write_weights
     from qwenvl.train.trainer import QwenVLTrainer
 
     class GRPOTrainer(QwenVLTrainer):
@@ -122,7 +124,7 @@ def _trainer_class() -> type:
 
         def __init__(self, *args: Any, grpo_args: GRPOArguments, rewards: list, reference: str, encoder: Any,
                      family: Any, packed: bool = False, dummy: Any = None, ref_model: Any = None,
-                     **kwargs: Any) -> None:  # fmt: skip
+                     server: Any = None, sync_dir: str | None = None, **kwargs: Any) -> None:  # fmt: skip
             super().__init__(*args, **kwargs)
             self.grpo_args = grpo_args
             self.rewards = rewards
@@ -144,6 +146,10 @@ def _trainer_class() -> type:
             if ref_model is not None:
                 ref_model.to(self.args.device)
             self.reuse: dict[tuple[str, ...], list[Any]] = {}  # --num_iterations: batch -> [rollout, passes left]
+            self.server = server  # --rollout_backend vllm_server: a RolloutServer
+            self.sync_dir = Path(sync_dir) if sync_dir else Path(self.args.output_dir) / "vllm_weights"
+            self.synced_step: int | None = None  # the optimiser step whose weights the server holds (None: unchecked)
+            self.probe: dict[str, Any] | None = None  # the prompt item the server's weights are checked on
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             base = super()._get_train_sampler(train_dataset)
@@ -161,34 +167,32 @@ def _trainer_class() -> type:
         def rollout(self, model: Any, prompts: list[dict[str, Any]]) -> dict[str, Any]:
             """Sample G completions per prompt, score them, and build the training batch with advantages."""
             args, group = self.grpo_args, self.grpo_args.num_generations
-            unwrapped = self.accelerator.unwrap_model(model)
-            # ZeRO-3 gathers each layer's weights from every rank at every forward: all ranks go on generating
-            # until the last one is done, or a rank that finished early would leave the others waiting forever.
-            synced = is_deepspeed_zero3_enabled() and self.args.world_size > 1
-            was_training = unwrapped.training
-            unwrapped.eval()
             samples, totals, log_rows = [], [], []
             per_reward: dict[str, list[float]] = defaultdict(list)
             failures: dict[str, int] = defaultdict(int)
-            lengths = []
+            lengths: list[float] = []
+            sampler_logps: list[float] = []
             tokenizer = self.processing_class.tokenizer
-            for item in prompts:
+            step = self.state.global_step + 1
+            if self.server is not None:
+                seeds = [(self.args.seed * 1_000_003 + step * 10_007 + self.args.process_index * 101 + i) % 2**31
+                         for i in range(len(prompts))]  # fmt: skip
+                gen = {"max_tokens": args.max_completion_length, "temperature": args.temperature, "top_p": args.top_p,
+                       "top_k": args.top_k}  # fmt: skip
+                drawn = self.server.sample(prompts, group, gen, seeds, self.end_ids, self.suppressed)
+                rows = [[c.ids for c in choices] for choices in drawn]
+                logps = [[c.logps for c in choices] for choices in drawn]
+            else:
+                seeds = [None] * len(prompts)
+                rows = [self.generate_hf(model, item, group) for item in prompts]
+                logps = [[None] * group for _ in prompts]
+            for item, seed, group_rows, group_logps in zip(prompts, seeds, rows, logps):
                 prompt, record = item["prompt"], item["record"]
-                inputs = {k: prompt[k] for k in PROMPT_KEYS if k in prompt}
-                inputs["input_ids"] = inputs["input_ids"].unsqueeze(0)
-                inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"].unsqueeze(0)
-                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-                inputs = {k: v.to(self.args.device) for k, v in inputs.items()}
-                n_prompt = inputs["input_ids"].shape[1]
-                out = unwrapped.generate(
-                    **inputs, do_sample=True, num_return_sequences=group, max_new_tokens=args.max_completion_length,
-                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None, use_cache=True,
-                    pad_token_id=self.pad_id, eos_token_id=self.end_ids, suppress_tokens=self.suppressed,
-                    synced_gpus=synced,
-                )  # fmt: skip
-                for row in out[:, n_prompt:].cpu().tolist():
+                for row, row_logps in zip(group_rows, group_logps):
                     ends = [i for i, t in enumerate(row) if t in self.end_ids]
                     ids = row[: ends[0] + 1] if ends else row
+                    if row_logps is not None:
+                        sampler_logps += row_logps[: len(ids)]
                     text = tokenizer.decode([t for t in ids if t not in self.end_ids], skip_special_tokens=False)
                     completion = prompt["opened"] + text
                     total, values, reasons = 0.0, {}, {}
@@ -205,47 +209,145 @@ def _trainer_class() -> type:
                                                record.id, reason, text[:120])  # fmt: skip
                         total += reward.weight * value
                     totals.append(total)
-                    lengths.append(len(ids))
+                    lengths.append(float(len(ids)))
                     samples.append(self.encoder.join(prompt, torch.tensor(ids, dtype=torch.long), record.id))
                     log_rows.append({"id": record.id, "completion": completion, "truncated": not ends,
-                                     "reward": total, "rewards": values, "failures": reasons})  # fmt: skip
-            unwrapped.train(was_training)
+                                     "reward": total, "rewards": values, "failures": reasons, "token_ids": ids,
+                                     **({"seed": seed} if seed is not None else {})})  # fmt: skip
             rewards = torch.tensor(totals, dtype=torch.float32)
             advantages = group_advantages(rewards, group, args.scale_rewards)
             batch = collate_sequences(samples, self.pad_id, self.packed, self.dummy)
             batch["advantages"] = advantages
             batch["sample_ids"] = [item["id"] for item in prompts]
+            if self.server is not None:  # (in the order of the completion tokens the loss selects)
+                batch["sampler_logps"] = torch.tensor(sampler_logps, dtype=torch.float32)
             grouped = rewards.view(-1, group)
             metrics = self.rl_metrics
             metrics["reward"] += rewards.tolist()
             metrics["reward_std"] += grouped.std(dim=1).tolist()
             metrics["frac_reward_zero_std"] += (grouped.std(dim=1) == 0).float().tolist()
-            metrics["completion_length"] += [float(n) for n in lengths]
+            metrics["completion_length"] += lengths
             for name, values in per_reward.items():
                 failed = failures.get(name, 0)
                 metrics[f"rewards/{name}"] += values
                 metrics[f"rewards/{name}/failure_rate"] += [0.0] * (len(values) - failed) + [1.0] * failed
             if failures:
                 logger.warning("rollouts of step %d: %s reward(s) gave 0 for an unreadable answer or an error",
-                               self.state.global_step + 1, dict(failures))  # fmt: skip
+                               step, dict(failures))  # fmt: skip
             if args.log_rollouts:
                 rank = self.args.process_index
                 path = Path(self.args.output_dir) / ("rollouts.jsonl" if rank == 0 else f"rollouts-rank{rank}.jsonl")
-                step = self.state.global_step + 1
                 with path.open("a", encoding="utf-8") as f:
                     for row, adv in zip(log_rows, advantages.tolist()):
                         f.write(json.dumps({"step": step, **row, "advantage": round(adv, 4)}) + "\n")
             return batch
+
+        def generate_hf(self, model: Any, item: dict[str, Any], group: int) -> list[list[int]]:
+            """``group`` completions of one prompt item with HF ``generate`` (token ids after the prompt)."""
+            args = self.grpo_args
+            unwrapped = self.accelerator.unwrap_model(model)
+            # ZeRO-3 gathers each layer's weights from every rank at every forward: all ranks go on generating
+            # until the last one is done, or a rank that finished early would leave the others waiting forever.
+            synced = is_deepspeed_zero3_enabled() and self.args.world_size > 1
+            prompt = item["prompt"]
+            inputs = {k: prompt[k] for k in PROMPT_KEYS if k in prompt}
+            inputs["input_ids"] = inputs["input_ids"].unsqueeze(0)
+            inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"].unsqueeze(0)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            inputs = {k: v.to(self.args.device) for k, v in inputs.items()}
+            n_prompt = inputs["input_ids"].shape[1]
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                out = unwrapped.generate(
+                    **inputs, do_sample=True, num_return_sequences=group, max_new_tokens=args.max_completion_length,
+                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None, use_cache=True,
+                    pad_token_id=self.pad_id, eos_token_id=self.end_ids, suppress_tokens=self.suppressed,
+                    synced_gpus=synced,
+                )  # fmt: skip
+            finally:
+                unwrapped.train(was_training)
+            return out[:, n_prompt:].cpu().tolist()
+
+        # -------------------------------------------------------------------------------------------- vLLM server
+
+        def server_gap(self, model: Any) -> float:
+            """Mean |log-prob difference| between the server and the policy on the server's greedy answer to the
+            probe prompt (rank 0 only)."""
+            item = self.probe
+            answer = self.server.greedy(item, self.end_ids, self.suppressed)
+            sample = self.encoder.join(item["prompt"], torch.tensor(answer.ids, dtype=torch.long), item["id"])
+            inputs = self._prepare_inputs(collate_sequences([sample], self.pad_id))
+            unwrapped = self.accelerator.unwrap_model(model)
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                with torch.no_grad():
+                    logits = unwrapped(**model_inputs(inputs)).logits
+            finally:
+                unwrapped.train(was_training)
+            labels = inputs["labels"]
+            ours = token_logps(logits, labels)[labels[:, 1:].ne(-100)].cpu()
+            return float((ours - torch.tensor(answer.logps)).abs().mean())
+
+        def sync_server(self, model: Any) -> None:
+            """Load the policy's weights into the server and check that it now answers as the policy (rank 0
+            writes and checks, the other ranks wait)."""
+            if self.args.process_index == 0:
+                start = time.monotonic()
+                before = self.server_gap(model)
+                nbytes = write_weights(self.accelerator.unwrap_model(model), self.sync_dir)
+                written = time.monotonic()
+                self.server.reload(self.sync_dir)
+                after = self.server_gap(model)
+                tol = self.grpo_args.vllm_sync_tolerance
+                if after > tol:
+                    raise UserError(
+                        f"the weight sync did not take effect: after reloading {self.sync_dir} the server's log-probs "
+                        f"differ from the policy's by {after:.3g} on average (before: {before:.3g}; "
+                        f"--vllm_sync_tolerance {tol}); the server must read that same folder, and a server in a "
+                        "lower precision than training needs a larger --vllm_sync_tolerance"
+                    )  # fmt: skip
+                logger.info("vLLM server synced to step %d: %.1f MB written in %.1f s, reloaded in %.1f s; mean "
+                            "|log-prob gap| %.2g -> %.2g", self.state.global_step, nbytes / 2**20, written - start,
+                            time.monotonic() - written, before, after)  # fmt: skip
+            self.accelerator.wait_for_everyone()
+            self.synced_step = self.state.global_step
+
+        def prepare_rollout_server(self, model: Any, prompts: list[dict[str, Any]]) -> None:
+            """Before a rollout: check the server on the first one (a resumed run syncs first), then sync every
+            ``--vllm_sync_steps`` optimiser steps."""
+            if self.synced_step is None:
+                self.probe = prompts[0]
+                if self.state.global_step > 0:  # resumed: the server still holds the starting weights
+                    self.sync_server(model)
+                    return
+                if self.args.process_index == 0:
+                    gap, tol = self.server_gap(model), self.grpo_args.vllm_sync_tolerance
+                    if gap > tol:
+                        raise UserError(
+                            f"the vLLM server at {self.server.root} serves other weights than --model_name_or_path: "
+                            f"its greedy answer to {self.probe['id']} scores {gap:.3g} apart from the policy's "
+                            f"log-probs on average (--vllm_sync_tolerance {tol}); serve that checkpoint: "
+                            f"{self.server.hint}"
+                        )  # fmt: skip
+                self.accelerator.wait_for_everyone()
+                self.synced_step = self.state.global_step
+            elif self.state.global_step - self.synced_step >= self.grpo_args.vllm_sync_steps:
+                self.sync_server(model)
 
         def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
             key = tuple(item["id"] for item in inputs["prompts"])
             held = self.reuse.pop(key, None)
             if held is None:  # a new batch: sample it (and keep it for the passes still to come)
                 checkpoints.crash_point("rollout", self.state.global_step + 1, self.args.process_index)
+                if self.server is not None:
+                    self.prepare_rollout_server(model, inputs["prompts"])
                 batch = self.rollout(model, inputs["prompts"])
                 if self.grpo_args.num_iterations > 1:
                     batch["old_logps"] = self.sampling_logps(model, batch)
-                    self.reuse[key] = [batch, self.grpo_args.num_iterations - 1]
+                    later = {k: v for k, v in batch.items() if k != "sampler_logps"}  # (the sampler's: first pass)
+                    self.reuse[key] = [later, self.grpo_args.num_iterations - 1]
             else:  # a later pass over the same completions (the sampler repeats the batch)
                 batch = held[0]
                 if held[1] > 1:
@@ -288,6 +390,10 @@ def _trainer_class() -> type:
             )  # fmt: skip
             for key, value in stats.items():
                 self.rl_metrics[key].append(value)
+            sampler = inputs.get("sampler_logps")
+            if sampler is not None:  # how far the server that sampled is from the policy (0 when in sync)
+                gap = (logps.detach() - sampler.to(logps.device)).abs().mean()
+                self.rl_metrics["sampler_logp_gap"].append(float(gap))
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -329,10 +435,22 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    budget = MediaBudget.from_attrs(data_args)
+    server = None
+    if grpo_args.rollout_backend == "vllm_server":  # checked before the model loads: a wrong URL fails at once
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        from qwenvl.model.loader import read_family
+        from qwenvl.train.rollout_server import RolloutServer
+
+        if is_deepspeed_zero3_enabled():
+            raise UserError("--rollout_backend vllm_server does not gather ZeRO-3 partitioned weights for the sync "
+                            "yet; use a ZeRO-2 config or --rollout_backend hf")  # fmt: skip
+        family = read_family(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+        server = RolloutServer(grpo_args.vllm_url, model_args.model_name_or_path, family, budget)
     policy = setup_policy(model_args, training_args)
     model, processor, family = policy["model"], policy["processor"], policy["family"]
     ref_model = frozen_copy(model) if reference == "copy" else None
-    budget = MediaBudget.from_attrs(data_args)
     encoder = PromptEncoder(SampleEncoder(processor, family, budget, policy["tokens_per_second"]))
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     records = load_prompt_records(data_args.dataset_use, data_args.dataset_registry, data_args.data_seed_sampling,
@@ -346,7 +464,7 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
         model=model, args=training_args, train_dataset=dataset, data_collator=collate_prompts,
         processing_class=processor, component_lrs=policy["lrs"], preprocessing=settings, grpo_args=grpo_args,
         rewards=rewards, reference=reference, encoder=encoder, family=family, packed=data_args.data_packing,
-        dummy=dummy, ref_model=ref_model,
+        dummy=dummy, ref_model=ref_model, server=server, sync_dir=grpo_args.vllm_sync_dir,
     )  # fmt: skip
     return {"trainer": trainer, "resume": resume_checkpoint(training_args), "settings": settings, "model": model,
             "reference": reference, "grpo_args": grpo_args}  # fmt: skip
@@ -359,6 +477,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer = built["trainer"]
     result = trainer.train(resume_from_checkpoint=built["resume"])
+    if trainer.server is not None and trainer.synced_step not in (None, trainer.state.global_step):
+        trainer.sync_server(trainer.model)  # the server ends with the trained weights
     metrics = dict(result.metrics)
     history = [e for e in trainer.state.log_history if "loss" in e]
     metrics["reward_curve"] = [[e["step"], e.get("reward")] for e in history]

@@ -49,6 +49,31 @@ class GRPOArguments:
         metadata={"help": "optimisation passes over each rollout batch (mu): its prompts come back mu times in a row "
                   "and train on the same completions, clipped against their log-probs at sampling time"},
     )  # fmt: skip
+    rollout_backend: Literal["hf", "vllm_server"] = field(
+        default="hf",
+        metadata={"help": "who samples the rollouts: hf (generate in the training process) or vllm_server (an "
+                  "OpenAI-compatible vLLM server at --vllm_url, started with VLLM_SERVER_DEV_MODE=1 on "
+                  "--model_name_or_path; its weights are synced with the policy's, see --vllm_sync_steps)"},
+    )  # fmt: skip
+    vllm_url: str | None = field(
+        default=None, metadata={"help": "--rollout_backend vllm_server: the server's root, e.g. http://127.0.0.1:8000"}
+    )
+    vllm_sync_steps: int = field(
+        default=1,
+        metadata={"help": "--rollout_backend vllm_server: load the policy's weights (LoRA merged) into the server "
+                  "every N optimiser steps, and after the last one"},
+    )  # fmt: skip
+    vllm_sync_dir: str | None = field(
+        default=None,
+        metadata={"help": "--rollout_backend vllm_server: a folder the server can read, where the weights are "
+                  "written for it (default: output_dir/vllm_weights)"},
+    )  # fmt: skip
+    vllm_sync_tolerance: float = field(
+        default=0.05,
+        metadata={"help": "--rollout_backend vllm_server: largest mean |log-prob difference| between the server and "
+                  "the policy on a probe answer, checked before the first rollout and after every sync (raise it "
+                  "when the server runs in a lower precision than training)"},
+    )  # fmt: skip
     log_rollouts: bool = field(
         default=True, metadata={"help": "append every rollout, its rewards and failures to output_dir/rollouts.jsonl"}
     )
@@ -69,6 +94,15 @@ class GRPOArguments:
         if self.num_iterations < 1:
             raise UserError(f"--num_iterations must be at least 1 (passes over each rollout batch), got "
                             f"{self.num_iterations}")  # fmt: skip
+        if self.rollout_backend == "vllm_server" and not self.vllm_url:
+            raise UserError("--rollout_backend vllm_server needs --vllm_url (the server's root, e.g. "
+                            "http://127.0.0.1:8000)")  # fmt: skip
+        if self.rollout_backend != "vllm_server" and self.vllm_url:
+            raise UserError("--vllm_url is only read with --rollout_backend vllm_server; pass that too")
+        if self.vllm_sync_steps < 1:
+            raise UserError(f"--vllm_sync_steps must be at least 1, got {self.vllm_sync_steps}")
+        if self.vllm_sync_tolerance <= 0:
+            raise UserError(f"--vllm_sync_tolerance must be positive, got {self.vllm_sync_tolerance}")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive (rollouts are sampled), got {self.temperature}")
 

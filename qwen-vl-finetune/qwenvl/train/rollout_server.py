@@ -1,0 +1,254 @@
+"""GRPO rollouts from a vLLM server kept in sync with the policy (``qwenvl grpo --rollout_backend vllm_server``).
+
+The user starts the server on the checkpoint training starts from, with vLLM's development endpoints on::
+
+    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --host 127.0.0.1 --port 8000 [--dtype ...] [--max-model-len ...]
+
+Rollouts: one chat request per prompt with ``n`` = G, built by the inference layer
+(:meth:`qwenvl.inference.openai_backend.OpenAIBackend.messages`: images resized under the training budget and sent
+as PNG, so the server keeps their size). vLLM answers with the prompt's and each completion's token ids
+(``return_token_ids``) and each sampled token's log-probability (``logprobs``; vLLM's raw log-probs, before
+temperature): the trained tokens are exactly the sampled ones, and the server's rendering of the prompt must be
+token for token the one training encodes (a difference is an error naming the first differing token).
+
+Weight sync, every ``--vllm_sync_steps`` optimiser steps (rank 0; the other ranks wait): the policy's weights, LoRA
+merged into copies of the adapted weights, are written under their checkpoint names as safetensors to a folder
+the server reads (``--vllm_sync_dir``); ``POST /collective_rpc`` runs the workers' ``reload_weights(weights_path=...)``
+(vllm/v1/worker/gpu_model_runner.py, in place, checkpoint format), then ``/reset_mm_cache``,
+``/reset_encoder_cache`` (the scheduler would otherwise look up vision embeddings the worker dropped) and
+``/reset_prefix_cache`` (KV blocks computed with the old weights). A probe then checks that it took effect: the
+server's greedy answer to a training prompt is scored by the policy, and the mean absolute difference of the
+log-probs must be within ``--vllm_sync_tolerance``. The same probe before the first rollout catches a server that
+serves other weights than ``--model_name_or_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenvl.cli import Unreachable, UserError
+
+
+logger = logging.getLogger(__name__)
+
+START_HINT = "VLLM_SERVER_DEV_MODE=1 vllm serve {checkpoint} --port PORT (README: Preference and RL tuning)"
+SHARD_BYTES = 2 << 30  # safetensors files of at most about this size (what is held in memory at once)
+PROBE_TOKENS = 8
+
+
+@dataclass
+class Sampled:
+    """One completion from the server: its token ids (through the end token, when it ended) and the log-prob of
+    each under the weights that sampled it."""
+
+    ids: list[int]
+    logps: list[float]
+    ended: bool
+
+
+class RolloutServer:
+    """A vLLM OpenAI-compatible server (``url``: its root, ``http://HOST:PORT``; a trailing ``/v1`` is accepted)
+    sampling the policy's rollouts; ``checkpoint`` is ``--model_name_or_path`` (named in the errors)."""
+
+    def __init__(self, url: str, checkpoint: str, family: Any, budget: Any, timeout: float = 600.0) -> None:
+        from qwenvl.inference.openai_backend import OpenAIBackend
+
+        self.root = url.rstrip("/").removesuffix("/v1")
+        self.checkpoint = checkpoint
+        self.hint = START_HINT.format(checkpoint=checkpoint)
+        self.timeout = timeout
+        try:
+            self.backend = OpenAIBackend(f"{self.root}/v1", checkpoint=checkpoint, family=family.model_type,
+                                         budget=budget, timeout=timeout, max_retries=2)  # fmt: skip
+        except Unreachable:
+            raise Unreachable(f"cannot reach the vLLM server at {self.root} (--vllm_url); start it first: {self.hint}")
+        except UserError as e:
+            raise UserError(f"--vllm_url {self.root}: {e}") from None
+        self.model = self.backend.model
+        # The development endpoints are checked now, not after the first optimiser step: a body without a method
+        # is refused (400) by /collective_rpc and unknown (404) to a server started without them.
+        status, body = self.post("/collective_rpc", {}, allowed=(400,))
+        if status != 400:
+            raise UserError(f"{self.root}/collective_rpc answered HTTP {status} ({body[:120]!r}), not vLLM's 400 for "
+                            f"a call without a method; weights cannot be synced: start vLLM as {self.hint}")  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------ HTTP
+
+    def post(self, path: str, body: dict[str, Any], allowed: tuple[int, ...] = ()) -> tuple[int, str]:
+        """POST JSON to the server root; a status other than 200 and ``allowed`` is a :class:`UserError` (404 on a
+        development endpoint says how to start the server)."""
+        url = self.root + path
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            text = e.read().decode(errors="replace")
+            if e.code in allowed:
+                return e.code, text
+            if e.code == 404:
+                raise UserError(f"{url} answered HTTP 404: the server was started without vLLM's development "
+                                f"endpoints, which the weight sync needs; restart it as {self.hint}") from None  # fmt: skip
+            raise UserError(
+                f"{url} answered HTTP {e.code}: {' '.join(text.split())[:300]} (see the server's log)"
+            ) from None
+        except OSError as e:
+            raise Unreachable(f"cannot reach {url} ({e}); is the vLLM server still running?") from None
+
+    # ------------------------------------------------------------------------------------------------ sampling
+
+    def sample(self, items: list[dict[str, Any]], n: int, gen: dict[str, Any], seeds: list[int],
+               end_ids: list[int], suppressed: list[int]) -> list[list[Sampled]]:  # fmt: skip
+        """``n`` completions of each prompt item (``{"record", "prompt"}`` of :class:`PromptDataset`), all
+        requests in flight at once; ``gen``: ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (0: off)."""
+        with ThreadPoolExecutor(max(1, len(items))) as pool:
+            futures = [
+                pool.submit(self._one, item, n, gen, seed, end_ids, suppressed) for item, seed in zip(items, seeds)
+            ]
+            return [f.result() for f in futures]
+
+    def _one(self, item: dict[str, Any], n: int, gen: dict[str, Any], seed: int | None, end_ids: list[int],
+             suppressed: list[int]) -> list[Sampled]:  # fmt: skip
+        from qwenvl.inference.openai_backend import chat_completion
+
+        record, prompt = item["record"], item["prompt"]
+        extra: dict[str, Any] = {"return_token_ids": True, "skip_special_tokens": False, "stop_token_ids": end_ids,
+                                 "logit_bias": {str(t): -100 for t in suppressed}}  # fmt: skip
+        if gen.get("top_k"):
+            extra["top_k"] = gen["top_k"]
+        request = dict(model=self.model, messages=self.backend.messages(record.prompt), n=n, logprobs=True,
+                       max_tokens=gen["max_tokens"], temperature=gen["temperature"], top_p=gen.get("top_p", 1.0),
+                       seed=seed, extra_body=extra)  # fmt: skip
+        try:
+            response = chat_completion(self.backend.client, self.backend.api_base, request, self.backend.max_retries)
+        except ConnectionError as e:
+            raise Unreachable(f"{e} (the vLLM server of --vllm_url)") from None
+        served = getattr(response, "prompt_token_ids", None)
+        if served is None:
+            raise UserError(f"{self.root} did not return the prompt's token ids (return_token_ids): --rollout_backend "
+                            "vllm_server needs a vLLM server")  # fmt: skip
+        self.check_prompt(record, list(prompt["input_ids"].tolist()), list(served))
+        out = []
+        for choice in sorted(response.choices, key=lambda c: c.index):
+            ids = list(getattr(choice, "token_ids", None) or [])
+            logps = [t.logprob for t in (choice.logprobs.content if choice.logprobs else None) or []]
+            if len(logps) != len(ids):
+                raise UserError(f"{self.root} returned {len(ids)} token ids but {len(logps)} log-probs for "
+                                f"{record.id}; is it a vLLM server?")  # fmt: skip
+            cut = next((i for i, t in enumerate(ids) if t in end_ids), None)
+            if cut is not None:
+                ids, logps = ids[: cut + 1], logps[: cut + 1]
+            out.append(Sampled(ids, logps, cut is not None))
+        if len(out) != n:
+            raise UserError(f"{self.root} returned {len(out)} completions of {record.id}, asked for n={n}")
+        return out
+
+    def check_prompt(self, record: Any, ours: list[int], served: list[int]) -> None:
+        """The server must render and tokenise the prompt (chat template, media placeholders and their sizes)
+        exactly as training encodes it."""
+        if ours == served:
+            return
+        at = next((i for i, (a, b) in enumerate(zip(ours, served)) if a != b), min(len(ours), len(served)))
+        video = any(isinstance(m.get("content"), list) and any(i.get("type") == "video" for i in m["content"])
+                    for m in record.prompt)  # fmt: skip
+        fix = ("videos: the server samples its own frames, so video prompts need --rollout_backend hf"
+               if video else f"serve {self.checkpoint} itself (same chat template and processor) and train with the "
+               "pixel budget the server keeps (--max_pixels / --min_pixels within its processor's)")  # fmt: skip
+        raise UserError(f"{record.id}: the server at {self.root} renders the prompt as {len(served)} tokens, training "
+                        f"as {len(ours)} (first difference at token {at}); {fix}")  # fmt: skip
+
+    def greedy(self, item: dict[str, Any], end_ids: list[int], suppressed: list[int]) -> Sampled:
+        """The server's greedy answer (``PROBE_TOKENS`` at most) to a prompt item, with its log-probs."""
+        gen = {"max_tokens": PROBE_TOKENS, "temperature": 0.0}
+        return self._one(item, 1, gen, None, end_ids, suppressed)[0]
+
+    # ------------------------------------------------------------------------------------------------ weights
+
+    def reload(self, folder: Path) -> None:
+        """Load the weights in ``folder`` into the server's model in place and drop everything computed with the
+        old ones (multimodal inputs cache, vision encoder outputs, prefix KV blocks)."""
+        self.post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder.resolve())}})
+        self.post("/reset_mm_cache", {})
+        self.post("/reset_encoder_cache", {})
+        for _ in range(20):  # refused while blocks are held; nothing runs now, so this is a transient state
+            _, body = self.post("/reset_prefix_cache", {})
+            if json.loads(body or "{}").get("success", True):
+                return
+            time.sleep(0.5)
+        raise UserError(f"{self.root}/reset_prefix_cache kept answering success false: requests still running on "
+                        "the server? It must serve only this training run")  # fmt: skip
+
+
+def policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
+    """The model's weights under the checkpoint's names (transformers' own), with LoRA merged: for each adapted
+    layer, ``W + delta`` as a new tensor (the model is not changed); trained ``modules_to_save`` copies replace the
+    originals; the adapters' own tensors are left out."""
+    base = model
+    layers: dict[str, Any] = {}
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        PeftModel = LoraLayer = None  # noqa: N806
+    if PeftModel is not None and isinstance(model, PeftModel):
+        base = model.get_base_model()
+        layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        for name, layer in layers.items():
+            if any(layer.use_dora.get(a, False) for a in layer.active_adapters):
+                raise UserError(f"{name}: DoRA adapters cannot be merged for the vLLM weight sync; use plain LoRA")
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name or ".original_module." in name:
+            continue
+        if ".modules_to_save." in name:
+            owner, _, rest = name.partition(".modules_to_save.")
+            adapter, _, leaf = rest.partition(".")
+            if adapter not in model.active_adapters:
+                continue
+            name = f"{owner}.{leaf}"
+        elif ".base_layer." in name:
+            owner, _, leaf = name.partition(".base_layer.")
+            layer = layers[owner]
+            name = f"{owner}.{leaf}"
+            if leaf == "weight" and not layer.merged:
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
+        yield name, tensor
+
+
+def write_weights(model: Any, folder: Path) -> int:
+    """Write :func:`policy_weights` to ``folder`` as safetensors shards (replacing earlier ones); returns bytes."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.safetensors"):
+        old.unlink()
+    shard: dict[str, Any] = {}
+    size = total = index = 0
+
+    def flush() -> None:
+        nonlocal shard, size, index
+        if shard:
+            save_file(shard, str(folder / f"model-{index:05d}.safetensors"), metadata={"format": "pt"})
+            index += 1
+            shard, size = {}, 0
+
+    for name, tensor in policy_weights(model):
+        # A copy on the CPU: tied weights must not share storage in a safetensors file.
+        shard[name] = tensor.detach().to("cpu", copy=True).contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        size += nbytes
+        total += nbytes
+        if size >= SHARD_BYTES:
+            flush()
+    flush()
+    return total
