@@ -16,6 +16,8 @@ trains the clipped policy objective on the completion tokens, with an optional K
 times in a row and the later passes train on the same completions, clipped against their log-probs at sampling
 time (a run resumed between passes samples that batch afresh). The trainer is the SFT ``QwenVLTrainer``: checkpoints, resume after a kill,
 learning-rate groups are SFT's; the completions of a step are packed (``--data_packing True``) or padded.
+With ``--rollout_backend vllm_server`` the completions come from a vLLM server kept in sync with the policy
+(:mod:`qwenvl.train.rollout_server`).
 """
 
 from __future__ import annotations
@@ -314,25 +316,30 @@ def _trainer_class() -> type:
             self.accelerator.wait_for_everyone()
             self.synced_step = self.state.global_step
 
+        def check_server(self, model: Any, item: dict[str, Any]) -> None:
+            """Before training from the starting weights: the server must answer ``item`` (a prompt item, kept as
+            the probe of later syncs) as the policy does (rank 0 checks, the other ranks wait)."""
+            self.probe = item
+            if self.args.process_index == 0:
+                gap, tol = self.server_gap(model), self.grpo_args.vllm_sync_tolerance
+                if gap > tol:
+                    raise UserError(
+                        f"the vLLM server at {self.server.root} serves other weights than --model_name_or_path: "
+                        f"its greedy answer to {item['id']} scores {gap:.3g} apart from the policy's log-probs on "
+                        f"average (--vllm_sync_tolerance {tol}); serve that checkpoint: {self.server.hint}"
+                    )  # fmt: skip
+            self.accelerator.wait_for_everyone()
+            self.synced_step = self.state.global_step
+
         def prepare_rollout_server(self, model: Any, prompts: list[dict[str, Any]]) -> None:
-            """Before a rollout: check the server on the first one (a resumed run syncs first), then sync every
-            ``--vllm_sync_steps`` optimiser steps."""
+            """Before a rollout: the first one checks the server (a resumed run syncs it first), later ones sync
+            it every ``--vllm_sync_steps`` optimiser steps."""
             if self.synced_step is None:
-                self.probe = prompts[0]
                 if self.state.global_step > 0:  # resumed: the server still holds the starting weights
+                    self.probe = prompts[0]
                     self.sync_server(model)
-                    return
-                if self.args.process_index == 0:
-                    gap, tol = self.server_gap(model), self.grpo_args.vllm_sync_tolerance
-                    if gap > tol:
-                        raise UserError(
-                            f"the vLLM server at {self.server.root} serves other weights than --model_name_or_path: "
-                            f"its greedy answer to {self.probe['id']} scores {gap:.3g} apart from the policy's "
-                            f"log-probs on average (--vllm_sync_tolerance {tol}); serve that checkpoint: "
-                            f"{self.server.hint}"
-                        )  # fmt: skip
-                self.accelerator.wait_for_everyone()
-                self.synced_step = self.state.global_step
+                else:
+                    self.check_server(model, prompts[0])
             elif self.state.global_step - self.synced_step >= self.grpo_args.vllm_sync_steps:
                 self.sync_server(model)
 
@@ -446,6 +453,8 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
         if is_deepspeed_zero3_enabled():
             raise UserError("--rollout_backend vllm_server does not gather ZeRO-3 partitioned weights for the sync "
                             "yet; use a ZeRO-2 config or --rollout_backend hf")  # fmt: skip
+        for name in ("httpx", "httpx2"):  # one INFO line per request otherwise, several per step
+            logging.getLogger(name).setLevel(logging.WARNING)
         family = read_family(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
         server = RolloutServer(grpo_args.vllm_url, model_args.model_name_or_path, family, budget)
     policy = setup_policy(model_args, training_args)
@@ -455,6 +464,13 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     records = load_prompt_records(data_args.dataset_use, data_args.dataset_registry, data_args.data_seed_sampling,
                                   data_args.bad_records, data_args.media_root, kind="prompt")  # fmt: skip
+    if server is not None:
+        videos = [r.id for r in records if any(isinstance(m["content"], list) and any(
+            i.get("type") == "video" for i in m["content"]) for m in r.prompt)]  # fmt: skip
+        if videos:
+            raise UserError(f"{len(videos)} prompt(s) have videos (e.g. {videos[0]}): the vLLM server samples its own "
+                            "frames, not training's, so --rollout_backend vllm_server takes image and text prompts; "
+                            "use --rollout_backend hf for video")  # fmt: skip
     dataset = PromptDataset(records, encoder, training_args.model_max_length, data_args.bad_media, quarantine)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dummy = DummyMedia.from_processor(processor, family) if world > 1 or training_args.deepspeed else None
@@ -476,6 +492,8 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     from qwenvl.train.policy import finish
 
     trainer = built["trainer"]
+    if trainer.server is not None and built["resume"] is None:  # a wrong server fails before the progress bar
+        trainer.check_server(trainer.model, trainer.train_dataset[0])
     result = trainer.train(resume_from_checkpoint=built["resume"])
     if trainer.server is not None and trainer.synced_step not in (None, trainer.state.global_step):
         trainer.sync_server(trainer.model)  # the server ends with the trained weights

@@ -183,9 +183,9 @@ def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tm
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_a_server_serving_other_weights_is_one_line(vllm_server, tmp_path, monkeypatch, capsys):
+def test_a_server_serving_other_weights_or_video_prompts_are_one_line(vllm_server, tmp_path, monkeypatch, capsys):
     """Training a checkpoint the server does not serve (here: the served one with a changed output layer) stops
-    before the first step with one line naming the fix."""
+    before the first step with one line naming the fix; so do video prompts."""
     from safetensors.torch import load_file, save_file
 
     from qwenvl.train.grpo import main
@@ -199,16 +199,21 @@ def test_a_server_serving_other_weights_is_one_line(vllm_server, tmp_path, monke
     weights["lm_head.weight"] = weights["lm_head.weight"] * 3
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
     assert main(_flags(other, _prompts(tmp_path), tmp_path / "out", root)) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert lines[0].startswith("error: the vLLM server at") and "serves other weights" in lines[0]
-    assert "VLLM_SERVER_DEV_MODE=1 vllm serve" in lines[0]
+    line = _error_line(capsys)
+    assert line.startswith("error: the vLLM server at") and "serves other weights" in line
+    assert "VLLM_SERVER_DEV_MODE=1 vllm serve" in line
+    # video prompts are refused before training (the server would sample other frames than training)
+    video = tmp_path / "video.jsonl"
+    video.write_text(json.dumps({"id": "q-vid", "videos": [str(DEMO_DIR / "videos" / "moving_blue.mp4")],
+                                 "messages": [{"role": "user", "content": "<video>Colour?"}], "solution": "blue"}) + "\n")  # fmt: skip
+    assert main(_flags(checkpoint, video, tmp_path / "out-video", root)) == 2
+    line = _error_line(capsys)
+    assert "1 prompt(s) have videos" in line and "use --rollout_backend hf for video" in line
 
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = [line for line in re.split(r"[\r\n]", err) if line.startswith("error:")]  # (after progress bars)
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
     return lines[0]
 
