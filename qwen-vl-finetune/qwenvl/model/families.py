@@ -49,6 +49,9 @@ class Family:
             generated text holds reasoning, then ``</think>``, then the answer.
         linear_attention: whether some text layers are Gated DeltaNet linear attention (Qwen3.5), whose convolution
             and recurrent state must be reset at packed-sample boundaries (see qwenvl.model.linear_attention).
+        hub_experts_transposed: whether the hub checkpoints store the fused expert weights (``mlp.experts.gate_up_proj``,
+            ``mlp.experts.down_proj``) as the transpose of transformers' in-memory layout, which its
+            ``save_pretrained`` keeps (Qwen3-VL-MoE; see :func:`qwenvl.model.loader.to_hub_layout`).
     """
 
     model_type: FamilyName
@@ -67,6 +70,7 @@ class Family:
     default_system_prompt: bool = False
     thinks_by_default: bool = False
     linear_attention: bool = False
+    hub_experts_transposed: bool = False
 
     @property
     def video_timestamps(self) -> bool:
@@ -125,6 +129,7 @@ FAMILIES: dict[str, Family] = {
         patch_size=16,
         deepstack=True,
         moe=True,
+        hub_experts_transposed=True,
     ),
     # Qwen3.5: the Qwen3-VL vision stack (no DeepStack) before a text model whose layers mix Gated DeltaNet linear
     # attention with full attention (three of four linear by default); checkpoints think by default.

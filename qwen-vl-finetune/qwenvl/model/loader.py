@@ -107,3 +107,14 @@ def load_processor(model_name_or_path: str, **kwargs: Any) -> Any:
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
+
+
+HUB_TRANSPOSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def to_hub_layout(family: Family, weights: dict[str, Any]) -> dict[str, Any]:
+    """Weights under ``save_pretrained``'s names, in the layout of the family's hub checkpoints (what vLLM and
+    transformers load): fused expert weights transposed where ``family.hub_experts_transposed``."""
+    if not family.hub_experts_transposed:
+        return weights
+    return {k: v.transpose(1, 2).contiguous() if k.endswith(HUB_TRANSPOSED_EXPERTS) else v for k, v in weights.items()}

@@ -374,18 +374,16 @@ def build_tiny(family: str, seed: int = 0, head_dim: int = 32) -> tuple[Any, Any
     return model, processor
 
 
-def to_hub_expert_layout(folder: Path) -> None:
+def to_hub_expert_layout(folder: Path, family: str) -> None:
     """Store Qwen3-VL-MoE expert weights as the hub checkpoints do (``[experts, hidden, 2 x intermediate]``, the
     transpose of transformers 5's in-memory layout, which its ``save_pretrained`` keeps), so the tiny checkpoint
     loads through the same weight conversion as ``Qwen/Qwen3-VL-30B-A3B-Instruct`` (under ZeRO-3 too)."""
     from safetensors.torch import load_file, save_file
 
+    from qwenvl.model.loader import to_hub_layout
+
     for file in sorted(folder.glob("*.safetensors")):
-        tensors = load_file(file)
-        for key in tensors:
-            if key.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
-                tensors[key] = tensors[key].transpose(1, 2).contiguous()
-        save_file(tensors, file, metadata={"format": "pt"})
+        save_file(to_hub_layout(get_family(family), load_file(file)), file, metadata={"format": "pt"})
 
 
 def write_tiny_checkpoint(family: str, out: str | Path, seed: int = 0, head_dim: int = 32) -> Path:
@@ -394,8 +392,8 @@ def write_tiny_checkpoint(family: str, out: str | Path, seed: int = 0, head_dim:
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_tiny(family, seed, head_dim)
     model.save_pretrained(out)
-    if family == "qwen3_vl_moe":
-        to_hub_expert_layout(out)
+    if get_family(family).hub_experts_transposed:
+        to_hub_expert_layout(out, family)
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("wrote tiny %s checkpoint (%d parameters) to %s", family, n_params, out)

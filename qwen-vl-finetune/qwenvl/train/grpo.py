@@ -296,38 +296,42 @@ def _trainer_class() -> type:
             """Load the policy's weights into the server and check that it now answers as the policy (rank 0
             writes and checks, the other ranks wait)."""
             if self.args.process_index == 0:
-                start = time.monotonic()
-                before = self.server_gap(model)
-                nbytes = write_weights(self.accelerator.unwrap_model(model), self.sync_dir)
-                written = time.monotonic()
-                self.server.reload(self.sync_dir)
-                after = self.server_gap(model)
-                tol = self.grpo_args.vllm_sync_tolerance
-                if after > tol:
-                    raise UserError(
-                        f"the weight sync did not take effect: after reloading {self.sync_dir} the server's log-probs "
-                        f"differ from the policy's by {after:.3g} on average (before: {before:.3g}; "
-                        f"--vllm_sync_tolerance {tol}); the server must read that same folder, and a server in a "
-                        "lower precision than training needs a larger --vllm_sync_tolerance"
-                    )  # fmt: skip
-                logger.info("vLLM server synced to step %d: %.1f MB written in %.1f s, reloaded in %.1f s; mean "
-                            "|log-prob gap| %.2g -> %.2g", self.state.global_step, nbytes / 2**20, written - start,
-                            time.monotonic() - written, before, after)  # fmt: skip
+                self.load_into_server(model)
             self.accelerator.wait_for_everyone()
             self.synced_step = self.state.global_step
 
+        def load_into_server(self, model: Any, before: float | None = None) -> None:
+            """:meth:`sync_server`'s work on rank 0: write, reload, probe (``before``: the gap already measured)."""
+            start = time.monotonic()
+            before = self.server_gap(model) if before is None else before
+            nbytes = write_weights(self.accelerator.unwrap_model(model), self.sync_dir, self.family)
+            written = time.monotonic()
+            self.server.reload(self.sync_dir)
+            after = self.server_gap(model)
+            tol = self.grpo_args.vllm_sync_tolerance
+            if after > tol:
+                raise UserError(
+                    f"the weight sync did not take effect: after reloading {self.sync_dir} the server's log-probs "
+                    f"differ from the policy's by {after:.3g} on average (before: {before:.3g}; --vllm_sync_tolerance "
+                    f"{tol}); the server must read that same folder and serve --model_name_or_path's model "
+                    f"({self.server.hint}), and one in a lower precision than training needs a larger tolerance"
+                )  # fmt: skip
+            logger.info("vLLM server synced to step %d: %.1f MB written in %.1f s, reloaded in %.1f s; mean "
+                        "|log-prob gap| %.2g -> %.2g", self.state.global_step, nbytes / 2**20, written - start,
+                        time.monotonic() - written, before, after)  # fmt: skip
+
         def check_server(self, model: Any, item: dict[str, Any]) -> None:
-            """Before training from the starting weights: the server must answer ``item`` (a prompt item, kept as
-            the probe of later syncs) as the policy does (rank 0 checks, the other ranks wait)."""
+            """Before training from the starting weights: the server must render ``item`` (a prompt item, kept as
+            the probe of later syncs) as training does and answer it as the policy does; a server holding other
+            weights (an earlier run's) gets the policy's (rank 0 checks, the other ranks wait)."""
             self.probe = item
             if self.args.process_index == 0:
                 gap, tol = self.server_gap(model), self.grpo_args.vllm_sync_tolerance
                 if gap > tol:
-                    raise UserError(
-                        f"the vLLM server at {self.server.root} serves other weights than --model_name_or_path: "
-                        f"its greedy answer to {item['id']} scores {gap:.3g} apart from the policy's log-probs on "
-                        f"average (--vllm_sync_tolerance {tol}); serve that checkpoint: {self.server.hint}"
-                    )  # fmt: skip
+                    logger.warning("the vLLM server at %s holds other weights than the policy (mean |log-prob gap| "
+                                   "%.3g > --vllm_sync_tolerance %s): loading the policy's", self.server.root, gap,
+                                   tol)  # fmt: skip
+                    self.load_into_server(model, before=gap)
             self.accelerator.wait_for_everyone()
             self.synced_step = self.state.global_step
 

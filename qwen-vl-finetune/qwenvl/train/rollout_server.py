@@ -18,8 +18,9 @@ the server reads (``--vllm_sync_dir``); ``POST /collective_rpc`` runs the worker
 ``/reset_encoder_cache`` (the scheduler would otherwise look up vision embeddings the worker dropped) and
 ``/reset_prefix_cache`` (KV blocks computed with the old weights). A probe then checks that it took effect: the
 server's greedy answer to a training prompt is scored by the policy, and the mean absolute difference of the
-log-probs must be within ``--vllm_sync_tolerance``. The same probe before the first rollout catches a server that
-serves other weights than ``--model_name_or_path``.
+log-probs must be within ``--vllm_sync_tolerance``. The same probe before the first rollout finds a server holding
+other weights (an earlier run's), which then gets the policy's; a server of another model fails the prompt check
+or the reload.
 """
 
 from __future__ import annotations
@@ -176,7 +177,14 @@ class RolloutServer:
     def reload(self, folder: Path) -> None:
         """Load the weights in ``folder`` into the server's model in place and drop everything computed with the
         old ones (multimodal inputs cache, vision encoder outputs, prefix KV blocks)."""
-        self.post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder.resolve())}})
+        call = {"method": "reload_weights", "kwargs": {"weights_path": str(folder.resolve())}}
+        try:
+            self.post("/collective_rpc", call)
+        except Unreachable:
+            raise
+        except UserError as e:
+            raise UserError(f"the vLLM server could not load the policy's weights from {folder} ({e}); it must serve "
+                            f"the model of --model_name_or_path: {self.hint}") from None  # fmt: skip
         self.post("/reset_mm_cache", {})
         self.post("/reset_encoder_cache", {})
         for _ in range(20):  # refused while blocks are held; nothing runs now, so this is a transient state
@@ -189,7 +197,7 @@ class RolloutServer:
 
 
 def policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
-    """The model's weights under the checkpoint's names (transformers' own), with LoRA merged: for each adapted
+    """The model's weights under transformers' names in memory, with LoRA merged: for each adapted
     layer, ``W + delta`` as a new tensor (the model is not changed); trained ``modules_to_save`` copies replace the
     originals; the adapters' own tensors are left out."""
     base = model
@@ -225,10 +233,24 @@ def policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
         yield name, tensor
 
 
-def write_weights(model: Any, folder: Path) -> int:
-    """Write :func:`policy_weights` to ``folder`` as safetensors shards (replacing earlier ones); returns bytes."""
+def checkpoint_names(model: Any, weights: dict[str, Any]) -> dict[str, Any]:
+    """``weights`` under the names ``save_pretrained`` writes (transformers 5 renames some families' weights on
+    load, e.g. Qwen2.5-VL's ``visual.`` -> ``model.visual.``, and reverts that on save; the same function here)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: the names in memory are the saved ones
+        return weights
+    return revert_weight_conversion(model, weights)
+
+
+def write_weights(model: Any, folder: Path, family: Any) -> int:
+    """Write :func:`policy_weights` to ``folder`` as safetensors shards under the checkpoint's names and in the
+    layout of the family's hub checkpoints (replacing earlier shards); returns the bytes written."""
     from safetensors.torch import save_file
 
+    from qwenvl.model.loader import to_hub_layout
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.safetensors"):
         old.unlink()
@@ -238,7 +260,10 @@ def write_weights(model: Any, folder: Path) -> int:
     def flush() -> None:
         nonlocal shard, size, index
         if shard:
-            save_file(shard, str(folder / f"model-{index:05d}.safetensors"), metadata={"format": "pt"})
+            # Renamings act per weight (the Qwen-VL families have no many-to-one conversions), so per shard is exact,
+            # as in transformers' own save of offloaded models.
+            named = to_hub_layout(family, checkpoint_names(base, shard))
+            save_file(named, str(folder / f"model-{index:05d}.safetensors"), metadata={"format": "pt"})
             index += 1
             shard, size = {}, 0
 

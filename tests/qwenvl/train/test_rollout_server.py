@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 
 from qwenvl.data.registry import DEMO_DIR
 from tests.conftest import missing_prerequisite
+from tests.qwenvl.train.launch import free_port
 
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,11 +93,13 @@ def _flags(checkpoint: Path, data: Path, out: Path, root: str, rewards: str = "m
     ]  # fmt: skip
 
 
-def _prompts(folder: Path) -> Path:
+def _prompts(folder: Path, n: int = 1) -> Path:
+    """``n`` image questions (the first about IMAGE)."""
+    images = [IMAGE, DEMO_DIR / "images" / "1_blue_square.jpg"][:n]
     path = folder / "prompts.jsonl"
-    record = {"id": "q-img", "image": str(IMAGE),
-              "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
-    path.write_text(json.dumps(record) + "\n")
+    path.write_text("".join(json.dumps({"id": f"q-{i}", "image": str(image), "conversations": [
+        {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": "red"}]}) + "\n"
+        for i, image in enumerate(images)))  # fmt: skip
     return path
 
 
@@ -138,43 +142,51 @@ def _server_greedy(root: str, model: str, n: int = 6) -> tuple[list[int], list[i
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tmp_path, monkeypatch):
-    """Two LoRA steps with a large learning rate, rollouts from the server: (a) every trained completion is token
-    for token one the server logged generating; (b) after the run the server answers the image question as the
-    trained policy does in transformers (same greedy ids, log-probs within 1e-4), while the starting checkpoint
-    answers it differently, so the weights really moved to the server; (c) the run finishes and saves."""
+@pytest.mark.distributed
+def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tmp_path):
+    """`qwenvl grpo` on 2 CPU ranks (one image prompt each), two LoRA steps with a large learning rate, rollouts from
+    the server: (a) every trained completion is token for token one the server logged generating, and the policy
+    scores the sampled tokens as the server did (synced after step 1); (b) after the run the server answers the
+    image question as the trained policy does in transformers (same greedy ids, log-probs within 1e-4), while the
+    starting checkpoint answers it differently, so the weights really reached the server; (c) the run saves."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from qwenvl.train.grpo import train
-
     root, checkpoint, log_path = vllm_server
     (tmp_path / "my_rewards.py").write_text(REWARDS)
-    monkeypatch.syspath_prepend(str(tmp_path))
     processor = AutoProcessor.from_pretrained(checkpoint)
     start = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     prompt_ids, start_ids, start_logps = _hf_greedy(start, processor)
 
     out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
     began = time.monotonic()
-    metrics = train(_flags(checkpoint, _prompts(tmp_path), out, root))
-    print(f"qwenvl grpo, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "qwenvl.train.grpo",
+                          *_flags(checkpoint, _prompts(tmp_path, 2), out, root)],
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    print(f"qwenvl grpo on 2 ranks, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    assert run.returncode == 0, run.stderr[-5000:]
 
     # (c) it finished and saved
-    assert [step for step, _ in metrics["reward_curve"]] == [1, 2]
     assert (out / "adapter_model.safetensors").is_file() and (out / "grpo_summary.json").is_file()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    assert run.stderr.count("vLLM server synced to step") == 2  # after step 1 (before the rollout of step 2), end
     # (a) the trained tokens are the server's: each rollout's ids appear in the server's log of generated ids
     logged = [json.loads(m) for m in re.findall(r"output_token_ids: (\[[\d, ]*\])", log_path.read_text())]
-    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 3 and all(len(r["token_ids"]) for r in rows)
+    rows = [json.loads(line) for name in ("rollouts.jsonl", "rollouts-rank1.jsonl")
+            for line in (out / name).read_text().splitlines()]  # fmt: skip
+    assert len(rows) == 2 * 2 * 3 and all(len(r["token_ids"]) for r in rows)
     assert all(r["token_ids"] in logged for r in rows), (rows, logged[-12:])
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     gaps = [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h]
-    assert len(gaps) == 2 and max(gaps) < 1e-4  # step 2 sampled from the weights step 1 trained (synced)
+    assert len(gaps) == 2 and max(gaps) < 1e-4
     # (b) the server now holds the trained weights
     trained = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(checkpoint), str(out)).eval()
     _, trained_ids, trained_logps = _hf_greedy(trained, processor)
     served_prompt, served_ids, served_logps = _server_greedy(root, str(checkpoint))
+    print(f"greedy log-probs: start {start_logps}, trained {trained_logps}, server {served_logps}")
     assert served_prompt == prompt_ids
     assert served_ids == trained_ids
     assert served_logps == pytest.approx(trained_logps, abs=1e-4)
@@ -183,32 +195,43 @@ def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tm
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_a_server_serving_other_weights_or_video_prompts_are_one_line(vllm_server, tmp_path, monkeypatch, capsys):
-    """Training a checkpoint the server does not serve (here: the served one with a changed output layer) stops
-    before the first step with one line naming the fix; so do video prompts."""
+def test_other_weights_are_loaded_another_model_and_video_prompts_are_one_line(vllm_server, tmp_path, monkeypatch,
+                                                                               capsys):  # fmt: skip
+    """A server holding other weights than the checkpoint trained (here: the served one with its output layer
+    changed, as after an earlier run) is loaded with the policy's before the first rollout; a server of another
+    model (Qwen2.5-VL trained against the Qwen3-VL server: other image patches) and video prompts stop the run
+    before training with one line naming the fix."""
     from safetensors.torch import load_file, save_file
 
+    from qwenvl.model.tiny import write_tiny_checkpoint
     from qwenvl.train.grpo import main
 
     root, checkpoint, _ = vllm_server
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    other = tmp_path / "other"
-    shutil.copytree(checkpoint, other)
-    weights = load_file(other / "model.safetensors")
-    weights["lm_head.weight"] = weights["lm_head.weight"] * 3
-    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
-    assert main(_flags(other, _prompts(tmp_path), tmp_path / "out", root)) == 2
-    line = _error_line(capsys)
-    assert line.startswith("error: the vLLM server at") and "serves other weights" in line
-    assert "VLLM_SERVER_DEV_MODE=1 vllm serve" in line
-    # video prompts are refused before training (the server would sample other frames than training)
     video = tmp_path / "video.jsonl"
     video.write_text(json.dumps({"id": "q-vid", "videos": [str(DEMO_DIR / "videos" / "moving_blue.mp4")],
                                  "messages": [{"role": "user", "content": "<video>Colour?"}], "solution": "blue"}) + "\n")  # fmt: skip
     assert main(_flags(checkpoint, video, tmp_path / "out-video", root)) == 2
     line = _error_line(capsys)
     assert "1 prompt(s) have videos" in line and "use --rollout_backend hf for video" in line
+
+    qwen25 = write_tiny_checkpoint("qwen2_5_vl", tmp_path / "qwen25", head_dim=64)
+    assert main(_flags(qwen25, _prompts(tmp_path), tmp_path / "out-other", root)) == 2
+    line = _error_line(capsys)
+    assert "renders the prompt as" in line and f"serve {qwen25} itself" in line
+
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    weights = load_file(other / "model.safetensors")
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 3
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    assert main([*_flags(other, _prompts(tmp_path), out, root), "--max_steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "holds other weights than the policy" in err and "loading the policy's" in err
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h][0] < 1e-4
 
 
 def _error_line(capsys) -> str:
@@ -249,3 +272,54 @@ def test_a_server_without_the_development_endpoints_is_one_line(transformers_ser
     assert main(flags) == 2
     line = _error_line(capsys)
     assert "/collective_rpc answered HTTP 404" in line and "VLLM_SERVER_DEV_MODE=1 vllm serve" in line
+
+
+def _files(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_synced_weights_are_the_checkpoint_with_lora_merged(tiny_checkpoint, family, tmp_path):
+    """What the server loads: without training, exactly the checkpoint (names, layout and values, in every family;
+    the tiny checkpoints are saved by transformers, in the hub's expert layout for Qwen3-VL-MoE); with LoRA adapters
+    and a fully trained merger, what peft's merge_and_unload saves."""
+    from types import SimpleNamespace
+
+    from qwenvl.model.families import get_family
+    from qwenvl.model.loader import load_model
+    from qwenvl.model.tiny import to_hub_expert_layout
+    from qwenvl.train.lora import apply_lora
+    from qwenvl.train.rollout_server import write_weights
+
+    model = load_model(str(tiny_checkpoint), dtype="float32", attn_implementation="sdpa")
+    write_weights(model, tmp_path / "plain", get_family(family))
+    written = _files(tmp_path / "plain")
+    model.save_pretrained(tmp_path / "saved")
+    to_hub_expert_layout(tmp_path / "saved", family)
+    saved = _files(tmp_path / "saved")
+    assert sorted(written) == sorted(saved) and all(torch.equal(written[k], saved[k]) for k in saved)
+    if not get_family(family).hub_experts_transposed:
+        # (the tiny MoE's square down_proj is loaded without the transpose, a size check cannot tell; real ones are not
+        # square)
+        checkpoint = _files(tiny_checkpoint)
+        assert sorted(written) == sorted(checkpoint) and all(
+            torch.equal(written[k], checkpoint[k]) for k in checkpoint
+        )
+
+    args = SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_mlp=True, lora_vision=False,
+                           lora_merger=False)  # fmt: skip
+    peft_model = apply_lora(model, args, tune_vision=False, tune_merger=True)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained state: adapters away from zero, the merger's trained copy changed
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or ".modules_to_save." in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    write_weights(peft_model, tmp_path / "merged", get_family(family))
+    written = _files(tmp_path / "merged")
+    peft_model.merge_and_unload().save_pretrained(tmp_path / "reference")
+    to_hub_expert_layout(tmp_path / "reference", family)
+    reference = _files(tmp_path / "reference")
+    assert sorted(written) == sorted(reference)
+    assert all(torch.allclose(written[k], reference[k], atol=1e-6) for k in reference)
+    assert any(not torch.equal(written[k], saved[k]) for k in saved if ".merger." in k)
