@@ -112,16 +112,16 @@ def make_judge(args: argparse.Namespace) -> Any:
 
 
 def judge_choices(
-    args: argparse.Namespace,
+    judge: Any,
+    options: Any,
     scored: list[dict[str, Any]],
     unresolved: tuple[str, ...],
     item: Callable[[dict[str, Any]], tuple[str, str, list[str], str]],
 ) -> dict[str, Any]:
     """Multiple-choice re-checking: every scored answer whose ``method`` is in ``unresolved`` (all with ``--judge
-    all``) is matched to an option by the judge; a usable verdict replaces the rule result (``item`` gives ``(id,
-    question, option texts, answer)``). Returns the summary for the report."""
-    judge = make_judge(args)
-    targets = [s for s in scored if args.judge == "all" or s["method"] in unresolved]
+    all``) is matched to an option by ``judge``; a usable verdict replaces the rule result (``item`` gives ``(id,
+    question, option texts, answer)``). ``options``: the judge options. Returns the summary for the report."""
+    targets = [s for s in scored if options.judge == "all" or s["method"] in unresolved]
     verdicts = judge.choose_all([item(s) for s in targets])
     failures = 0
     for s, verdict in zip(targets, verdicts):
@@ -129,8 +129,8 @@ def judge_choices(
             failures += 1  # the rule result stands
             continue
         s.update(extracted=verdict.letter, method="judge", answered=True, correct=verdict.letter == s["answer"])
-    return {"model": args.judge_model, "base_url": args.base_url, "rechecked": len(targets), "failures": failures,
-            "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
+    return {"model": options.judge_model, "base_url": options.base_url, "rechecked": len(targets),
+            "failures": failures, "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
 
 
 UPSTREAM_RECORD = ("question_id", "annotation", "result")
@@ -141,9 +141,11 @@ def load_records(
     required: tuple[str, ...],
     tool: str,
     from_upstream: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    upstream_fields: tuple[str, ...] = UPSTREAM_RECORD,
 ) -> list[dict[str, Any]]:
     """The results of ``tool infer`` in ``path``, each line checked for the ``required`` fields. A line of
-    upstream's results file (``question_id``, ``annotation``, ``result``) is converted by ``from_upstream``."""
+    upstream's results file (``upstream_fields``: ``question_id``, ``annotation``, ``result``) is converted by
+    ``from_upstream``."""
     lines = read_results(path)
     if not lines:
         raise UserError(f"{path}: no results to score")
@@ -151,7 +153,7 @@ def load_records(
     for i, line in enumerate(lines):
         if not isinstance(line, dict):
             raise UserError(f"{path}: line {i + 1} is not a JSON object (results of {tool} infer)")
-        if from_upstream is not None and all(k in line for k in UPSTREAM_RECORD) and "response" not in line:
+        if from_upstream is not None and all(k in line for k in upstream_fields) and "response" not in line:
             try:
                 line = from_upstream(line)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
