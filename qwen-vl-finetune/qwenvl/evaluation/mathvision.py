@@ -9,8 +9,8 @@ Run::
 
 Data: VLMEvalKit's ``MathVision.tsv`` / ``MathVision_MINI.tsv`` (``--data-dir`` holding them with
 ``--dataset``, or ``--data-file``), the files upstream reads; or the official MATH-V release (``--data-file
-data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, 768..5120·28² pixels
-each (upstream's numbers).
+data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, under the runner's
+pixel policy (the checkpoint's budget; with ``--preset`` upstream's 768..5120·28² pixels; the flags over both).
 
 Prompts: ``upstream`` (default): the question text alone, as upstream sends it (``--use-cot`` appends " Let's
 think step by step."); ``official``: MATH-V's instruction to answer in one ``\\boxed{}``, the question, and the
@@ -435,10 +435,6 @@ BENCHMARK = Benchmark(
     judge=_judge,
     judge_unread="the answers the rules cannot read (upstream's GPT-4o stage)",
 )
-
-
-def build_parser() -> Any:
-    return command.build_parser(BENCHMARK)
 
 
 def main(argv: list[str] | None = None) -> int:

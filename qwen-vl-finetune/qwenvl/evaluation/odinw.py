@@ -10,7 +10,10 @@ Data (``--data-dir``): the 13 ODinW datasets in MMDetection's ``data/odinw/`` la
 ``valid/annotations_without_background.json`` and images; see ``DATASETS``), or upstream's flat
 ``odinw13_config.py`` (``datasets`` and ``dataset_prefixes``; read as data, never executed). Every image of a
 dataset is asked once, with all its classes: "Locate every instance that belongs to the following categories:
-'c1, c2'. Report bbox coordinates in JSON format." (768..12800 tokens of 32x32 pixels per image, as upstream).
+'c1, c2'. Report bbox coordinates in JSON format." Pixels follow the runner's policy (the checkpoint's budget;
+with ``--preset`` upstream's 768..12800 tokens of 32x32 pixels; the flags over both); each record keeps the size
+the model saw (``resized_width`` / ``resized_height``, computed with the budget used, which ``pixels`` records),
+which the boxes are scaled back from.
 
 Boxes come out of the answer as upstream reads them: the code fences removed, ``ast.literal_eval`` of the whole
 rest, ``(bbox_2d, label)`` of each entry with 4 coordinates; an answer that does not read that way (text around the
@@ -545,10 +548,6 @@ BENCHMARK = Benchmark(
     export=export,
     export_help="the detections in COCO's results format, per dataset",
 )
-
-
-def build_parser() -> Any:
-    return command.build_parser(BENCHMARK)
 
 
 def main(argv: list[str] | None = None) -> int:

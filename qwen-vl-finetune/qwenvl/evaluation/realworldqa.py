@@ -228,10 +228,6 @@ BENCHMARK = Benchmark(
 )
 
 
-def build_parser() -> Any:
-    return command.build_parser(BENCHMARK)
-
-
 def main(argv: list[str] | None = None) -> int:
     return command.main(BENCHMARK, argv)
 

@@ -11,9 +11,11 @@ Data (``--data-dir``): the hub's ``lmms-lab/Video-MME`` layout, offline: ``video
 ``test-*.parquet`` below the folder), ``videos/<videoID>.mp4`` and, for ``--use-subtitle``,
 ``subtitle/<videoID>.srt``. ``--duration short|medium|long|all`` (upstream runs one per call).
 
-Frames: sampled by qwen_vl_utils (fps 2, 4..512 frames, 128..512·28² pixels per frame, 24576·28² pixels in all:
-upstream's defaults, each a flag; ``--preset`` also sets upstream's preset minimum of 3584 pixels and total of
-19267584), so training, the demo and this benchmark sample a video the same way. Subtitles (``--use-subtitle``):
+Frames: sampled by qwen_vl_utils under the runner's pixel policy (``qwenvl.evaluation.runner``): the checkpoint's
+saved video budget; with ``--preset`` upstream's (fps 2, 4..512 frames, 3584..512·28² pixels per frame, 19267584
+pixels in all); ``--fps``, ``--min-frames``, ``--max-frames``, ``--min-pixels`` / ``--max-pixels`` (per frame) and
+``--total-pixels`` over both; so training, the demo and this benchmark sample a video the same way. Subtitles
+(``--use-subtitle``):
 the cues shown at the frames the model sees (a cue counts when a frame's time is strictly inside it), joined with
 spaces, before the question, as the official prompt asks ("only the subtitles matching the sampled frames";
 upstream samples a second, different frame grid for them).
@@ -357,10 +359,6 @@ BENCHMARK = Benchmark(
     from_upstream=from_upstream,
     judge=_judge,
 )
-
-
-def build_parser() -> Any:
-    return command.build_parser(BENCHMARK)
 
 
 def main(argv: list[str] | None = None) -> int:
