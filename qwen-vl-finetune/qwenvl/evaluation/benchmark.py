@@ -232,10 +232,6 @@ class Benchmark:
     def tool_name(self) -> str:
         return self.tool or f"qwenvl eval {self.name}"
 
-    def default_options(self) -> Any:
-        """The data options with their defaults (a benchmark whose options are all optional)."""
-        return self.options()
-
 
 def is_required(f: Any) -> bool:
     return bool(f.metadata.get("required")) or (f.default is MISSING and f.default_factory is MISSING)

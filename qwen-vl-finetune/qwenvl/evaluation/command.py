@@ -88,9 +88,6 @@ def infer_argv(benchmark: Benchmark, options: Any, backend: BackendConfig, run: 
 # ----------------------------------------------------------------------------------------------- the parser
 
 
-SCORES_HELP_NOTE = "where the scores go; its extension picks the format"
-
-
 def _infer_flags(p: argparse.ArgumentParser, benchmark: Benchmark) -> None:
     presets = benchmark.presets
     p.add_argument("--output-file", required=True,
