@@ -242,3 +242,25 @@ def test_one_pixel_policy_for_every_benchmark(tmp_path, name):
     # A released checkpoint (no saved budget): qwen_vl_utils' defaults, i.e. nothing set.
     bare = runner.resolve_pixels(benchmark, str(tmp_path), None)
     assert bare.policy == "checkpoint" and not any(values(bare).values())
+
+
+@pytest.mark.parametrize(
+    "name, flag",
+    [("mathvision", "--num-samples"), ("mathvision", "--limit"), ("videomme", "--max-samples"),
+     ("realworldqa", "--limit"), ("odinw13", "--limit"), ("mmmu", "--limit"), ("mmmu_pro", "--limit")],
+)  # fmt: skip
+def test_every_sample_limit_flag_is_the_one_typed_option(name, flag):
+    from qwenvl.evaluation.command import build_parser, dataclass_from_args
+    from qwenvl.evaluation.registry import get
+
+    args = build_parser(get(name)).parse_args(["infer", "--output-file", "o", "--data-dir", "d", flag, "3"])
+    assert dataclass_from_args(InferOptions, args).limit == 3
+
+
+def test_mmmu_limits_per_subject():
+    from qwenvl.evaluation.registry import get
+
+    ids = [f"validation_Art_{i}" for i in range(1, 4)] + [f"validation_Math_{i}" for i in range(1, 4)]
+    assert get("mmmu").limit(ids, 2) == ["validation_Art_1", "validation_Art_2", "validation_Math_1",
+                                         "validation_Math_2"]  # fmt: skip
+    assert get("realworldqa").limit(ids, 2) == ids[:2]
