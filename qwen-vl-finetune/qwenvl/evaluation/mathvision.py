@@ -9,8 +9,8 @@ Run::
 
 Data: VLMEvalKit's ``MathVision.tsv`` / ``MathVision_MINI.tsv`` (``--data-dir`` holding them with
 ``--dataset``, or ``--data-file``), the files upstream reads; or the official MATH-V release (``--data-file
-data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, 768..5120·28² pixels
-each (upstream's numbers).
+data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, under the runner's
+pixel policy (the checkpoint's budget; with ``--preset`` upstream's 768..5120·28² pixels; the flags over both).
 
 Prompts: ``upstream`` (default): the question text alone, as upstream sends it (``--use-cot`` appends " Let's
 think step by step."); ``official``: MATH-V's instruction to answer in one ``\\boxed{}``, the question, and the
@@ -30,36 +30,20 @@ Scoring:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from qwenvl.cli import UserError
-from qwenvl.evaluation.core import (
-    Task,
-    accuracy,
-    add_compare_command,
-    add_eval_command,
-    add_export_command,
-    add_infer_arguments,
-    add_merge_command,
-    ci_text,
-    empty_answers,
-    empty_answers_warning,
-    extraction_methods,
-    grouped,
-    load_records,
-    make_judge,
-    run_infer,
-    run_main,
-    strip_reasoning,
-    upstream_presets,
-    upstream_result,
-    write_scores,
-)
+from qwenvl.evaluation import command
+from qwenvl.evaluation.benchmark import Benchmark, JudgeResult, PixelPolicy, Run, Scoring, option
+from qwenvl.evaluation.reports import accuracy, extraction_methods, grouped, upstream_result
+from qwenvl.evaluation.runner import upstream_presets
+from qwenvl.evaluation.stats import ci_text
+from qwenvl.inference.base import strip_reasoning
 
 
 UPSTREAM_MIN_PIXELS, UPSTREAM_MAX_PIXELS = 768 * 28 * 28, 5120 * 28 * 28
@@ -75,14 +59,29 @@ BARE = ["A", "B", "C", "D", "E"]
 # ----------------------------------------------------------------------------------------------- data
 
 
-def data_path(args: argparse.Namespace) -> str:
-    if args.data_file:
-        return args.data_file
-    for candidate in (Path(args.data_dir) / f"{args.dataset}.tsv",):
+@dataclass
+class Options:
+    """MathVision's data and prompt."""
+
+    data_dir: str = option("folder holding the VLMEvalKit TSV", default="LMUData")
+    dataset: Literal["MathVision", "MathVision_MINI"] = option("the TSV read from --data-dir: <dataset>.tsv",
+                                                               default="MathVision")  # fmt: skip
+    data_file: str | None = option("a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
+    prompt: Literal["upstream", "official"] = option(
+        "upstream: the question text alone; official: MATH-V's \\boxed{} instruction and options", default="upstream"
+    )
+    use_cot: bool = option("append upstream's \" Let's think step by step.\"", default=False)
+    cot_prompt: str | None = option("with --use-cot: this text instead of upstream's")
+
+
+def data_path(options: Options) -> str:
+    if options.data_file:
+        return options.data_file
+    for candidate in (Path(options.data_dir) / f"{options.dataset}.tsv",):
         if candidate.is_file():
             return str(candidate)
     raise UserError(
-        f"--data-dir {args.data_dir} has no {args.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
+        f"--data-dir {options.data_dir} has no {options.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
         "(a TSV, or MATH-V's data/test.jsonl)"
     )
 
@@ -146,48 +145,28 @@ def prompt_text(problem: dict[str, Any], style: str) -> str:
     return f"{OFFICIAL_INSTRUCTION}\n{problem['question']}\n{listed}"
 
 
-def _conversation(args: argparse.Namespace, problem: dict[str, Any]) -> list[dict[str, Any]]:
+def _cot(options: Options) -> str | None:
+    return (options.cot_prompt or COT) if options.use_cot else None
+
+
+def _conversation(options: Options, problem: dict[str, Any], run: Run) -> list[dict[str, Any]]:
     images = [{"type": "image", "image": image} for image in problem["images"]]
-    text = prompt_text(problem, args.prompt) + ((args.cot_prompt or COT) if args.use_cot else "")
+    text = prompt_text(problem, options.prompt) + (_cot(options) or "")
     return [{"role": "user", "content": [*images, {"type": "text", "text": text}]}]
 
 
-def _record(args: argparse.Namespace, problem: dict[str, Any], conversation: Any, text: Any) -> dict:
+def _record(options: Options, problem: dict[str, Any], conversation: Any, text: Any, run: Run) -> dict:
     return {k: problem[k] for k in ("id", "question", "options", "answer", "subject", "level")} | {
-        "response": strip_reasoning(text), "raw_response": str(text), "prompt": args.prompt}  # fmt: skip
+        "response": strip_reasoning(text), "raw_response": str(text), "prompt": options.prompt}  # fmt: skip
 
 
-def _ids(args: argparse.Namespace) -> list[str]:
-    path = data_path(args)
+def _ids(options: Options) -> list[str]:
+    path = data_path(options)
     if path.endswith(".jsonl"):
-        ids = [p["id"] for p in iter_problems(path)]  # images are paths there: nothing is decoded
-    else:
-        from qwenvl.evaluation import tsv
+        return [p["id"] for p in iter_problems(path)]  # images are paths there: nothing is decoded
+    from qwenvl.evaluation import tsv
 
-        ids = [row["index"] for row in tsv.read_rows(path, ("index", "question", "answer"))]
-    return ids[: args.num_samples] if args.num_samples else ids
-
-
-def _budget_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"min_pixels": args.min_pixels or UPSTREAM_MIN_PIXELS, "max_pixels": args.max_pixels or UPSTREAM_MAX_PIXELS}
-
-
-TASK = Task(
-    name="mathvision",
-    module="qwenvl.evaluation.mathvision",
-    question_ids=_ids,
-    rows=lambda args, ids: iter_problems(data_path(args), ids),
-    conversation=_conversation,
-    record=_record,
-    settings=lambda args: {
-        "data_file": data_path(args),
-        "prompt": args.prompt,
-        "cot": (args.cot_prompt or COT) if args.use_cot else None,
-    },  # fmt: skip
-    presets=PRESETS,
-    budget_overrides=_budget_overrides,
-    answer_settings=("prompt", "cot"),
-)
+    return [row["index"] for row in tsv.read_rows(path, ("index", "question", "answer"))]
 
 
 # ----------------------------------------------------------------------------------------------- official scoring
@@ -398,35 +377,14 @@ def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
             "level": row.get("level") if tsv.present(row.get("level")) else None, **upstream_result(line)}  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    records = load_records(Path(args.input_file), ("id", "options", "answer", "response"), "run_mathv.py",
-                           from_upstream)  # fmt: skip
-    scored = score_official(records) if args.scoring == "official" else score_upstream(records)
-    judge_summary = _judge(args, records, scored) if args.judge else None
-    report = aggregate(scored, args.scoring)
-    empty = empty_answers(records)
-    output = Path(args.output_file)
-    write_scores(
-        output,
-        {"scoring": args.scoring, "judge": judge_summary, **report, "empty_responses": empty, "questions": scored},
-        {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary},
-    )
-    print(f"scoring: {args.scoring}")
-    print(format_report(report))
-    if warning := empty_answers_warning(empty, len(records)):
-        print(warning)
-    print(f"-> {output}")
-    return 0
-
-
-def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]) -> dict[str, Any]:
+def _judge(judge: Any, options: Any, records: list[dict[str, Any]], scored: list[dict[str, Any]],
+           context: Any) -> JudgeResult:  # fmt: skip
     """Upstream's judge stage: an LLM extracts the answer of what the rules could not read; it is then compared
     like a rule result."""
     from qwenvl.evaluation.mcq import can_infer
 
-    judge = make_judge(args)
     by_id = {r["id"]: r for r in records}
-    targets = [s for s in scored if args.judge == "all" or not s["correct"]]
+    targets = [s for s in scored if options.judge == "all" or not s["correct"]]
     replies = judge.extract_all([(s["id"], by_id[s["id"]]["question"], by_id[s["id"]]["response"]) for s in targets])
     changed = 0
     for s, reply in zip(targets, replies):
@@ -436,46 +394,51 @@ def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list
             letter = can_infer(reply, choices, "upstream")
             correct = letter == r["answer"]
         else:
-            correct = is_equal(reply, r["answer"], decimals=None if args.scoring == "upstream" else 2)
+            correct = is_equal(reply, r["answer"], decimals=None if context.mode == "upstream" else 2)
         changed += correct != s["correct"]
         s.update(extracted=reply, method="judge", correct=correct)
-    return {"model": args.judge_model, "rechecked": len(targets), "changed": changed, "requests": judge.requests}
+    return JudgeResult({"model": options.judge_model, "rechecked": len(targets), "changed": changed,
+                        "requests": judge.requests})  # fmt: skip
 
 
-def _scored(path: Path, mode: str) -> list[dict[str, Any]]:
-    records = load_records(path, ("id", "options", "answer", "response"), "run_mathv.py", from_upstream)
-    return score_official(records) if mode == "official" else score_upstream(records)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from qwenvl.cli import StrictParser
-
-    parser = StrictParser(prog="run_mathv.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="solve MathVision and write results.jsonl (resumable)")
-    add_infer_arguments(p, PRESETS)
-    p.add_argument("--data-dir", default="LMUData", help="folder holding the VLMEvalKit TSV")
-    p.add_argument("--dataset", default="MathVision", choices=["MathVision", "MathVision_MINI"],
-                   help="the TSV read from --data-dir: <dataset>.tsv")  # fmt: skip
-    p.add_argument("--data-file", default=None, help="a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
-    p.add_argument("--limit", "--num-samples", dest="num_samples", type=int, default=None,
-                   help="the first N problems only (--num-samples: upstream's name)")  # fmt: skip
-    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
-                   help="upstream: the question text alone; official: MATH-V's \\boxed{} instruction and options")  # fmt: skip
-    p.add_argument("--use-cot", action="store_true", help="append upstream's \" Let's think step by step.\"")
-    p.add_argument("--cot-prompt", default=None, help="with --use-cot: this text instead of upstream's")
-    p.add_argument("--min-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MIN_PIXELS}")
-    p.add_argument("--max-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MAX_PIXELS}")
-    p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate, tool="run_mathv.py")
-    add_merge_command(sub)
-    add_compare_command(sub, _scored)
-    add_export_command(sub, _scored)
-    return parser
+BENCHMARK = Benchmark(
+    name="mathvision",
+    description="MathVision (MATH-V): competition maths with images",
+    doc=__doc__,
+    tool="run_mathv.py",
+    options=Options,
+    question_ids=_ids,
+    rows=lambda options, ids: iter_problems(data_path(options), ids),
+    conversation=_conversation,
+    record=_record,
+    settings=lambda options: {"data_file": data_path(options), "prompt": options.prompt, "cot": _cot(options)},
+    answer_settings=("prompt", "cot"),
+    limit_flags=("--limit", "--num-samples"),
+    limit_help="the first N problems only",
+    pixels=PixelPolicy(image={"min_pixels": UPSTREAM_MIN_PIXELS, "max_pixels": UPSTREAM_MAX_PIXELS}),
+    presets=PRESETS,
+    scoring={
+        "official": Scoring(
+            "MATH-V's evaluate.py (the numbers to compare with papers)",
+            lambda records, context: score_official(records),
+            lambda scored, context: aggregate(scored, "official"),
+            lambda report, context: format_report(report),
+        ),
+        "upstream": Scoring(
+            "upstream Qwen3-VL's rule stage (and its judge with --judge)",
+            lambda records, context: score_upstream(records),
+            lambda scored, context: aggregate(scored, "upstream"),
+            lambda report, context: format_report(report),
+        ),
+    },  # fmt: skip
+    from_upstream=from_upstream,
+    judge=_judge,
+    judge_unread="the answers the rules cannot read (upstream's GPT-4o stage)",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return command.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":
