@@ -178,6 +178,7 @@ def _checkpoint(folder: Path, min_pixels: int, max_pixels: int) -> Path:
     [
         ("checkpoint", {}, (2 * 32 * 32, 4 * 32 * 32)),
         ("upstream", {"preset": "instruct", "max_new_tokens": 8}, (8 * 32 * 32, 16 * 32 * 32)),
+        ("upstream", {"preset": "upstream"}, (8 * 32 * 32, 16 * 32 * 32)),  # upstream's pixels, greedy decoding
         ("flags", {"preset": "instruct", "max_new_tokens": 8, "max_pixels": 3 * 32 * 32, "min_pixels": 32 * 32},
          (32 * 32, 3 * 32 * 32)),
     ],
@@ -191,6 +192,8 @@ def test_the_manifest_records_the_pixel_policy_and_the_images_follow_it(tmp_path
     manifest = json.loads(Path(f"{output}.manifest.json").read_text())
     low, high = bounds
     assert manifest["pixel_policy"] == policy
+    if extra.get("preset") == "upstream":
+        assert manifest["decoding"]["temperature"] == 0.0 and manifest["preset"] == "upstream"
     assert (manifest["pixel_budgets"]["min_pixels"], manifest["pixel_budgets"]["max_pixels"]) == (low, high)
     assert len(sizes) == 3
     for width, height in sizes:  # 256 x 256 squares, resized under the policy's budget (multiples of 32)

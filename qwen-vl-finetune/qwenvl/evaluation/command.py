@@ -101,14 +101,15 @@ def _infer_flags(p: argparse.ArgumentParser, benchmark: Benchmark) -> None:
                    help="questions per generate call (and per write); default %(default)s")  # fmt: skip
     named = [k for k in presets if k != "default"]
     described = "; ".join(
-        f"{k}: T {v['temperature']}, top-p {v['top_p']}, top-k {v['top_k']}, presence {v['presence_penalty']}, "
-        f"{v['max_new_tokens']} tokens"
+        f"{k}: " + ("the default greedy decoding" if v == presets["default"] else
+                    f"T {v['temperature']}, top-p {v['top_p']}, top-k {v['top_k']}, presence {v['presence_penalty']}, "
+                    f"{v['max_new_tokens']} tokens")
         for k, v in presets.items()
         if k != "default"
-    )
+    )  # fmt: skip
     pixels = _upstream_pixels_text(benchmark)
     p.add_argument("--preset", default=None, choices=named,
-                   help=f"upstream's settings ({described}); also upstream's pixels: {pixels}")  # fmt: skip
+                   help=f"upstream's settings ({described}); each also takes upstream's pixels: {pixels}")  # fmt: skip
     default = presets["default"]
     p.add_argument("--max-new-tokens", type=int, default=None, help=f"default {default['max_new_tokens']}")
     p.add_argument("--temperature", type=float, default=None, help=f"default {default['temperature']} (0 = greedy)")

@@ -20,7 +20,8 @@ values in ``pixel_budgets``):
 
 * ``checkpoint`` (default): the checkpoint's saved budget (``qwenvl_preprocessing.json``, the one it was trained
   with), else qwen_vl_utils' defaults (what upstream feeds a released checkpoint);
-* ``upstream``: with ``--preset instruct|think`` (upstream's settings), also upstream's pixel values of that
+* ``upstream``: with ``--preset upstream`` (greedy decoding) or ``instruct|think`` (upstream's sampling), upstream's
+  pixel values of that
   benchmark (``Benchmark.pixels``) over the checkpoint's; a benchmark for which upstream sets none keeps the
   checkpoint's;
 * ``flags``: ``--min-pixels`` / ``--max-pixels`` (per frame for a video benchmark) and the video flags
@@ -170,11 +171,14 @@ def seed_of(benchmark: Benchmark, options: InferOptions) -> int:
 
 
 def upstream_presets(default_tokens: int, think_temperature: float, think_tokens: int) -> dict[str, dict[str, Any]]:
-    """Greedy ``default`` decoding and upstream's ``instruct`` / ``think`` shell presets (the think preset's
-    temperature and token limit differ between upstream's benchmarks)."""
+    """Greedy ``default`` decoding, ``upstream`` (the same decoding with upstream's pixel values) and upstream's
+    ``instruct`` / ``think`` shell presets (the think preset's temperature and token limit differ between upstream's
+    benchmarks; both take upstream's pixel values too)."""
+    greedy = dict(max_new_tokens=default_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                  presence_penalty=0.0)  # fmt: skip
     return {
-        "default": dict(max_new_tokens=default_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                        presence_penalty=0.0),
+        "default": greedy,
+        "upstream": dict(greedy),
         "instruct": dict(max_new_tokens=32768, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0,
                          presence_penalty=1.5),
         "think": dict(max_new_tokens=think_tokens, temperature=think_temperature, top_p=0.95, top_k=20,
