@@ -31,7 +31,7 @@ OPTIONS = ["A. Black.", "B. 3.5 m.", "C. red", "D. blue"]
     ],
 )
 def test_extractors(response, official, upstream):
-    from qwenvl.evaluation.mcq import can_infer
+    from qwenvl.scoring.mcq import can_infer
 
     assert official_extract(response) == official
     assert can_infer(response, option_texts(OPTIONS), "upstream") == upstream

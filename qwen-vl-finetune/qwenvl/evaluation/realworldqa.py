@@ -33,7 +33,6 @@ from typing import Any, Iterator
 from qwenvl.cli import UserError
 from qwenvl.evaluation import command
 from qwenvl.evaluation.benchmark import Benchmark, JudgeResult, PixelPolicy, Run, Scoring, option
-from qwenvl.evaluation.mcq import can_infer
 from qwenvl.evaluation.reports import (
     accuracy,
     extraction_methods,
@@ -44,6 +43,7 @@ from qwenvl.evaluation.reports import (
 from qwenvl.evaluation.runner import upstream_presets
 from qwenvl.evaluation.stats import ci_text
 from qwenvl.inference.base import strip_reasoning
+from qwenvl.scoring.mcq import can_infer
 
 
 TSV_NAME = "RealWorldQA.tsv"

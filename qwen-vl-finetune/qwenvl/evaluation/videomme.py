@@ -47,11 +47,11 @@ from typing import Any, Iterator, Literal
 from qwenvl.cli import UserError
 from qwenvl.evaluation import command
 from qwenvl.evaluation.benchmark import Benchmark, JudgeResult, PixelPolicy, Run, Scoring, option
-from qwenvl.evaluation.mcq import can_infer
 from qwenvl.evaluation.reports import judge_choices, upstream_result
 from qwenvl.evaluation.runner import upstream_presets
 from qwenvl.evaluation.stats import ci_text, wilson_interval
 from qwenvl.inference.base import strip_reasoning
+from qwenvl.scoring.mcq import can_infer
 
 
 DURATIONS = ("short", "medium", "long")
