@@ -88,6 +88,7 @@ def child(config: str, workdir: Path, step_seconds: float, epochs: int, batch: i
     return {
         "seconds": seconds,
         "data_wait_share": summary["data_wait_share"],
+        "data_wait_share_steady": summary.get("data_wait_share_steady"),
         "data_wait_s": summary["data_wait_s"],
         "step_time_s": summary["step_time_s"],
         "steps": summary["timed_steps"],
@@ -115,8 +116,9 @@ def table(result: dict[str, Any]) -> list[str]:
         f"{result['epochs']} epochs; "
         f"load {result['load_start']} -> {result['load_end']}, {result['repeats']} repetitions",
         "",
-        "| DataLoader settings | data_wait_share, median (min-max) | data wait s per run, median | run s, median |",
-        "|---|---:|---:|---:|",
+        "| DataLoader settings | data_wait_share, median (min-max) | steady (each epoch's first step left out), median "
+        "(min-max) | data wait s per run, median | run s, median |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, side in result["sides"].items():
         runs = side.get("runs") or []
@@ -124,10 +126,11 @@ def table(result: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | failed: {str(side.get('error', ''))[:80]} | - | - |")
             continue
         share = summary([r["data_wait_share"] for r in runs])
+        steady = summary([r["data_wait_share_steady"] for r in runs])
         wait = summary([r["data_wait_s"] for r in runs])
         lines.append(
-            f"| {name} | {share['median']:.1%} ({share['min']:.1%}-{share['max']:.1%}) | {wait['median']:.2f} | "
-            f"{side['seconds']['median']:.1f} |"
+            f"| {name} | {share['median']:.1%} ({share['min']:.1%}-{share['max']:.1%}) | {steady['median']:.1%} "
+            f"({steady['min']:.1%}-{steady['max']:.1%}) | {wait['median']:.2f} | {side['seconds']['median']:.1f} |"
         )
     return lines
 
