@@ -4,7 +4,8 @@ when a step lasts as long as a GPU step would.
 The tiny Qwen3-VL checkpoint trains on the mix of ``bench_data.py`` (smaller media by default, see the flags), with
 every training step slowed to a fixed duration (``--step-seconds``, default 1.0: a Qwen3-VL-8B step on a few
 samples on an H100-class GPU) by a sleep after its forward and backward, so the main process idles like a process
-waiting on a GPU. Each configuration is a fresh training process of ``--epochs`` epochs; the figure is the
+waiting on a GPU; with ``--gpu-step`` the step does no CPU work at all, only the wait (the model's forward and
+backward run on the GPU there, not on the workers' cores). Each configuration is a fresh training process of ``--epochs`` epochs; the figure is the
 ``data_wait_share`` of its ``train_summary.json`` (time in ``next(batch iterator)`` / step time). Sides alternate,
 with the timing discipline of ``timing.py``.
 
@@ -40,23 +41,36 @@ CONFIGS = {
 }
 
 
-def child(config: str, workdir: Path, step_seconds: float, epochs: int, batch: int) -> dict[str, Any]:
+def child(config: str, workdir: Path, step_seconds: float, epochs: int, batch: int, gpu_step: bool = False
+          ) -> dict[str, Any]:  # fmt: skip
     import shutil
+
+    import torch
+    import transformers
 
     from qwenvl.train import trainer as trainer_module
     from qwenvl.train.train_qwen import train
 
-    original = trainer_module.QwenVLTrainer.training_step
+    if gpu_step:
+        # The step itself runs on the accelerator: the host only waits. The batch is still built by the data path
+        # (and counted by QwenVLTrainer's own training_step around this one); no forward or backward on the CPU.
+        def waited(self: Any, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            time.sleep(step_seconds)
+            return torch.zeros((), device=self.args.device)
 
-    def slowed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
-        out = original(self, *args, **kwargs)
-        rest = step_seconds - (time.monotonic() - started)
-        if rest > 0:
-            time.sleep(rest)  # the GPU would be busy this long
-        return out
+        transformers.Trainer.training_step = waited
+    else:
+        original = trainer_module.QwenVLTrainer.training_step
 
-    trainer_module.QwenVLTrainer.training_step = slowed
+        def slowed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            out = original(self, *args, **kwargs)
+            rest = step_seconds - (time.monotonic() - started)
+            if rest > 0:
+                time.sleep(rest)  # the GPU would be busy this long
+            return out
+
+        trainer_module.QwenVLTrainer.training_step = slowed
     out = workdir / f"run-{config}"
     shutil.rmtree(out, ignore_errors=True)
     flags = [
@@ -74,6 +88,7 @@ def child(config: str, workdir: Path, step_seconds: float, epochs: int, batch: i
     return {
         "seconds": seconds,
         "data_wait_share": summary["data_wait_share"],
+        "data_wait_share_steady": summary.get("data_wait_share_steady"),
         "data_wait_s": summary["data_wait_s"],
         "step_time_s": summary["step_time_s"],
         "steps": summary["timed_steps"],
@@ -83,7 +98,8 @@ def child(config: str, workdir: Path, step_seconds: float, epochs: int, batch: i
 
 def _run(config: str, args: Any, env: dict[str, str]) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", config, "--workdir", args.workdir, "--step-seconds",
-           str(args.step_seconds), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]  # fmt: skip
+           str(args.step_seconds), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           *(["--gpu-step"] if args.gpu_step else [])]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT="):
@@ -95,11 +111,14 @@ def table(result: dict[str, Any]) -> list[str]:
     from timing import summary
 
     lines = [
-        f"{result['mix']}; step {result['step_seconds']} s, batch {result['batch_size']}, {result['epochs']} epochs; "
+        f"{result['mix']}; step {result['step_seconds']} s"
+        f"{' (waited, no CPU compute)' if result.get('gpu_step') else ''}, batch {result['batch_size']}, "
+        f"{result['epochs']} epochs; "
         f"load {result['load_start']} -> {result['load_end']}, {result['repeats']} repetitions",
         "",
-        "| DataLoader settings | data_wait_share, median (min-max) | data wait s per run, median | run s, median |",
-        "|---|---:|---:|---:|",
+        "| DataLoader settings | data_wait_share, median (min-max) | steady (each epoch's first step left out), median "
+        "(min-max) | data wait s per run, median | run s, median |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, side in result["sides"].items():
         runs = side.get("runs") or []
@@ -107,10 +126,11 @@ def table(result: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | failed: {str(side.get('error', ''))[:80]} | - | - |")
             continue
         share = summary([r["data_wait_share"] for r in runs])
+        steady = summary([r["data_wait_share_steady"] for r in runs])
         wait = summary([r["data_wait_s"] for r in runs])
         lines.append(
-            f"| {name} | {share['median']:.1%} ({share['min']:.1%}-{share['max']:.1%}) | {wait['median']:.2f} | "
-            f"{side['seconds']['median']:.1f} |"
+            f"| {name} | {share['median']:.1%} ({share['min']:.1%}-{share['max']:.1%}) | {steady['median']:.1%} "
+            f"({steady['min']:.1%}-{steady['max']:.1%}) | {wait['median']:.2f} | {side['seconds']['median']:.1f} |"
         )
     return lines
 
@@ -129,13 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-size", default="1920x1080")
     parser.add_argument("--video-seconds", default="10,10,15,15")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--gpu-step", action="store_true",
+                        help="the step only waits --step-seconds (as a host waits on its GPU): no CPU forward/backward "
+                        "competing with the workers for the cores")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="fewer repetitions allowed: a code-path check only")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", default=None, help=argparse_suppress())
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     if args.child:
-        res = child(args.child, workdir, args.step_seconds, args.epochs, args.batch_size)
+        res = child(args.child, workdir, args.step_seconds, args.epochs, args.batch_size, args.gpu_step)
         print("RESULT=" + json.dumps(res))
         return
     from bench_data import make_mix
@@ -165,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     result.update(
         mix=f"bench_data.py's mix with photos {args.photo_size}, videos {args.video_size} of {args.video_seconds} s",
         step_seconds=args.step_seconds, batch_size=args.batch_size, epochs=args.epochs, cpus=os.cpu_count(),
+        gpu_step=args.gpu_step,
     )  # fmt: skip
     for line in table(result):
         print(line)

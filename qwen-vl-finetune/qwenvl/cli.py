@@ -23,7 +23,7 @@ import argparse
 import difflib
 import importlib
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 
 class UserError(ValueError):
@@ -159,6 +159,18 @@ def run_tool(body: Callable[[], int | None]) -> int:
     except UserError as e:
         report_error(f"error: {e}")
         return 2
+
+
+def run_trainer(train: Callable[[list[str] | None], Any], argv: list[str] | None) -> int:
+    """A trainer command's ``main`` (``qwenvl dpo``, ``qwenvl grpo``): ``train(argv)`` (which parses its flags
+    before importing torch), a user's mistake as one ``error:`` line (exit 2), and a distributed run ended as
+    ``qwenvl train`` ends it."""
+    code = run_tool(lambda: train(argv) and None)
+    if code == 0:
+        from qwenvl.train.policy import end_distributed
+
+        end_distributed()
+    return code
 
 
 COMMANDS: dict[str, tuple[str, str]] = {

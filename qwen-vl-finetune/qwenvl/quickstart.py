@@ -171,37 +171,43 @@ def set_cpu_threads() -> int:
     return threads
 
 
-def run(args: argparse.Namespace) -> int:
+# The tiny model's training flags both main jobs share: CPU, all parts trained, the pictures' small budget.
+TINY_FLAGS = ["--use_cpu", "True", "--report_to", "none", "--dataloader_num_workers", "0", "--weight_decay", "0.0",
+              "--max_pixels", str(64 * 64), "--min_pixels", str(32 * 32), "--model_max_length", "256",
+              "--tune_mm_vision", "True", "--tune_mm_mlp", "True", "--tune_mm_llm", "True"]  # fmt: skip
+
+
+def start(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Path], float]:
+    """A main job's start: the output folder checked, logging, the tiny random model and the colour pictures;
+    returns ``(out, base checkpoint, dataset paths, start time)``."""
     from qwenvl.model.tiny import check_output_folder, write_tiny_checkpoint
-    from qwenvl.train.train_qwen import train
 
     check_output_folder(args.out)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "qwen_vl_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
     out = Path(args.out)
     started = time.monotonic()
     base = write_tiny_checkpoint(args.family, out / "base", seed=args.seed)
-    data = make_dataset(out / "data", args.train_size, args.eval_size, seed=args.seed)
+    return out, base, make_dataset(out / "data", args.train_size, args.eval_size, seed=args.seed), started
+
+
+def run(args: argparse.Namespace) -> int:
+    from qwenvl.train.train_qwen import train
+
+    out, base, data, started = start(args)
     before, _ = evaluate(base, data["heldout"])
     print(f"held-out accuracy before fine-tuning: {before:.1%}")
 
     trained = out / "finetuned"
     train(
         [
+            *TINY_FLAGS,
             "--model_name_or_path", str(base),
             "--dataset_use", "shapes_train",
             "--eval_dataset_use", "shapes_heldout",
             "--dataset_registry", str(data["registry"]),
             "--output_dir", str(trained),
-            "--use_cpu", "True",
-            "--tune_mm_vision", "True",
-            "--tune_mm_mlp", "True",
-            "--tune_mm_llm", "True",
-            "--max_pixels", str(64 * 64),
-            "--min_pixels", str(32 * 32),
-            "--model_max_length", "256",
             "--data_packing", "True",
             "--max_packed_tokens", "512",
             "--per_device_train_batch_size", "1",
@@ -209,14 +215,11 @@ def run(args: argparse.Namespace) -> int:
             "--learning_rate", str(args.learning_rate),
             "--lr_scheduler_type", "cosine",
             "--warmup_steps", "0.05",
-            "--weight_decay", "0.0",
             "--eval_strategy", "epoch",
             "--save_strategy", "epoch",
             "--save_total_limit", "1",
             "--logging_steps", "10",
             "--seed", str(args.seed),
-            "--report_to", "none",
-            "--dataloader_num_workers", "0",
         ]
     )  # fmt: skip
     after, answers = evaluate(trained, data["heldout"])

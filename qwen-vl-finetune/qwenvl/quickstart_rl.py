@@ -29,10 +29,6 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-COMMON = ["--use_cpu", "True", "--report_to", "none", "--dataloader_num_workers", "0", "--weight_decay", "0.0",
-          "--max_pixels", str(64 * 64), "--min_pixels", str(32 * 32), "--model_max_length", "256"]  # fmt: skip
-
-
 def write_pairs(data: dict[str, Path], seed: int) -> Path:
     """One pair per training picture: its colour chosen, another colour rejected."""
     from qwenvl.data.make_demo import COLORS
@@ -71,25 +67,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qwenvl.model.tiny import check_output_folder, write_tiny_checkpoint
-    from qwenvl.quickstart import evaluate, make_dataset
+    from qwenvl.quickstart import TINY_FLAGS, evaluate, start
     from qwenvl.train.train_qwen import train as sft
 
-    check_output_folder(args.out)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "qwen_vl_utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    out = Path(args.out)
-    started = time.monotonic()
-    base = write_tiny_checkpoint(args.family, out / "base", seed=args.seed)
-    data = make_dataset(out / "data", args.train_size, args.eval_size, seed=args.seed)
+    out, base, data, started = start(args)
     images = str(out / "data" / "images")
 
     # 1. brief SFT: the answer format, not yet the colours
     warm = out / "sft"
-    sft([*COMMON, "--model_name_or_path", str(base), "--dataset_use", str(data["train"]),
-         "--media_root", images, "--output_dir", str(warm), "--tune_mm_vision", "True", "--tune_mm_mlp", "True",
-         "--tune_mm_llm", "True", "--data_packing", "True", "--max_packed_tokens", "512",
+    sft([*TINY_FLAGS, "--model_name_or_path", str(base), "--dataset_use", str(data["train"]),
+         "--media_root", images, "--output_dir", str(warm), "--data_packing", "True", "--max_packed_tokens", "512",
          "--per_device_train_batch_size", "1", "--num_train_epochs", str(args.sft_epochs), "--learning_rate", "2e-3",
          "--lr_scheduler_type", "constant", "--save_strategy", "no", "--logging_steps", "10",
          "--seed", str(args.seed)])  # fmt: skip
@@ -97,8 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"held-out accuracy after the brief SFT: {before:.1%}")
 
     tuned = out / args.stage
-    flags = [*COMMON, "--model_name_or_path", str(warm), "--output_dir", str(tuned), "--tune_mm_vision", "True",
-             "--tune_mm_mlp", "True", "--tune_mm_llm", "True", "--learning_rate", str(args.learning_rate),
+    flags = [*TINY_FLAGS, "--model_name_or_path", str(warm), "--output_dir", str(tuned),
+             "--learning_rate", str(args.learning_rate),
              "--lr_scheduler_type", "constant", "--save_steps", "20", "--save_total_limit", "1",
              "--logging_steps", "5", "--seed", str(args.seed), "--max_steps", str(args.steps)]  # fmt: skip
     if args.stage == "grpo":

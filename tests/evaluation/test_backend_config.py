@@ -35,13 +35,12 @@ def test_a_backend_without_its_checkpoint_or_server_is_a_user_error():
 
 
 def test_every_benchmark_infer_takes_the_config_flags():
-    import importlib
-
-    from qwenvl.evaluation.registry import BENCHMARKS
+    from qwenvl.evaluation.command import build_parser
+    from qwenvl.evaluation.registry import BENCHMARKS, get
 
     names = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(BackendConfig)}
-    for module, _ in BENCHMARKS.values():
-        parser = importlib.import_module(module).build_parser()
+    for module in BENCHMARKS:
+        parser = build_parser(get(module))
         infer = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
         flags = set(infer.choices["infer"]._option_string_actions)
         assert names <= flags and {"-c", "--api-base", "--cpu-only"} <= flags, module

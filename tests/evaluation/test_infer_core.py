@@ -198,16 +198,19 @@ def _parser_raising(error: BaseException):
 
 def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys):
     from qwenvl.cli import MissingPackage, Unreachable, UserError
-    from qwenvl.evaluation.core import run_main
+    from qwenvl.evaluation.command import run_main
+
+    def run(args):
+        return args.func(args)
 
     for error in (UserError("bad --flag; fix it"), MissingPackage("pip install x"), Unreachable("start the server")):
-        assert run_main(_parser_raising(error), []) == 2
+        assert run_main(_parser_raising(error), run, []) == 2
         assert capsys.readouterr().err == f"error: {error}\n"
     # A bug is not a user's mistake, whatever its type: it propagates (with its traceback), and the run's empty
     # output folders are still removed.
     for bug in (ValueError("a bug"), KeyError("width"), ImportError("cannot import name x"), ConnectionError("x")):
         with pytest.raises(type(bug)):
-            run_main(_parser_raising(bug), ["--output-file", str(tmp_path / "new" / "out.json")])
+            run_main(_parser_raising(bug), run, ["--output-file", str(tmp_path / "new" / "out.json")])
         assert not (tmp_path / "new").exists()
 
 

@@ -107,18 +107,19 @@ def test_layouts_and_prompts(tmp_path):
 @pytest.mark.slow
 def test_infer_and_eval(tiny_checkpoints, tmp_path):
     _tsv(tmp_path / "MathVision_MINI.tsv")
-    results = tmp_path / "mathv.jsonl"
-    run = subprocess.run([sys.executable, str(RUN), "infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]),
-                          "--data-dir", str(tmp_path), "--dataset", "MathVision_MINI", "--output-file", str(results),
-                          "--max-new-tokens", "4", "--min-pixels", str(16 * 32 * 32), "--max-pixels",
-                          str(64 * 32 * 32), "--prompt", "official"], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    from qwenvl.evaluation import mathvision, runner
+    from qwenvl.evaluation.benchmark import InferOptions
+    from qwenvl.inference.config import BackendConfig
+
+    options = mathvision.Options(data_dir=str(tmp_path), dataset="MathVision_MINI", prompt="official")
+    results = runner.infer(mathvision.BENCHMARK, options, BackendConfig(model_path=str(tiny_checkpoints["qwen3_vl"])),
+                           InferOptions(str(tmp_path / "mathv.jsonl"), max_new_tokens=4, min_pixels=16 * 32 * 32,
+                                        max_pixels=64 * 32 * 32))  # fmt: skip
     assert [json.loads(x)["id"] for x in results.read_text().splitlines()] == ["1", "2", "3"]
-    scores = tmp_path / "scores.json"
-    ev = subprocess.run([sys.executable, str(RUN), "eval", "--input-file", str(results), "--output-file", str(scores)],
-                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert ev.returncode == 0, ev.stderr
-    assert json.loads(scores.read_text())["overall"]["num"] == 3 and "level1" in ev.stdout
+    manifest = json.loads(Path(f"{results}.manifest.json").read_text())
+    assert manifest["pixel_policy"] == "flags" and manifest["pixel_budgets"]["max_pixels"] == 64 * 32 * 32
+    report = runner.evaluate(mathvision.BENCHMARK, results, tmp_path / "scores.json")
+    assert report["overall"]["num"] == 3 and report["level"]["level1"]["num"] >= 1
 
 
 def test_upstream_judge_extracts_answers_and_caches(tmp_path):

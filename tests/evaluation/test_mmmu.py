@@ -623,17 +623,19 @@ def test_upstream_vlmevalkit_tsv(tiny_checkpoints, tmp_path):
 
 
 def test_presets_and_flags():
-    from qwenvl.evaluation.mmmu.cli import build_parser, generation_settings
+    from qwenvl.evaluation.benchmark import InferOptions
+    from qwenvl.evaluation.mmmu.cli import BENCHMARK
+    from qwenvl.evaluation.runner import generation_settings
 
-    def gen(*argv: str):
-        return generation_settings(build_parser().parse_args(["infer", "--output-file", "x", *argv]))
+    def gen(**options):
+        return generation_settings(BENCHMARK, InferOptions("x", **options))
 
     assert vars(gen()) == dict(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
                                presence_penalty=0.0, seed=42)  # fmt: skip
-    instruct = gen("--preset", "instruct")
+    instruct = gen(preset="instruct")
     assert (instruct.temperature, instruct.top_p, instruct.top_k, instruct.presence_penalty,
             instruct.max_new_tokens) == (0.7, 0.8, 20, 1.5, 32768)  # fmt: skip
-    think = gen("--preset", "think", "--max-new-tokens", "64")  # a flag wins over its preset
+    think = gen(preset="think", max_new_tokens=64)  # a flag wins over its preset
     assert (think.temperature, think.top_p, think.max_new_tokens) == (1.0, 0.95, 64)
 
 

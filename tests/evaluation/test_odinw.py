@@ -5,8 +5,6 @@ read without running it, and infer -> eval on a tiny checkpoint."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -129,21 +127,25 @@ def test_infer_and_eval(tiny_checkpoints, tmp_path):
         "dataset_prefixes = ['Shell']\ndatasets = [dict(metainfo=dict(classes=('Crab', 'Sea-Lobster')),\n"
         "    data_root='data/odinw/Shell/raw/', ann_file='valid/ann.json', data_prefix=dict(img='valid/'))]\n"
     )
-    results = tmp_path / "odinw.jsonl"
-    run = subprocess.run([sys.executable, str(RUN), "infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]),
-                          "--data-dir", str(data), "--output-file", str(results), "--max-new-tokens", "8"],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    from qwenvl.evaluation import odinw, runner
+    from qwenvl.evaluation.benchmark import InferOptions
+    from qwenvl.inference.config import BackendConfig
+
+    # --preset: upstream's settings, its pixels too (768..12800 tokens of 32x32); the record keeps the size the
+    # model saw, which the boxes are scaled back from.
+    results = runner.infer(odinw.BENCHMARK, odinw.Options(data_dir=str(data)),
+                           BackendConfig(model_path=str(tiny_checkpoints["qwen3_vl"])),
+                           InferOptions(str(tmp_path / "odinw.jsonl"), preset="instruct", max_new_tokens=8))  # fmt: skip
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     assert [(x["id"], x["family"]) for x in lines] == [("Shell/1", "qwen3_vl"), ("Shell/2", "qwen3_vl"),
                                                        ("Shell/3", "qwen3_vl")]  # fmt: skip
     assert (lines[0]["resized_width"], lines[0]["resized_height"]) == (1024, 768)  # 640x480 at 768..12800 tokens
-    scores = tmp_path / "map.json"
-    ev = subprocess.run([sys.executable, str(RUN), "eval", "--input-file", str(results), "--data-dir", str(data),
-                         "--output-file", str(scores)], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert ev.returncode == 0, ev.stderr
-    report = json.loads(scores.read_text())
-    assert report["datasets"]["Shell"]["images"] == 3 and "Average" in ev.stdout
+    assert lines[0]["pixels"] == {"min_pixels": 768 * 32 * 32, "max_pixels": 12800 * 32 * 32}
+    assert json.loads(Path(f"{results}.manifest.json").read_text())["pixel_policy"] == "upstream"
+    report = runner.evaluate(odinw.BENCHMARK, results, tmp_path / "map.json",
+                             options=odinw.EvalOptions(data_dir=str(data)))  # fmt: skip
+    assert report["datasets"]["Shell"]["images"] == 3 and report["answered"] == 3
+    assert json.loads((tmp_path / "map.json").read_text())["Average"] == report["Average"]
 
 
 # ----------------------------------------------------------------------------------------------- golden scenarios

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from qwenvl.evaluation.mcq import can_infer
 from qwenvl.evaluation.realworldqa import aggregate, iter_rows, prompt_text, score
+from qwenvl.scoring.mcq import can_infer
 
 
 RUN = Path(__file__).resolve().parents[2] / "evaluation" / "RealWorldQA" / "run_realworldqa.py"

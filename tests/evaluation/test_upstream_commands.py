@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qwenvl.evaluation.command import build_parser
 from tests.evaluation.chat_server import chat_server
 
 
@@ -49,25 +50,25 @@ UPSTREAM = {
 
 @pytest.mark.parametrize("name", list(UPSTREAM))
 def test_upstreams_command_lines_parse(name):
-    module = importlib.import_module(f"qwenvl.evaluation.{name}")
+    benchmark = importlib.import_module(f"qwenvl.evaluation.{name}").BENCHMARK
     infer, evaluate = UPSTREAM[name]
-    args = module.build_parser().parse_args(infer)
+    args = build_parser(benchmark).parse_args(infer)
     assert args.model_path == "M" and args.temperature == 0.7 and args.max_model_len == 128000
     if name in ("mathvision", "videomme", "odinw"):  # one name for the sample limit; upstream's kept as an alias
-        limited = module.build_parser().parse_args(["infer", "--model-path", "M", "--data-dir", "D", "--output-file",
+        limited = build_parser(benchmark).parse_args(["infer", "--model-path", "M", "--data-dir", "D", "--output-file",
                                                     "o.jsonl", "--limit", "7"])  # fmt: skip
         assert (getattr(limited, "num_samples", None) or getattr(limited, "max_samples", None) or limited.limit) == 7
-    args = module.build_parser().parse_args(evaluate)
+    args = build_parser(benchmark).parse_args(evaluate)
     assert args.input_file == "o.jsonl" and args.data_dir == "D"
     if name != "odinw":
         assert args.judge_concurrency == int(evaluate[-1]) and args.eval_model.startswith("gpt-")
 
 
 def test_output_extension_is_checked_at_parse_time(capsys):
-    from qwenvl.evaluation.realworldqa import build_parser
+    from qwenvl.evaluation.realworldqa import BENCHMARK
 
     with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["eval", "--input-file", "r.jsonl", "--output-file", "scores.txt"])
+        build_parser(BENCHMARK).parse_args(["eval", "--input-file", "r.jsonl", "--output-file", "scores.txt"])
     assert exit_.value.code == 2 and ".json, .csv, .jsonl" in capsys.readouterr().err
 
 

@@ -4,8 +4,6 @@ frames, the parquet + videos layout, and infer -> eval on a tiny checkpoint."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,7 @@ OPTIONS = ["A. Black.", "B. 3.5 m.", "C. red", "D. blue"]
     ],
 )
 def test_extractors(response, official, upstream):
-    from qwenvl.evaluation.mcq import can_infer
+    from qwenvl.scoring.mcq import can_infer
 
     assert official_extract(response) == official
     assert can_infer(response, option_texts(OPTIONS), "upstream") == upstream
@@ -111,33 +109,34 @@ def _dataset(root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_infer_and_eval(tiny_checkpoints, tmp_path):
+def test_infer_and_eval(tiny_checkpoints, tmp_path, capsys):
     data = tmp_path / "Video-MME"
     _dataset(data)
-    results = tmp_path / "short.jsonl"
-    run = subprocess.run([sys.executable, str(RUN), "infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]),
-                          "--data-dir", str(data), "--duration", "short", "--use-subtitle", "--max-frames", "8",
-                          "--max-pixels", str(64 * 32 * 32), "--min-pixels", str(16 * 32 * 32), "--output-file",
-                          str(results), "--max-new-tokens", "3"],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    from qwenvl.evaluation import runner, videomme
+    from qwenvl.evaluation.benchmark import InferOptions
+    from qwenvl.inference.config import BackendConfig
+
+    model = str(tiny_checkpoints["qwen3_vl"])
+    results = runner.infer(videomme.BENCHMARK, videomme.Options(data_dir=str(data), use_subtitle=True),
+                           BackendConfig(model_path=model),
+                           InferOptions(str(tmp_path / "short.jsonl"), max_frames=8, max_pixels=64 * 32 * 32,
+                                        min_pixels=16 * 32 * 32, max_new_tokens=3))  # fmt: skip
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     assert [x["id"] for x in lines] == ["001-1", "001-2", "001-3"]  # the short video's questions only
     assert all(x["subtitles"] for x in lines) and lines[0]["task_type"] == "Counting Problem"
     manifest = json.loads(Path(str(results) + ".manifest.json").read_text())
-    assert manifest["video"]["fps"] == 2.0 and manifest["video"]["max_frames"] == 8
-    scores = tmp_path / "scores.json"
-    ev = subprocess.run([sys.executable, str(RUN), "eval", "--input-file", str(results), "--output-file", str(scores)],
-                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert ev.returncode == 0, ev.stderr
-    assert json.loads(scores.read_text())["overall"]["num"] == 3 and "answered" in ev.stdout
+    assert manifest["pixel_policy"] == "flags"
+    budgets = manifest["pixel_budgets"]
+    assert (budgets["video_max_frames"], budgets["video_max_pixels"], budgets["video_min_pixels"]) == (
+        8, 64 * 32 * 32, 16 * 32 * 32) and manifest["decoding"]["seed"] == 3407  # fmt: skip
+    report = runner.evaluate(videomme.BENCHMARK, results, tmp_path / "scores.json")
+    assert report["overall"]["num"] == 3 and report["denominator"] == "answered"
     (tmp_path / "empty").mkdir()
-    missing = subprocess.run([sys.executable, str(RUN), "infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]),
-                              "--data-dir", str(tmp_path / "empty"), "--output-file", str(tmp_path / "x.jsonl")],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert missing.returncode == 2 and "test-*.parquet" in missing.stderr and "Traceback" not in missing.stderr
+    argv = ["infer", "--model-path", model, "--output-file", str(tmp_path / "x.jsonl"), "--data-dir"]
+    assert videomme.main([*argv, str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "test-*.parquet" in err and "Traceback" not in err
     (data / "videos" / "vidA.mp4").unlink()  # a question whose video is missing is named
-    gone = subprocess.run([sys.executable, str(RUN), "infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]),
-                           "--data-dir", str(data), "--output-file", str(tmp_path / "y.jsonl")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert gone.returncode == 2 and "001-1:" in gone.stderr and "vidA.mp4 does not exist" in gone.stderr
+    assert videomme.main([*argv, str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "001-1:" in err and "vidA.mp4 does not exist" in err

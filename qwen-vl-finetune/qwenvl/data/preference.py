@@ -253,21 +253,55 @@ class PromptEncoder:
         return {"key": record.key, "id": record.id, "chosen": chosen, "rejected": rejected}
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Encoded pairs; a pair whose media fail to load or that is longer than ``max_length`` is quarantined (with
-    ``bad_media`` / ``overlong`` = skip) and replaced by the next good one, as in SFT; otherwise it raises."""
+class _RecordDataset(torch.utils.data.Dataset):
+    """Records encoded on access; one that :meth:`encode` skips (``None``: quarantined, with the reason logged) is
+    replaced by the next good one, as in SFT."""
+
+    what = "record"
 
     def __init__(self, records: list[PromptRecord], encoder: PromptEncoder, max_length: int, bad_media: str = "error",
-                 overlong: str = "error", quarantine: Any = None) -> None:  # fmt: skip
+                 quarantine: Any = None) -> None:  # fmt: skip
         self.records = records
         self.encoder = encoder
         self.max_length = max_length
         self.bad_media = bad_media
-        self.overlong = overlong
         self.quarantine = quarantine
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def encode(self, index: int) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _skip(self, record: PromptRecord, path: str, reason: str, kind: str) -> None:
+        logger.warning("skipping %s (%s): %s", record.id, kind, reason)
+        if self.quarantine is not None:
+            self.quarantine.add(record.key, record.id, path, reason, kind)
+
+    def _media_failed(self, record: PromptRecord, error: Any) -> None:
+        """A record whose media fail to load: raised, or skipped with ``bad_media=skip``."""
+        if self.bad_media != "skip":
+            raise error
+        self._skip(record, error.path, error.reason, "bad_media")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for step in range(len(self.records)):
+            item = self.encode((index + step) % len(self.records))
+            if item is not None:
+                return item
+        raise RuntimeError(f"every {self.what} was skipped; see quarantine.jsonl in the output dir")
+
+
+class PairDataset(_RecordDataset):
+    """Encoded pairs; a pair whose media fail to load or that is longer than ``max_length`` is quarantined (with
+    ``bad_media`` / ``overlong`` = skip) and replaced by the next good one, as in SFT; otherwise it raises."""
+
+    what = "preference pair"
+
+    def __init__(self, records: list[PromptRecord], encoder: PromptEncoder, max_length: int, bad_media: str = "error",
+                 overlong: str = "error", quarantine: Any = None) -> None:  # fmt: skip
+        super().__init__(records, encoder, max_length, bad_media, quarantine)
+        self.overlong = overlong
 
     def encode(self, index: int) -> dict[str, Any] | None:
         from qwenvl.data.encode import MediaLoadError
@@ -276,9 +310,7 @@ class PairDataset(torch.utils.data.Dataset):
         try:
             pair = self.encoder.pair(record)
         except MediaLoadError as e:
-            if self.bad_media != "skip":
-                raise
-            self._skip(record, e.path, e.reason, "bad_media")
+            self._media_failed(record, e)
             return None
         longest = max(len(pair["chosen"]["input_ids"]), len(pair["rejected"]["input_ids"]))
         if longest > self.max_length:
@@ -288,18 +320,6 @@ class PairDataset(torch.utils.data.Dataset):
             self._skip(record, "", reason, "overlong")
             return None
         return pair
-
-    def _skip(self, record: PromptRecord, path: str, reason: str, kind: str) -> None:
-        logger.warning("skipping %s (%s): %s", record.id, kind, reason)
-        if self.quarantine is not None:
-            self.quarantine.add(record.key, record.id, path, reason, kind)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for step in range(len(self.records)):
-            pair = self.encode((index + step) % len(self.records))
-            if pair is not None:
-                return pair
-        raise RuntimeError("every preference pair was skipped; see quarantine.jsonl in the output dir")
 
 
 def collate_sequences(
@@ -340,21 +360,12 @@ class PairCollator:
         return batch
 
 
-class PromptDataset(torch.utils.data.Dataset):
+class PromptDataset(_RecordDataset):
     """RL prompts encoded for generation (``add_generation_prompt``, as inference renders them), media loaded
     once per prompt with the training budget; a prompt whose media fail to load is quarantined and replaced with
     ``bad_media=skip``."""
 
-    def __init__(self, records: list[PromptRecord], encoder: PromptEncoder, max_length: int,
-                 bad_media: str = "error", quarantine: Any = None) -> None:  # fmt: skip
-        self.records = records
-        self.encoder = encoder
-        self.max_length = max_length
-        self.bad_media = bad_media
-        self.quarantine = quarantine
-
-    def __len__(self) -> int:
-        return len(self.records)
+    what = "prompt"
 
     def encode(self, index: int) -> dict[str, Any] | None:
         from qwenvl.data.encode import MediaLoadError
@@ -363,23 +374,12 @@ class PromptDataset(torch.utils.data.Dataset):
         try:
             prompt = self.encoder.generation_prompt(record.prompt, record.id)
         except MediaLoadError as e:
-            if self.bad_media != "skip":
-                raise
-            logger.warning("skipping %s (bad_media): %s", record.id, e.reason)
-            if self.quarantine is not None:
-                self.quarantine.add(record.key, record.id, e.path, e.reason, "bad_media")
+            self._media_failed(record, e)
             return None
         if len(prompt["input_ids"]) >= self.max_length:
             raise UserError(f"{record.id}: the prompt alone has {len(prompt['input_ids'])} tokens, --model_max_length "
                             f"is {self.max_length}; raise it or lower the pixel budgets")  # fmt: skip
         return {"record": record, "prompt": prompt, "key": record.key, "id": record.id}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for step in range(len(self.records)):
-            item = self.encode((index + step) % len(self.records))
-            if item is not None:
-                return item
-        raise RuntimeError("every prompt was skipped; see quarantine.jsonl in the output dir")
 
 
 def collate_prompts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

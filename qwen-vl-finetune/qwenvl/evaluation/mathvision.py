@@ -9,8 +9,8 @@ Run::
 
 Data: VLMEvalKit's ``MathVision.tsv`` / ``MathVision_MINI.tsv`` (``--data-dir`` holding them with
 ``--dataset``, or ``--data-file``), the files upstream reads; or the official MATH-V release (``--data-file
-data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, 768..5120·28² pixels
-each (upstream's numbers).
+data/test.jsonl`` or ``testmini.jsonl``, images beside it under ``images/``). Images first, under the runner's
+pixel policy (the checkpoint's budget; with ``--preset`` upstream's 768..5120·28² pixels; the flags over both).
 
 Prompts: ``upstream`` (default): the question text alone, as upstream sends it (``--use-cot`` appends " Let's
 think step by step."); ``official``: MATH-V's instruction to answer in one ``\\boxed{}``, the question, and the
@@ -30,35 +30,25 @@ Scoring:
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from qwenvl.cli import UserError
-from qwenvl.evaluation.core import (
-    Task,
-    accuracy,
-    add_compare_command,
-    add_eval_command,
-    add_export_command,
-    add_infer_arguments,
-    add_merge_command,
-    ci_text,
-    empty_answers,
-    empty_answers_warning,
-    extraction_methods,
-    grouped,
-    load_records,
-    make_judge,
-    run_infer,
-    run_main,
-    strip_reasoning,
-    upstream_presets,
-    upstream_result,
-    write_scores,
+from qwenvl.evaluation import command
+from qwenvl.evaluation.benchmark import Benchmark, JudgeResult, PixelPolicy, Run, Scoring, option
+from qwenvl.evaluation.reports import accuracy, extraction_methods, grouped, upstream_result
+from qwenvl.evaluation.runner import upstream_presets
+from qwenvl.evaluation.stats import ci_text
+from qwenvl.inference.base import strip_reasoning
+from qwenvl.scoring.math_answers import (  # noqa: F401 - MATH-V's answer checking, moved below the layers that use it
+    FLAGS,
+    find_math_answer,
+    is_equal,
+    normalise,
+    official_extract,
 )
 
 
@@ -75,14 +65,29 @@ BARE = ["A", "B", "C", "D", "E"]
 # ----------------------------------------------------------------------------------------------- data
 
 
-def data_path(args: argparse.Namespace) -> str:
-    if args.data_file:
-        return args.data_file
-    for candidate in (Path(args.data_dir) / f"{args.dataset}.tsv",):
+@dataclass
+class Options:
+    """MathVision's data and prompt."""
+
+    data_dir: str = option("folder holding the VLMEvalKit TSV", default="LMUData")
+    dataset: Literal["MathVision", "MathVision_MINI"] = option("the TSV read from --data-dir: <dataset>.tsv",
+                                                               default="MathVision")  # fmt: skip
+    data_file: str | None = option("a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
+    prompt: Literal["upstream", "official"] = option(
+        "upstream: the question text alone; official: MATH-V's \\boxed{} instruction and options", default="upstream"
+    )
+    use_cot: bool = option("append upstream's \" Let's think step by step.\"", default=False)
+    cot_prompt: str | None = option("with --use-cot: this text instead of upstream's")
+
+
+def data_path(options: Options) -> str:
+    if options.data_file:
+        return options.data_file
+    for candidate in (Path(options.data_dir) / f"{options.dataset}.tsv",):
         if candidate.is_file():
             return str(candidate)
     raise UserError(
-        f"--data-dir {args.data_dir} has no {args.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
+        f"--data-dir {options.data_dir} has no {options.dataset}.tsv; put VLMEvalKit's file there, or pass --data-file "
         "(a TSV, or MATH-V's data/test.jsonl)"
     )
 
@@ -146,185 +151,31 @@ def prompt_text(problem: dict[str, Any], style: str) -> str:
     return f"{OFFICIAL_INSTRUCTION}\n{problem['question']}\n{listed}"
 
 
-def _conversation(args: argparse.Namespace, problem: dict[str, Any]) -> list[dict[str, Any]]:
+def _cot(options: Options) -> str | None:
+    return (options.cot_prompt or COT) if options.use_cot else None
+
+
+def _conversation(options: Options, problem: dict[str, Any], run: Run) -> list[dict[str, Any]]:
     images = [{"type": "image", "image": image} for image in problem["images"]]
-    text = prompt_text(problem, args.prompt) + ((args.cot_prompt or COT) if args.use_cot else "")
+    text = prompt_text(problem, options.prompt) + (_cot(options) or "")
     return [{"role": "user", "content": [*images, {"type": "text", "text": text}]}]
 
 
-def _record(args: argparse.Namespace, problem: dict[str, Any], conversation: Any, text: Any) -> dict:
+def _record(options: Options, problem: dict[str, Any], conversation: Any, text: Any, run: Run) -> dict:
     return {k: problem[k] for k in ("id", "question", "options", "answer", "subject", "level")} | {
-        "response": strip_reasoning(text), "raw_response": str(text), "prompt": args.prompt}  # fmt: skip
+        "response": strip_reasoning(text), "raw_response": str(text), "prompt": options.prompt}  # fmt: skip
 
 
-def _ids(args: argparse.Namespace) -> list[str]:
-    path = data_path(args)
+def _ids(options: Options) -> list[str]:
+    path = data_path(options)
     if path.endswith(".jsonl"):
-        ids = [p["id"] for p in iter_problems(path)]  # images are paths there: nothing is decoded
-    else:
-        from qwenvl.evaluation import tsv
+        return [p["id"] for p in iter_problems(path)]  # images are paths there: nothing is decoded
+    from qwenvl.evaluation import tsv
 
-        ids = [row["index"] for row in tsv.read_rows(path, ("index", "question", "answer"))]
-    return ids[: args.num_samples] if args.num_samples else ids
-
-
-def _budget_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"min_pixels": args.min_pixels or UPSTREAM_MIN_PIXELS, "max_pixels": args.max_pixels or UPSTREAM_MAX_PIXELS}
-
-
-TASK = Task(
-    name="mathvision",
-    module="qwenvl.evaluation.mathvision",
-    question_ids=_ids,
-    rows=lambda args, ids: iter_problems(data_path(args), ids),
-    conversation=_conversation,
-    record=_record,
-    settings=lambda args: {
-        "data_file": data_path(args),
-        "prompt": args.prompt,
-        "cot": (args.cot_prompt or COT) if args.use_cot else None,
-    },  # fmt: skip
-    presets=PRESETS,
-    budget_overrides=_budget_overrides,
-    answer_settings=("prompt", "cot"),
-)
+    return [row["index"] for row in tsv.read_rows(path, ("index", "question", "answer"))]
 
 
 # ----------------------------------------------------------------------------------------------- official scoring
-
-
-def _fix_fracs(s: str) -> str:
-    parts = s.split("\\frac")
-    out = parts[0]
-    for part in parts[1:]:
-        out += "\\frac"
-        if part.startswith("{") or len(part) < 2:
-            out += part
-            continue
-        a, b, rest = part[0], part[1], part[2:]
-        out += f"{{{a}}}{b}{rest}" if b == "{" else f"{{{a}}}{{{b}}}{rest}"
-    return out
-
-
-def _fix_sqrt(s: str) -> str:
-    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
-
-
-def _fix_a_slash_b(s: str) -> str:
-    if s.count("/") != 1:
-        return s
-    a, b = s.split("/")
-    if a.isdigit() and b.isdigit():
-        return f"\\frac{{{a}}}{{{b}}}"
-    return s
-
-
-def normalise(s: str) -> str:
-    """MATH-style normalisation of an extracted answer."""
-    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
-    s = s.replace("\\left", "").replace("\\right", "").replace("^{\\circ}", "").replace("^\\circ", "")
-    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    s = s.replace(" .", " 0.").replace("{.", "{0.")
-    if not s:
-        return s
-    if s[0] == ".":
-        s = "0" + s
-    s = _fix_sqrt(s).replace(" ", "")
-    s = _fix_fracs(s)
-    if s == "0.5":
-        s = "\\frac{1}{2}"
-    return _fix_a_slash_b(s)
-
-
-def find_math_answer(s: str) -> str:
-    s = s.lower().replace("{}", "")
-    boxed = re.findall(r"oxed{(.*)}", s, flags=re.S)
-    ans = boxed[-1] if boxed else s
-    if "}" in ans and ("{" not in ans or ans.find("}") < ans.find("{")):
-        ans = ans.split("}")[0]
-    ans = ans.split("=")[-1].split("\\approx")[-1]
-    for old, new in ((" ", ""), ("\\,", ""), ("∞", "\\infty"), ("+\\infty", "\\infty"), ("\\\\", "\\"), ("\n", ""),
-                     ("\\text", ""), ("\\mbox", ""), ("bmatrix", "pmatrix"), ("\\left", ""), ("\\right", ""),
-                     ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""), ("{m}^3", ""), ("m^3", ""), ("{units}", ""),
-                     ("units", ""), ("{km}", ""), ("km", "")):  # fmt: skip
-        ans = ans.replace(old, new)
-    return normalise(ans)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-FLAGS = ["the final answer is", "the answer is", "the correct answer is", "the answer should be"]
-
-
-def official_extract(response: str) -> str:
-    """MATH-V ``evaluate.py``'s model answer."""
-    answer = response.strip()
-    for x in "ABCDE":
-        if (answer.endswith(f" {x}.") or answer.endswith(f" ({x}).") or answer.startswith(f"{x}\n")
-                or answer.startswith(f"({x})\n") or answer.startswith(f"({x}) {x}\n")):  # fmt: skip
-            answer = x
-    tail = answer.split("is ")[-1].rstrip(".")
-    if _is_number(tail):
-        answer = tail
-    if "oxed{" not in answer:
-        for flag in FLAGS:
-            for variant in (flag, flag.replace("the", "The")):
-                raw = answer
-                answer = answer.split(variant)[-1].strip()
-                if variant in raw:
-                    answer = answer.split("\n")[0].split(". ")[0]
-    elif answer.count("oxed{") > 1:
-        answer = "\\boxed{" + answer.split("oxed{")[-1]
-    answer = find_math_answer(answer)
-    for x in "abcde":
-        answer = answer.replace(f"({x})", x).replace(f"{{{x}}}", x)
-    return answer.rstrip(".").lstrip(":").strip()
-
-
-def _value(text: str) -> float | None:
-    """The numeric value of a LaTeX / plain expression (latex2sympy2, never ``eval``), or None."""
-    if not text or len(text) > 200:
-        return None
-    if _is_number(text):
-        return float(text)
-    try:
-        from latex2sympy2 import latex2sympy
-
-        expr = latex2sympy(text)
-        return float(expr.evalf()) if getattr(expr, "is_number", False) else None
-    except Exception:  # noqa: BLE001 - not an expression: no value
-        return None
-
-
-def _split_tuple(text: str) -> list[str] | None:
-    if len(text) >= 2 and text[0] in "([" and text[-1] in ")]":
-        return [p.strip() for p in text[1:-1].split(",")]
-    return None
-
-
-def is_equal(answer: str, gold: str, decimals: int | None = 2, tolerance: float = 1e-6) -> bool:
-    """MATH-V's comparison: equal strings (lower-cased), else element-wise / numeric equality after rounding to
-    ``decimals`` (official) or within ``tolerance`` (``decimals=None``: upstream)."""
-    a, g = str(answer).lower().strip(), str(gold).lower().strip()
-    if not a or not g:
-        return False
-    if a == g:
-        return True
-    parts_a, parts_g = _split_tuple(a), _split_tuple(g)
-    if parts_a is not None and parts_g is not None:
-        return len(parts_a) == len(parts_g) and all(
-            is_equal(x, y, decimals, tolerance) for x, y in zip(parts_a, parts_g)
-        )
-    va, vg = _value(a), _value(g)
-    if va is None or vg is None:
-        return False
-    return round(va, decimals) == round(vg, decimals) if decimals is not None else abs(va - vg) < tolerance
 
 
 def score_official(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -342,7 +193,7 @@ def score_official(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def score_upstream(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from qwenvl.evaluation.mcq import can_infer
+    from qwenvl.scoring.mcq import can_infer
 
     out = []
     for r in records:
@@ -398,35 +249,14 @@ def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
             "level": row.get("level") if tsv.present(row.get("level")) else None, **upstream_result(line)}  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    records = load_records(Path(args.input_file), ("id", "options", "answer", "response"), "run_mathv.py",
-                           from_upstream)  # fmt: skip
-    scored = score_official(records) if args.scoring == "official" else score_upstream(records)
-    judge_summary = _judge(args, records, scored) if args.judge else None
-    report = aggregate(scored, args.scoring)
-    empty = empty_answers(records)
-    output = Path(args.output_file)
-    write_scores(
-        output,
-        {"scoring": args.scoring, "judge": judge_summary, **report, "empty_responses": empty, "questions": scored},
-        {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary},
-    )
-    print(f"scoring: {args.scoring}")
-    print(format_report(report))
-    if warning := empty_answers_warning(empty, len(records)):
-        print(warning)
-    print(f"-> {output}")
-    return 0
-
-
-def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list[dict[str, Any]]) -> dict[str, Any]:
+def _judge(judge: Any, options: Any, records: list[dict[str, Any]], scored: list[dict[str, Any]],
+           context: Any) -> JudgeResult:  # fmt: skip
     """Upstream's judge stage: an LLM extracts the answer of what the rules could not read; it is then compared
     like a rule result."""
-    from qwenvl.evaluation.mcq import can_infer
+    from qwenvl.scoring.mcq import can_infer
 
-    judge = make_judge(args)
     by_id = {r["id"]: r for r in records}
-    targets = [s for s in scored if args.judge == "all" or not s["correct"]]
+    targets = [s for s in scored if options.judge == "all" or not s["correct"]]
     replies = judge.extract_all([(s["id"], by_id[s["id"]]["question"], by_id[s["id"]]["response"]) for s in targets])
     changed = 0
     for s, reply in zip(targets, replies):
@@ -436,46 +266,51 @@ def _judge(args: argparse.Namespace, records: list[dict[str, Any]], scored: list
             letter = can_infer(reply, choices, "upstream")
             correct = letter == r["answer"]
         else:
-            correct = is_equal(reply, r["answer"], decimals=None if args.scoring == "upstream" else 2)
+            correct = is_equal(reply, r["answer"], decimals=None if context.mode == "upstream" else 2)
         changed += correct != s["correct"]
         s.update(extracted=reply, method="judge", correct=correct)
-    return {"model": args.judge_model, "rechecked": len(targets), "changed": changed, "requests": judge.requests}
+    return JudgeResult({"model": options.judge_model, "rechecked": len(targets), "changed": changed,
+                        "requests": judge.requests})  # fmt: skip
 
 
-def _scored(path: Path, mode: str) -> list[dict[str, Any]]:
-    records = load_records(path, ("id", "options", "answer", "response"), "run_mathv.py", from_upstream)
-    return score_official(records) if mode == "official" else score_upstream(records)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from qwenvl.cli import StrictParser
-
-    parser = StrictParser(prog="run_mathv.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="solve MathVision and write results.jsonl (resumable)")
-    add_infer_arguments(p, PRESETS)
-    p.add_argument("--data-dir", default="LMUData", help="folder holding the VLMEvalKit TSV")
-    p.add_argument("--dataset", default="MathVision", choices=["MathVision", "MathVision_MINI"],
-                   help="the TSV read from --data-dir: <dataset>.tsv")  # fmt: skip
-    p.add_argument("--data-file", default=None, help="a TSV, or MATH-V's data/test.jsonl / testmini.jsonl")
-    p.add_argument("--limit", "--num-samples", dest="num_samples", type=int, default=None,
-                   help="the first N problems only (--num-samples: upstream's name)")  # fmt: skip
-    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
-                   help="upstream: the question text alone; official: MATH-V's \\boxed{} instruction and options")  # fmt: skip
-    p.add_argument("--use-cot", action="store_true", help="append upstream's \" Let's think step by step.\"")
-    p.add_argument("--cot-prompt", default=None, help="with --use-cot: this text instead of upstream's")
-    p.add_argument("--min-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MIN_PIXELS}")
-    p.add_argument("--max-pixels", type=int, default=None, help=f"per image, default {UPSTREAM_MAX_PIXELS}")
-    p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate, tool="run_mathv.py")
-    add_merge_command(sub)
-    add_compare_command(sub, _scored)
-    add_export_command(sub, _scored)
-    return parser
+BENCHMARK = Benchmark(
+    name="mathvision",
+    description="MathVision (MATH-V): competition maths with images",
+    doc=__doc__,
+    tool="run_mathv.py",
+    options=Options,
+    question_ids=_ids,
+    rows=lambda options, ids: iter_problems(data_path(options), ids),
+    conversation=_conversation,
+    record=_record,
+    settings=lambda options: {"data_file": data_path(options), "prompt": options.prompt, "cot": _cot(options)},
+    answer_settings=("prompt", "cot"),
+    limit_flags=("--limit", "--num-samples"),
+    limit_help="the first N problems only",
+    pixels=PixelPolicy(image={"min_pixels": UPSTREAM_MIN_PIXELS, "max_pixels": UPSTREAM_MAX_PIXELS}),
+    presets=PRESETS,
+    scoring={
+        "official": Scoring(
+            "MATH-V's evaluate.py (the numbers to compare with papers)",
+            lambda records, context: score_official(records),
+            lambda scored, context: aggregate(scored, "official"),
+            lambda report, context: format_report(report),
+        ),
+        "upstream": Scoring(
+            "upstream Qwen3-VL's rule stage (and its judge with --judge)",
+            lambda records, context: score_upstream(records),
+            lambda scored, context: aggregate(scored, "upstream"),
+            lambda report, context: format_report(report),
+        ),
+    },  # fmt: skip
+    from_upstream=from_upstream,
+    judge=_judge,
+    judge_unread="the answers the rules cannot read (upstream's GPT-4o stage)",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return command.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

@@ -29,36 +29,22 @@ Pixels: the checkpoint's saved budget (``--min-pixels`` / ``--max-pixels`` overr
 
 from __future__ import annotations
 
-import argparse
 import ast
 import io
 import random
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from qwenvl.cli import UserError
-from qwenvl.evaluation.core import (
-    Task,
-    accuracy,
-    add_compare_command,
-    add_eval_command,
-    add_export_command,
-    add_infer_arguments,
-    add_merge_command,
-    ci_text,
-    empty_answers,
-    empty_answers_warning,
-    extraction_methods,
-    grouped,
-    load_records,
-    run_infer,
-    run_main,
-    strip_reasoning,
-    upstream_presets,
-    write_scores,
-)
+from qwenvl.evaluation import command
+from qwenvl.evaluation.benchmark import Benchmark, PixelPolicy, Run, Scoring, option
+from qwenvl.evaluation.reports import accuracy, extraction_methods, grouped
+from qwenvl.evaluation.runner import upstream_presets
+from qwenvl.evaluation.stats import ci_text
+from qwenvl.inference.base import strip_reasoning
 
 
 SETTINGS = {"standard": "standard (10 options)", "vision": "vision"}
@@ -153,35 +139,31 @@ def iter_rows(data_dir: str, setting: str, ids: set[str] | None = None, images: 
             yield row
 
 
-def _conversation(args: argparse.Namespace, row: dict[str, Any]) -> list[dict[str, Any]]:
-    text, _ = prompt_text(row, args.setting, args.prompt)
+@dataclass
+class Options:
+    """MMMU-Pro's data and prompt."""
+
+    data_dir: str = option("local copy of MMMU/MMMU_Pro (the setting's parquet files)", required=True)
+    setting: Literal["standard", "vision"] = option(
+        "standard: question and 10 options as text with the images; vision: a screenshot only", default="standard"
+    )
+    prompt: Literal["direct", "cot"] = option("prompts.yaml's instruction", default="direct")
+
+
+def _conversation(options: Options, row: dict[str, Any], run: Run) -> list[dict[str, Any]]:
+    text, _ = prompt_text(row, options.setting, options.prompt)
     content = [{"type": "text", "text": text}, *({"type": "image", "image": image} for image in row["images"])]
     return [{"role": "user", "content": content}]
 
 
-def _record(args: argparse.Namespace, row: dict[str, Any], conversation: Any, text: Any) -> dict[str, Any]:
-    return {"id": row["id"], "setting": args.setting, "subject": row["subject"], "options": row["options"],
-            "answer": row["answer"], "prompt": args.prompt, "response": strip_reasoning(text),
+def _record(options: Options, row: dict[str, Any], conversation: Any, text: Any, run: Run) -> dict[str, Any]:
+    return {"id": row["id"], "setting": options.setting, "subject": row["subject"], "options": row["options"],
+            "answer": row["answer"], "prompt": options.prompt, "response": strip_reasoning(text),
             "raw_response": str(text)}  # fmt: skip
 
 
-def _ids(args: argparse.Namespace) -> list[str]:
-    ids = [r["id"] for r in iter_rows(args.data_dir, args.setting, images=False)]
-    return ids[: args.limit] if args.limit else ids
-
-
-TASK = Task(
-    name="mmmu_pro",
-    module="qwenvl.evaluation.mmmu_pro",
-    question_ids=_ids,
-    rows=lambda args, ids: iter_rows(args.data_dir, args.setting, ids),
-    conversation=_conversation,
-    record=_record,
-    settings=lambda args: {"data_dir": args.data_dir, "setting": args.setting, "prompt": args.prompt},
-    presets=PRESETS,
-    budget_overrides=lambda args: {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels},
-    answer_settings=("setting", "prompt"),
-)
+def _ids(options: Options) -> list[str]:
+    return [r["id"] for r in iter_rows(options.data_dir, options.setting, images=False)]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -258,50 +240,30 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load(path: Path) -> list[dict[str, Any]]:
-    return load_records(path, ("id", "options", "answer", "response"), "qwenvl eval mmmu_pro")
+def _mode(mode: str) -> Scoring:
+    return Scoring(SCORING[mode], lambda records, context: score(records, mode),
+                   lambda scored, context: aggregate(scored), lambda report, context: format_report(report))  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    records = _load(Path(args.input_file))
-    scored = score(records, args.scoring)
-    report = aggregate(scored)
-    empty = empty_answers(records)
-    output = Path(args.output_file)
-    write_scores(output, {"scoring": args.scoring, **report, "empty_responses": empty, "questions": scored},
-                 {"input_file": args.input_file, "scoring": args.scoring, "seed": 42})  # fmt: skip
-    print(f"scoring: {args.scoring}")
-    print(format_report(report))
-    if warning := empty_answers_warning(empty, len(records)):
-        print(warning)
-    print(f"-> {output}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from qwenvl.cli import StrictParser
-
-    parser = StrictParser(prog="qwenvl eval mmmu_pro", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="answer MMMU-Pro and write results.jsonl (resumable)")
-    add_infer_arguments(p, PRESETS)
-    p.add_argument("--data-dir", required=True, help="local copy of MMMU/MMMU_Pro (the setting's parquet files)")
-    p.add_argument("--setting", default="standard", choices=list(SETTINGS),
-                   help="standard: question and 10 options as text with the images; vision: a screenshot only")  # fmt: skip
-    p.add_argument("--prompt", default="direct", choices=["direct", "cot"], help="prompts.yaml's instruction")
-    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
-    p.add_argument("--min-pixels", type=int, default=None, help="per image (default: the checkpoint's)")
-    p.add_argument("--max-pixels", type=int, default=None, help="per image (default: the checkpoint's)")
-    p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate, judge=False, tool="qwenvl eval mmmu_pro", scoring=SCORING)
-    add_merge_command(sub)
-    add_compare_command(sub, lambda path, mode: score(_load(path), mode), tuple(SCORING))
-    add_export_command(sub, lambda path, mode: score(_load(path), mode), tuple(SCORING))
-    return parser
+BENCHMARK = Benchmark(
+    name="mmmu_pro",
+    description="MMMU-Pro: 10-option and vision-only MMMU (standard / vision)",
+    doc=__doc__,
+    options=Options,
+    question_ids=_ids,
+    rows=lambda options, ids: iter_rows(options.data_dir, options.setting, ids),
+    conversation=_conversation,
+    record=_record,
+    settings=lambda options: {"data_dir": options.data_dir, "setting": options.setting, "prompt": options.prompt},
+    answer_settings=("setting", "prompt"),
+    pixels=PixelPolicy(image=None),  # not one of upstream's benchmarks: its preset keeps the checkpoint's pixels
+    presets=PRESETS,
+    scoring={mode: _mode(mode) for mode in SCORING},
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return command.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

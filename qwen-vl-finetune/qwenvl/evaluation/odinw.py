@@ -10,7 +10,10 @@ Data (``--data-dir``): the 13 ODinW datasets in MMDetection's ``data/odinw/`` la
 ``valid/annotations_without_background.json`` and images; see ``DATASETS``), or upstream's flat
 ``odinw13_config.py`` (``datasets`` and ``dataset_prefixes``; read as data, never executed). Every image of a
 dataset is asked once, with all its classes: "Locate every instance that belongs to the following categories:
-'c1, c2'. Report bbox coordinates in JSON format." (768..12800 tokens of 32x32 pixels per image, as upstream).
+'c1, c2'. Report bbox coordinates in JSON format." Pixels follow the runner's policy (the checkpoint's budget;
+with ``--preset`` upstream's 768..12800 tokens of 32x32 pixels; the flags over both); each record keeps the size
+the model saw (``resized_width`` / ``resized_height``, computed with the budget used, which ``pixels`` records),
+which the boxes are scaled back from.
 
 Boxes come out of the answer as upstream reads them: the code fences removed, ``ast.literal_eval`` of the whole
 rest, ``(bbox_2d, label)`` of each entry with 4 coordinates; an answer that does not read that way (text around the
@@ -38,31 +41,21 @@ Upstream's results files (``question_id``, ``extra_info``, ``result``) are score
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from qwenvl.cli import MissingPackage, UserError
-from qwenvl.evaluation.core import (
-    SCORES_HELP,
-    Task,
-    add_infer_arguments,
-    add_merge_command,
-    empty_answers,
-    empty_answers_warning,
-    read_results,
-    run_infer,
-    run_main,
-    scores_file,
-    strip_reasoning,
-    upstream_presets,
-    write_manifest,
-    write_scores,
-)
+from qwenvl.evaluation import command
+from qwenvl.evaluation.benchmark import Benchmark, EvalContext, PixelPolicy, Run, Scored, Scoring, option
+from qwenvl.evaluation.reports import empty_answers, empty_answers_warning
+from qwenvl.evaluation.results import read_manifest, read_results
+from qwenvl.evaluation.runner import upstream_presets
+from qwenvl.inference.base import strip_reasoning
 
 
 MIN_PIXELS, MAX_PIXELS = 768 * 32 * 32, 12800 * 32 * 32
@@ -138,11 +131,36 @@ def dataset_table(data_dir: str) -> dict[str, tuple[str, str, str, list[str]]]:
     return read_config(config, data_dir) if config.is_file() else DATASETS
 
 
-def selected(args: argparse.Namespace) -> dict[str, tuple[str, str, str, list[str]]]:
-    table = dataset_table(args.data_dir)
-    if not args.datasets:
+DATA_DIR_HELP = "the data/odinw folder (or one with odinw13_config.py)"
+
+
+@dataclass
+class Options:
+    """ODinW-13's data."""
+
+    data_dir: str = option(DATA_DIR_HELP, required=True)
+    datasets: str | None = option("comma-separated prefixes (default: all 13)")
+
+
+@dataclass
+class EvalOptions:
+    """What ODinW's scoring reads besides the results: the annotations, the datasets, the coordinates."""
+
+    data_dir: str = option(DATA_DIR_HELP, required=True)
+    datasets: str | None = option("comma-separated datasets to score (default: those infer asked, from its "
+                                  "manifest; else all)")  # fmt: skip
+    coords: Literal["auto", "relative", "absolute"] | None = option(
+        "auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL (the family infer "
+        "recorded). Not given: upstream's is_rel=1 / is_rel=0 environment variable picks relative / absolute, else "
+        "auto"
+    )
+
+
+def selected(options: Options) -> dict[str, tuple[str, str, str, list[str]]]:
+    table = dataset_table(options.data_dir)
+    if not options.datasets:
         return table
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    names = [n.strip() for n in options.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
     if unknown:
         raise UserError(f"--datasets: unknown {unknown}; known: {', '.join(table)}")
@@ -156,15 +174,15 @@ def annotation_path(data_dir: str, entry: tuple[str, str, str, list[str]], name:
     return path
 
 
-def iter_images(args: argparse.Namespace, ids: set[str] | None = None) -> Iterator[dict[str, Any]]:
+def iter_images(options: Options, ids: set[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every image of the selected datasets (annotation-file order), as ``{id, dataset, img_id, path, ...}``."""
-    for name, entry in selected(args).items():
-        ann = json.loads(annotation_path(args.data_dir, entry, name).read_text())
+    for name, entry in selected(options).items():
+        ann = json.loads(annotation_path(options.data_dir, entry, name).read_text())
         for image in ann["images"]:
             qid = f"{name}/{image['id']}"
             if ids is not None and qid not in ids:
                 continue
-            path = Path(args.data_dir) / entry[0] / entry[2] / image["file_name"]
+            path = Path(options.data_dir) / entry[0] / entry[2] / image["file_name"]
             if not path.is_file():
                 raise UserError(f"{qid}: image {path} does not exist")
             yield {"id": qid, "dataset": name, "img_id": image["id"], "path": str(path),
@@ -178,52 +196,28 @@ def prompt_text(classes: list[str]) -> str:
     )
 
 
-def _conversation(args: argparse.Namespace, row: dict[str, Any]) -> list[dict[str, Any]]:
-    image = {"type": "image", "image": row["path"], "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
+def _conversation(options: Options, row: dict[str, Any], run: Run) -> list[dict[str, Any]]:
+    image = {"type": "image", "image": row["path"]}  # the run's pixel budget is applied by the backend
     return [{"role": "user", "content": [image, {"type": "text", "text": prompt_text(row["classes"])}]}]
 
 
-class _Records:
-    def __init__(self) -> None:
-        self.family: Any = None
+def _record(options: Options, row: dict[str, Any], conversation: Any, text: Any, run: Run) -> dict:
+    """The answer with what its boxes need: the original size, and the size the model saw (the run's budget)."""
+    from qwen_vl_utils.image_io import open_image
+    from qwen_vl_utils.resize import image_target_size
 
-    def __call__(self, args: argparse.Namespace, row: dict[str, Any], conversation: Any, text: Any) -> dict:
-        from qwen_vl_utils.image_io import open_image
-        from qwen_vl_utils.resize import image_target_size
-
-        if self.family is None:
-            from qwenvl.model.families import get_family
-            from qwenvl.model.loader import read_family
-
-            self.family = get_family(args.family) if args.family else read_family(args.model_path or args.model)
-        with open_image(row["path"]) as image:
-            width, height = image.size
-        rh, rw = image_target_size(height, width, conversation[0]["content"][0], self.family.patch_size)
-        return {"id": row["id"], "dataset": row["dataset"], "img_id": row["img_id"], "family": self.family.model_type,
-                "width": width, "height": height, "resized_width": rw, "resized_height": rh,
-                "response": strip_reasoning(text), "raw_response": str(text)}  # fmt: skip
+    with open_image(row["path"]) as image:
+        width, height = image.size
+    item = run.image_item(conversation[0]["content"][0])
+    rh, rw = image_target_size(height, width, item, run.family.patch_size)
+    return {"id": row["id"], "dataset": row["dataset"], "img_id": row["img_id"], "family": run.family.model_type,
+            "width": width, "height": height, "resized_width": rw, "resized_height": rh,
+            "pixels": {k: item[k] for k in ("min_pixels", "max_pixels") if k in item},
+            "response": strip_reasoning(text), "raw_response": str(text)}  # fmt: skip
 
 
-def _ids(args: argparse.Namespace) -> list[str]:
-    ids = [r["id"] for r in iter_images(args)]
-    return ids[: args.limit] if args.limit else ids
-
-
-TASK = Task(
-    name="odinw13",
-    module="qwenvl.evaluation.odinw",
-    question_ids=_ids,
-    rows=iter_images,
-    conversation=_conversation,
-    record=_Records(),
-    settings=lambda args: {
-        "data_dir": args.data_dir,
-        "datasets": list(selected(args)),
-        "pixels": [MIN_PIXELS, MAX_PIXELS],
-    },  # fmt: skip
-    presets=PRESETS,
-    answer_settings=("datasets",),
-)
+def _ids(options: Options) -> list[str]:
+    return [r["id"] for r in iter_images(options)]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -462,138 +456,102 @@ def score(
 
 def infer_datasets(input_file: Path) -> list[str] | None:
     """The datasets the infer run that wrote ``input_file`` asked (its manifest), or None when unknown."""
-    from qwenvl.evaluation.core import read_manifest
-
     manifest = read_manifest(input_file) or {}
     names = manifest.get("datasets")
     return [str(n) for n in names] if isinstance(names, list) and names else None
 
 
-def _score_file(args: argparse.Namespace, path: Path, with_detections: bool = False) -> dict[str, Any]:
-    """``score`` of a results file with the eval flags (``--datasets``, ``--coords`` or ``is_rel``)."""
-    records = load_odinw_records(path)
+def _coords(options: EvalOptions) -> str:
+    if options.coords is not None:
+        return options.coords
+    rel = os.environ.get("is_rel")  # upstream's switch, an environment variable, when the flag is not given
+    return "auto" if rel is None else ("relative" if rel == "1" else "absolute")
+
+
+def _report(records: list[dict[str, Any]], context: EvalContext, with_detections: bool = False) -> dict[str, Any]:
+    """``score`` of a file's records with the eval options (``--datasets``, ``--coords`` or ``is_rel``)."""
+    options: EvalOptions = context.options
     datasets = None
-    if args.datasets:
-        datasets = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    elif args.scoring != "upstream":
-        datasets = infer_datasets(path)
-    coords = args.coords
-    if coords is None:  # upstream's switch, an environment variable, when the flag is not given
-        rel = os.environ.get("is_rel")
-        coords = "auto" if rel is None else ("relative" if rel == "1" else "absolute")
-    return score(records, args.data_dir, args.scoring, coords, datasets, with_detections) | {"records": len(records)}
+    if options.datasets:
+        datasets = [n.strip() for n in options.datasets.split(",") if n.strip()]
+    elif context.mode != "upstream":
+        datasets = infer_datasets(context.input_file)
+    body = score(records, options.data_dir, context.mode, _coords(options), datasets, with_detections)
+    return {k: v for k, v in body.items() if k != "scoring"} | {"records": len(records)}
 
 
-def compare(args: argparse.Namespace) -> int:
-    """Per-dataset mAP of two results files (mAP is not a per-question accuracy: no paired test)."""
-    a, b = _score_file(args, Path(args.a)), _score_file(args, Path(args.b))
-    print(f"{'dataset':26} {'mAP A':>7} {'mAP B':>7} {'B - A':>7}")
-    for name in sorted(set(a["datasets"]) | set(b["datasets"])):
-        ma, mb = a["datasets"].get(name, {}).get("mAP"), b["datasets"].get(name, {}).get("mAP")
-        diff = f"{mb - ma:>+7.3f}" if ma is not None and mb is not None else f"{'':>7}"
-        print(f"{name:26} {'-' if ma is None else f'{ma:.3f}':>7} {'-' if mb is None else f'{mb:.3f}':>7} {diff}")
-    print(f"{'Average':26} {a['Average']:>7.3f} {b['Average']:>7.3f} {b['Average'] - a['Average']:>+7.3f}")
-    return 0
-
-
-def export(args: argparse.Namespace) -> int:
-    """Each dataset's detections in COCO's results format (what COCO-style evaluation servers and tools read)."""
-    body = _score_file(args, Path(args.input_file), with_detections=True)
-    output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(body["detections"]) + "\n")
-    write_manifest(output, {"mode": "export", "input_file": args.input_file, "scoring": args.scoring,
-                            "coords": body["coords"]})  # fmt: skip
-    count = sum(len(v) for v in body["detections"].values())
-    print(f"{count} detection(s) of {len(body['detections'])} dataset(s), COCO results format -> {output}")
-    return 0
-
-
-def evaluate(args: argparse.Namespace) -> int:
-    input_file = Path(args.input_file)
-    body = _score_file(args, input_file)
-    coords = body["coords"]
-    records = body.pop("records")
-    report = body["datasets"]
-    output = Path(args.output_file)
-    write_scores(output, body, {"input_file": args.input_file, "scoring": args.scoring, "coords": coords})
-    print(f"{'dataset':26} {'mAP':>6} {'mAP_50':>6} {'mAP_75':>6} {'images':>6} {'answered':>8} {'unreadable':>10}")
-    for name, r in report.items():
-        print(f"{name:26} {r['mAP']:>6.3f} {r['mAP_50']:>6.3f} {r['mAP_75']:>6.3f} {r['images']:>6} "
-              f"{r['answered']:>8} {r['parse_failures']:>10}")  # fmt: skip
-    print(f"{'Average':26} {body['Average']:>6.3f}  (mean mAP over {len(report)} dataset(s); {body['answered']} of "
-          f"{body['images']} annotated image(s) answered)")  # fmt: skip
+def format_report(body: dict[str, Any], context: EvalContext) -> str:
+    lines = [f"{'dataset':26} {'mAP':>6} {'mAP_50':>6} {'mAP_75':>6} {'images':>6} {'answered':>8} {'unreadable':>10}"]
+    for name, r in body["datasets"].items():
+        lines.append(f"{name:26} {r['mAP']:>6.3f} {r['mAP_50']:>6.3f} {r['mAP_75']:>6.3f} {r['images']:>6} "
+                     f"{r['answered']:>8} {r['parse_failures']:>10}")  # fmt: skip
+    lines.append(f"{'Average':26} {body['Average']:>6.3f}  (mean mAP over {len(body['datasets'])} dataset(s); "
+                 f"{body['answered']} of {body['images']} annotated image(s) answered)")  # fmt: skip
     if body["answered"] < body["images"]:
-        print(f"warning: {body['images'] - body['answered']} annotated image(s) have no answer in {input_file} and "
-              "score as images without detections")  # fmt: skip
+        lines.append(f"warning: {body['images'] - body['answered']} annotated image(s) have no answer in "
+                     f"{context.input_file} and score as images without detections")  # fmt: skip
     if body["datasets_not_scored"]:
-        print(f"warning: answers of {', '.join(body['datasets_not_scored'])} are not scored (not in --datasets)")
-    if warning := empty_answers_warning(body["empty_responses"], records):
-        print(warning)
-    print(f"-> {output}")
-    return 0
+        lines.append(
+            f"warning: answers of {', '.join(body['datasets_not_scored'])} are not scored (not in --datasets)"
+        )
+    if warning := empty_answers_warning(body["empty_responses"], body["records"]):
+        lines.append(warning)
+    return "\n".join(lines)
 
 
-def _scoring_flags(p: argparse.ArgumentParser) -> None:
-    """--scoring, --datasets, --coords (eval, compare, export)."""
-    p.add_argument(
-        "--scoring",
-        default="official",
-        choices=list(SCORING),
-        help="official: upstream's parsing, COCO categories by name, every dataset asked, unrounded mean; "
-        "lenient: official, plus boxes found anywhere in answers upstream's parsing refuses; "
-        "upstream: upstream's numbers (positional categories, datasets present, 3-decimal rounding)",
-    )
-    p.add_argument(
-        "--datasets",
-        default=None,
-        help="comma-separated datasets to score (default: those infer asked, from its manifest; else all)",
-    )
-    p.add_argument("--coords", default=None, choices=["auto", "relative", "absolute"],
-                   help="auto: 0-1000 relative for Qwen3-VL / Qwen2-VL, resized-image pixels for Qwen2.5-VL (the "
-                        "family infer recorded). Not given: upstream's is_rel=1 / is_rel=0 environment variable "
-                        "picks relative / absolute, else auto")  # fmt: skip
+def compare(a: Scored, b: Scored) -> str:
+    """Per-dataset mAP of two results files (mAP is not a per-question accuracy: no paired test)."""
+    ra, rb = _report(a.records, a.context), _report(b.records, b.context)
+    lines = [f"{'dataset':26} {'mAP A':>7} {'mAP B':>7} {'B - A':>7}"]
+    for name in sorted(set(ra["datasets"]) | set(rb["datasets"])):
+        ma, mb = ra["datasets"].get(name, {}).get("mAP"), rb["datasets"].get(name, {}).get("mAP")
+        diff = f"{mb - ma:>+7.3f}" if ma is not None and mb is not None else f"{'':>7}"
+        lines.append(f"{name:26} {'-' if ma is None else f'{ma:.3f}':>7} {'-' if mb is None else f'{mb:.3f}':>7} "
+                     f"{diff}")  # fmt: skip
+    lines.append(f"{'Average':26} {ra['Average']:>7.3f} {rb['Average']:>7.3f} {rb['Average'] - ra['Average']:>+7.3f}")
+    return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from qwenvl.cli import StrictParser
+def export(scored: Scored) -> dict[str, list[dict[str, Any]]]:
+    """Each dataset's detections in COCO's results format (what COCO-style evaluation servers and tools read)."""
+    return _report(scored.records, scored.context, with_detections=True)["detections"]
 
-    parser = StrictParser(prog="run_odinw.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="detect on ODinW-13 and write results.jsonl (resumable)")
-    add_infer_arguments(p, PRESETS)
-    p.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
-    p.add_argument("--datasets", default=None, help="comma-separated prefixes (default: all 13)")
-    p.add_argument("--limit", type=int, default=None, help="the first N images only")
-    p.set_defaults(func=lambda args: run_infer(args, TASK))
-    e = sub.add_parser("eval", help="COCO mAP of results.jsonl (ours, or upstream's run_odinw.py infer output)")
-    e.add_argument(
-        "--input-file",
-        required=True,
-        help="results of infer: ours, or upstream's JSONL (question_id, extra_info, result), read as is",
-    )
-    e.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
-    e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
-    _scoring_flags(e)
-    e.set_defaults(func=evaluate)
-    add_merge_command(sub)
-    c = sub.add_parser("compare", help="per-dataset mAP of two results files")
-    c.add_argument("a", help="results file A (the baseline)")
-    c.add_argument("b", help="results file B")
-    c.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
-    _scoring_flags(c)
-    c.set_defaults(func=compare)
-    x = sub.add_parser("export", help="the detections in COCO's results format, per dataset")
-    x.add_argument("--input-file", required=True, help="results of infer (ours or upstream's)")
-    x.add_argument("--data-dir", required=True, help="the data/odinw folder (or one with odinw13_config.py)")
-    x.add_argument("--output-file", required=True, help="a JSON {dataset: [COCO detections]}")
-    _scoring_flags(x)
-    x.set_defaults(func=export)
-    return parser
+
+SCORING_HELP = {
+    "official": "upstream's parsing, COCO categories by name, every dataset asked, unrounded mean",
+    "lenient": "official, plus boxes found anywhere in answers upstream's parsing refuses",
+    "upstream": "upstream's numbers (positional categories, datasets present, 3-decimal rounding)",
+}
+BENCHMARK = Benchmark(
+    name="odinw13",
+    description="ODinW-13: object detection on 13 datasets, COCO mAP",
+    doc=__doc__,
+    tool="run_odinw.py",
+    options=Options,
+    question_ids=_ids,
+    rows=iter_images,
+    conversation=_conversation,
+    record=_record,
+    settings=lambda options: {"data_dir": options.data_dir, "datasets": list(selected(options))},
+    answer_settings=("datasets",),
+    limit_help="the first N images only",
+    pixels=PixelPolicy(image={"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}),
+    presets=PRESETS,
+    scoring={
+        mode: Scoring(text, lambda records, context: records, _report, format_report)
+        for mode, text in SCORING_HELP.items()
+    },  # fmt: skip
+    load=lambda path, options: load_odinw_records(path),
+    eval_options=EvalOptions,
+    per_question=False,
+    compare=compare,
+    export=export,
+    export_help="the detections in COCO's results format, per dataset",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return command.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

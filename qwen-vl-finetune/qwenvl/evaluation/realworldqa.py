@@ -24,36 +24,26 @@ The report gives Overall and, when the TSV has them, per ``category`` and ``l2-c
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from qwenvl.cli import UserError
-from qwenvl.evaluation.core import (
-    Task,
+from qwenvl.evaluation import command
+from qwenvl.evaluation.benchmark import Benchmark, JudgeResult, PixelPolicy, Run, Scoring, option
+from qwenvl.evaluation.reports import (
     accuracy,
-    add_compare_command,
-    add_eval_command,
-    add_export_command,
-    add_infer_arguments,
-    add_merge_command,
-    ci_text,
-    empty_answers,
-    empty_answers_warning,
     extraction_methods,
     grouped,
     judge_choices,
-    load_records,
-    run_infer,
-    run_main,
-    strip_reasoning,
-    upstream_presets,
     upstream_result,
-    write_scores,
 )
-from qwenvl.evaluation.mcq import can_infer
+from qwenvl.evaluation.runner import upstream_presets
+from qwenvl.evaluation.stats import ci_text
+from qwenvl.inference.base import strip_reasoning
+from qwenvl.scoring.mcq import can_infer
 
 
 TSV_NAME = "RealWorldQA.tsv"
@@ -61,13 +51,24 @@ UPSTREAM_MIN_PIXELS, UPSTREAM_MAX_PIXELS = 768 * 28 * 28, 5120 * 28 * 28
 PRESETS = upstream_presets(default_tokens=128, think_temperature=0.6, think_tokens=32768)
 
 
-def tsv_path(args: argparse.Namespace) -> str:
-    if args.data_file:
-        return args.data_file
-    name = f"{args.dataset}.tsv" if getattr(args, "dataset", None) else TSV_NAME
-    path = Path(args.data_dir) / name
+@dataclass
+class Options:
+    """RealWorldQA's data."""
+
+    data_dir: str = option(f"folder holding {TSV_NAME}", default="LMUData")
+    data_file: str | None = option(f"the TSV itself ({TSV_NAME})")
+    dataset: str = option("upstream's flag: the TSV is <--data-dir>/<dataset>.tsv", default="RealWorldQA")
+
+
+def tsv_path(options: Options) -> str:
+    if options.data_file:
+        return options.data_file
+    name = f"{options.dataset}.tsv" if options.dataset else TSV_NAME
+    path = Path(options.data_dir) / name
     if not path.is_file():
-        raise UserError(f"--data-dir {args.data_dir} has no {name}; put VLMEvalKit's file there or pass --data-file")
+        raise UserError(
+            f"--data-dir {options.data_dir} has no {name}; put VLMEvalKit's file there or pass --data-file"
+        )
     return str(path)
 
 
@@ -106,12 +107,12 @@ def prompt_text(row: dict[str, Any]) -> str:
     return text
 
 
-def _conversation(args: argparse.Namespace, row: dict[str, Any]) -> list[dict[str, Any]]:
+def _conversation(options: Options, row: dict[str, Any], run: Run) -> list[dict[str, Any]]:
     content = [{"type": "image", "image": image} for image in row["images"]]
     return [{"role": "user", "content": [*content, {"type": "text", "text": prompt_text(row)}]}]
 
 
-def _record(args: argparse.Namespace, row: dict[str, Any], conversation: list[dict[str, Any]], text: Any) -> dict:
+def _record(options: Options, row: dict[str, Any], conversation: list[dict[str, Any]], text: Any, run: Run) -> dict:
     return {
         "id": row["index"],
         "question": row["question"],
@@ -124,34 +125,10 @@ def _record(args: argparse.Namespace, row: dict[str, Any], conversation: list[di
     }
 
 
-def _budget_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    upstream = args.preset is not None  # a preset reproduces upstream: its pixel budget too, unless flags say
-    return {
-        "min_pixels": args.min_pixels if args.min_pixels is not None else (UPSTREAM_MIN_PIXELS if upstream else None),
-        "max_pixels": args.max_pixels if args.max_pixels is not None else (UPSTREAM_MAX_PIXELS if upstream else None),
-    }
-
-
-def _ids(args: argparse.Namespace) -> list[str]:
+def _ids(options: Options) -> list[str]:
     from qwenvl.evaluation import tsv
 
-    rows = tsv.read_rows(tsv_path(args), ("index", "question", "answer", "image"))
-    ids = [row["index"] for row in rows]
-    return ids[: args.limit] if args.limit else ids
-
-
-TASK = Task(
-    name="realworldqa",
-    module="qwenvl.evaluation.realworldqa",
-    question_ids=_ids,
-    rows=lambda args, ids: iter_rows(tsv_path(args), ids),
-    conversation=_conversation,
-    record=_record,
-    settings=lambda args: {"data_file": tsv_path(args), "limit": args.limit, "prompt": "upstream (VLMEvalKit MCQ)"},
-    presets=PRESETS,
-    budget_overrides=_budget_overrides,
-    answer_settings=("prompt",),
-)
+    return [row["index"] for row in tsv.read_rows(tsv_path(options), ("index", "question", "answer", "image"))]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -214,62 +191,45 @@ def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
             "answer": str(row["answer"]).strip(), **present, **upstream_result(line)}  # fmt: skip
 
 
-def _load(path: Path) -> list[dict[str, Any]]:
-    return load_records(path, ("id", "options", "answer", "response"), "run_realworldqa.py", from_upstream)
+def _judge(
+    judge: Any, options: Any, records: list[dict[str, Any]], scored: list[dict[str, Any]], context: Any
+) -> JudgeResult:
+    by_id = {r["id"]: r for r in records}
+    return JudgeResult(judge_choices(judge, options, scored, ("unparsed", "random"), lambda s: (
+        s["id"], by_id[s["id"]].get("question", ""), list(by_id[s["id"]]["options"].values()),
+        by_id[s["id"]]["response"])))  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    records = _load(Path(args.input_file))
-    scored = score(records, args.scoring)
-    judge_summary = None
-    if args.judge:
-        by_id = {r["id"]: r for r in records}
-        judge_summary = judge_choices(args, scored, ("unparsed", "random"), lambda s: (
-            s["id"], by_id[s["id"]].get("question", ""), list(by_id[s["id"]]["options"].values()),
-            by_id[s["id"]]["response"]))  # fmt: skip
-    report = aggregate(scored)
-    empty = empty_answers(records)
-    output = Path(args.output_file)
-    write_scores(output, {"scoring": args.scoring, "judge": judge_summary, **report, "empty_responses": empty,
-                          "questions": scored},
-                 {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary, "seed": 42})  # fmt: skip
-    print(f"scoring: {args.scoring}" + (f" + judge {args.judge_model}" if args.judge else ""))
-    print(format_report(report))
-    if warning := empty_answers_warning(empty, len(records)):
-        print(warning)
-    print(f"-> {output}")
-    return 0
+def _mode(mode: str, help: str) -> Scoring:
+    return Scoring(help, lambda records, context: score(records, mode), lambda scored, context: aggregate(scored),
+                   lambda report, context: format_report(report))  # fmt: skip
 
 
-def _scored(path: Path, mode: str) -> list[dict[str, Any]]:
-    return score(_load(path), mode)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from qwenvl.cli import StrictParser
-
-    parser = StrictParser(prog="run_realworldqa.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="answer RealWorldQA and write results.jsonl (resumable)")
-    add_infer_arguments(p, PRESETS)
-    p.add_argument("--data-dir", default="LMUData", help=f"folder holding {TSV_NAME}")
-    p.add_argument("--data-file", default=None, help=f"the TSV itself ({TSV_NAME})")
-    p.add_argument("--dataset", default="RealWorldQA", help="upstream's flag: the TSV is <--data-dir>/<dataset>.tsv")
-    p.add_argument("--limit", type=int, default=None, help="the first N questions only")
-    p.add_argument("--min-pixels", type=int, default=None,
-                   help=f"per image (default: the checkpoint's; with --preset upstream's {UPSTREAM_MIN_PIXELS})")  # fmt: skip
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help=f"per image (default: the checkpoint's; with --preset upstream's {UPSTREAM_MAX_PIXELS})")  # fmt: skip
-    p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate, tool="run_realworldqa.py")
-    add_merge_command(sub)
-    add_compare_command(sub, _scored)
-    add_export_command(sub, _scored)
-    return parser
+BENCHMARK = Benchmark(
+    name="realworldqa",
+    description="RealWorldQA: multiple-choice questions on real-world photos",
+    doc=__doc__,
+    tool="run_realworldqa.py",
+    options=Options,
+    question_ids=_ids,
+    rows=lambda options, ids: iter_rows(tsv_path(options), ids),
+    conversation=_conversation,
+    record=_record,
+    settings=lambda options: {"data_file": tsv_path(options), "prompt": "upstream (VLMEvalKit MCQ)"},
+    answer_settings=("prompt",),
+    pixels=PixelPolicy(image={"min_pixels": UPSTREAM_MIN_PIXELS, "max_pixels": UPSTREAM_MAX_PIXELS}),
+    presets=PRESETS,
+    scoring={
+        "official": _mode("official", "VLMEvalKit's rule matching (an answer no rule reads is wrong)"),
+        "upstream": _mode("upstream", "upstream's matcher, an unreadable answer a seeded random letter or Z"),
+    },
+    from_upstream=from_upstream,
+    judge=_judge,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return command.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,39 @@
-"""The benchmarks of ``qwenvl eval <benchmark> <subcommand>``: a name, the module that runs it, one line about it.
+"""The benchmarks of ``qwenvl eval <benchmark> <subcommand>``: one line per benchmark, its name and the module that
+declares it (its ``BENCHMARK``, a :class:`qwenvl.evaluation.benchmark.Benchmark`).
 
-Every benchmark module has ``main(argv)`` with the subcommands ``infer``, ``eval``, ``merge``, ``compare`` and
-``export`` (``--help`` on each lists its flags); upstream's ``evaluation/<Benchmark>/run_*.py`` scripts call the
-same ``main``. Adding a benchmark adds its line here.
+The runner gives every benchmark the subcommands ``infer``, ``eval``, ``merge``, ``compare`` and ``export``
+(``--help`` on each lists its flags); upstream's ``evaluation/<Benchmark>/run_*.py`` scripts run the same command
+line. Adding a benchmark adds its line here. Modules are imported only when asked for (help stays light).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "mmmu": ("qwenvl.evaluation.mmmu.cli", "MMMU: college-level multiple-choice and open questions, 30 subjects"),
-    "mathvision": ("qwenvl.evaluation.mathvision", "MathVision (MATH-V): competition maths with images"),
-    "realworldqa": ("qwenvl.evaluation.realworldqa", "RealWorldQA: multiple-choice questions on real-world photos"),
-    "videomme": ("qwenvl.evaluation.videomme", "Video-MME: multiple-choice questions on short/medium/long videos"),
-    "odinw13": ("qwenvl.evaluation.odinw", "ODinW-13: object detection on 13 datasets, COCO mAP"),
-    "mmmu_pro": ("qwenvl.evaluation.mmmu_pro", "MMMU-Pro: 10-option and vision-only MMMU (standard / vision)"),
+BENCHMARKS: dict[str, str] = {
+    "mmmu": "qwenvl.evaluation.mmmu.cli",
+    "mathvision": "qwenvl.evaluation.mathvision",
+    "realworldqa": "qwenvl.evaluation.realworldqa",
+    "videomme": "qwenvl.evaluation.videomme",
+    "odinw13": "qwenvl.evaluation.odinw",
+    "mmmu_pro": "qwenvl.evaluation.mmmu_pro",
 }
 
 
+def get(name: str) -> Any:
+    """The declared benchmark ``name`` (its module's ``BENCHMARK``)."""
+    return importlib.import_module(BENCHMARKS[name]).BENCHMARK
+
+
 def usage() -> str:
-    lines = [f"  {name:12} {text}" for name, (_, text) in BENCHMARKS.items()]
+    lines = []
+    for name, path in BENCHMARKS.items():
+        module = importlib.import_module(path)
+        text = module.BENCHMARK.description if hasattr(module, "BENCHMARK") else (module.__doc__ or "").split("\n")[0]
+        lines.append(f"  {name:12} {text}")
     return ("usage: qwenvl eval <benchmark> {infer,eval,merge,compare,export} [--help | args]\n\nbenchmarks:\n"
             + "\n".join(lines))  # fmt: skip
 
@@ -42,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         print(usage(), file=sys.stderr)
         return 2
-    module = importlib.import_module(BENCHMARKS[name][0])
+    from qwenvl.evaluation import command
+
     sys.argv = [f"qwenvl eval {name}", *rest]
-    return int(module.main(rest) or 0)
+    module = importlib.import_module(BENCHMARKS[name])
+    if not hasattr(module, "BENCHMARK"):  # not declared yet: its own command line
+        return int(module.main(rest) or 0)
+    return command.main(module.BENCHMARK, rest)
 
 
 if __name__ == "__main__":

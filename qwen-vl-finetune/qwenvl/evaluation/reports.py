@@ -1,6 +1,6 @@
-"""The ``eval`` side every benchmark shares: the eval / compare / export commands, upstream's eval and judge flags,
-the judge, reading results (ours or upstream's), accuracies with their 95% interval, and writing the scores in the
-format ``--output-file`` names."""
+"""The pieces of the ``eval`` side every benchmark shares: upstream's judge flags mapped onto ours, multiple-choice
+re-checking by the judge, reading results (ours or upstream's), accuracies with their 95% interval, and writing the
+scores in the format ``--output-file`` names."""
 
 from __future__ import annotations
 
@@ -13,42 +13,7 @@ from typing import Any, Callable
 
 from qwenvl.cli import UserError
 from qwenvl.evaluation.results import read_results, write_manifest
-from qwenvl.evaluation.stats import format_comparison, paired_comparison, wilson_interval
-
-
-SCORING_HELP = {
-    "official": "the benchmark's own scorer (the numbers to compare with papers)",
-    "upstream": "upstream Qwen3-VL's eval script (the numbers to compare with upstream's reports)",
-}
-
-
-def add_eval_command(
-    sub: Any,
-    evaluate: Callable[[argparse.Namespace], int],
-    judge: bool = True,
-    tool: str = "infer",
-    scoring: dict[str, str] | None = None,
-) -> argparse.ArgumentParser:
-    """``eval --input-file --output-file --scoring official|upstream``, the judge flags, and upstream's eval flags
-    (``--data-dir``, ``--dataset``; its judge flags map to ours, see :func:`add_judge_arguments`)."""
-    e = sub.add_parser("eval", help="score results.jsonl (ours, or upstream's results file of the same benchmark)")
-    e.add_argument("--input-file", required=True,
-                   help=f"the results of {tool}, or upstream's results JSONL (question_id, annotation, result), "
-                        "read as they are")  # fmt: skip
-    e.add_argument("--output-file", required=True, type=scores_file, help=SCORES_HELP)
-    modes = scoring or SCORING_HELP  # {mode: what it is}, the first the default
-    e.add_argument("--scoring", default=next(iter(modes)), choices=list(modes),
-                   help="; ".join(f"{k}: {v}" for k, v in modes.items()))  # fmt: skip
-    e.add_argument(
-        "--data-dir",
-        default=None,
-        help="accepted for upstream's command line; not needed: the results carry what scoring needs",
-    )
-    e.add_argument("--dataset", default=None, help="accepted for upstream's command line (not needed, as --data-dir)")
-    if judge:
-        add_judge_arguments(e)
-    e.set_defaults(func=evaluate)
-    return e
+from qwenvl.evaluation.stats import wilson_interval
 
 
 # Upstream's --api-type: the environment variables its judge wrappers read (server URL, key).
@@ -56,28 +21,7 @@ UPSTREAM_API_TYPES = {"dash": ("DASHSCOPE_API_BASE", "CHATGPT_DASHSCOPE_API_KEY"
                       "mit": ("MIT_SPIDER_URL", "MIT_SPIDER_TOKEN")}  # fmt: skip
 
 
-def add_judge_arguments(e: argparse.ArgumentParser, unread: str = "the answers the rules cannot read") -> None:
-    """--judge, --judge-model, --base-url, --api-key-env, --judge-concurrency, and upstream's judge flags
-    (``--eval-model``, ``--api-type``, ``--nproc``) mapped onto them; ``unread`` says what ``--judge openai``
-    re-checks."""
-    e.add_argument("--judge", default=None, choices=["openai", "all"],
-                   help=f"re-check with an LLM judge on an OpenAI-compatible server: openai = {unread}; all = every "
-                        "answer")  # fmt: skip
-    e.add_argument("--judge-model", default=None, help="the judge's model name on that server")
-    e.add_argument("--base-url", default=None, help="the judge's server, e.g. http://127.0.0.1:8000/v1")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable of the judge's key")
-    e.add_argument("--judge-concurrency", "--nproc", type=int, default=8,
-                   help="judge requests in flight (--nproc: upstream's name)")  # fmt: skip
-    e.add_argument("--eval-model", default=None,
-                   help="upstream's judge flag: --judge-model, and --judge openai when a server is known (--base-url, "
-                        "or the one --api-type names)")  # fmt: skip
-    e.add_argument("--api-type", default=None, choices=list(UPSTREAM_API_TYPES),
-                   help="upstream's judge flag: the server of --eval-model is read from "
-                        + "; ".join(f"{k}: ${u} (key ${v})" for k, (u, v) in UPSTREAM_API_TYPES.items())
-                        + " (an OpenAI-compatible base URL); default dash")  # fmt: skip
-
-
-def apply_upstream_judge_flags(args: argparse.Namespace) -> None:
+def apply_upstream_judge_flags(args: Any) -> None:
     """Map upstream's ``--eval-model`` / ``--api-type`` onto ``--judge-model`` / ``--base-url`` / ``--api-key-env``
     / ``--judge``. Upstream always asks its judge when the rules fail; without a known server the judge stays off
     (upstream would spend minutes per answer before giving up) and a warning says how to turn it on."""
@@ -100,28 +44,17 @@ def apply_upstream_judge_flags(args: argparse.Namespace) -> None:
                   "or pass --base-url); scoring without the judge", file=sys.stderr)  # fmt: skip
 
 
-def make_judge(args: argparse.Namespace) -> Any:
-    """The judge of ``eval --judge``, its verdicts cached beside ``--output-file``."""
-    from qwenvl.evaluation.judge import Judge
-
-    if not args.base_url or not args.judge_model:
-        raise UserError("--judge needs --base-url (an OpenAI-compatible server) and --judge-model (its model name)")
-    output = Path(args.output_file)
-    return Judge(args.base_url, args.judge_model, output.with_name(output.stem + ".judge.jsonl"),
-                 os.environ.get(args.api_key_env), concurrency=getattr(args, "judge_concurrency", 8))  # fmt: skip
-
-
 def judge_choices(
-    args: argparse.Namespace,
+    judge: Any,
+    options: Any,
     scored: list[dict[str, Any]],
     unresolved: tuple[str, ...],
     item: Callable[[dict[str, Any]], tuple[str, str, list[str], str]],
 ) -> dict[str, Any]:
     """Multiple-choice re-checking: every scored answer whose ``method`` is in ``unresolved`` (all with ``--judge
-    all``) is matched to an option by the judge; a usable verdict replaces the rule result (``item`` gives ``(id,
-    question, option texts, answer)``). Returns the summary for the report."""
-    judge = make_judge(args)
-    targets = [s for s in scored if args.judge == "all" or s["method"] in unresolved]
+    all``) is matched to an option by ``judge``; a usable verdict replaces the rule result (``item`` gives ``(id,
+    question, option texts, answer)``). ``options``: the judge options. Returns the summary for the report."""
+    targets = [s for s in scored if options.judge == "all" or s["method"] in unresolved]
     verdicts = judge.choose_all([item(s) for s in targets])
     failures = 0
     for s, verdict in zip(targets, verdicts):
@@ -129,8 +62,8 @@ def judge_choices(
             failures += 1  # the rule result stands
             continue
         s.update(extracted=verdict.letter, method="judge", answered=True, correct=verdict.letter == s["answer"])
-    return {"model": args.judge_model, "base_url": args.base_url, "rechecked": len(targets), "failures": failures,
-            "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
+    return {"model": options.judge_model, "base_url": options.base_url, "rechecked": len(targets),
+            "failures": failures, "requests": judge.requests, "cached": sum(v.cached for v in verdicts)}  # fmt: skip
 
 
 UPSTREAM_RECORD = ("question_id", "annotation", "result")
@@ -141,9 +74,11 @@ def load_records(
     required: tuple[str, ...],
     tool: str,
     from_upstream: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    upstream_fields: tuple[str, ...] = UPSTREAM_RECORD,
 ) -> list[dict[str, Any]]:
     """The results of ``tool infer`` in ``path``, each line checked for the ``required`` fields. A line of
-    upstream's results file (``question_id``, ``annotation``, ``result``) is converted by ``from_upstream``."""
+    upstream's results file (``upstream_fields``: ``question_id``, ``annotation``, ``result``) is converted by
+    ``from_upstream``."""
     lines = read_results(path)
     if not lines:
         raise UserError(f"{path}: no results to score")
@@ -151,7 +86,7 @@ def load_records(
     for i, line in enumerate(lines):
         if not isinstance(line, dict):
             raise UserError(f"{path}: line {i + 1} is not a JSON object (results of {tool} infer)")
-        if from_upstream is not None and all(k in line for k in UPSTREAM_RECORD) and "response" not in line:
+        if from_upstream is not None and all(k in line for k in upstream_fields) and "response" not in line:
             try:
                 line = from_upstream(line)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -249,56 +184,6 @@ def accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
     correct = sum(bool(r["correct"]) for r in records)
     return {"num": len(records), "correct": correct, "acc": correct / max(len(records), 1),
             "ci95": wilson_interval(correct, len(records))}  # fmt: skip
-
-
-def add_export_command(sub: Any, scored: Callable[[Path, str], list[dict[str, Any]]],
-                       scoring: tuple[str, ...] = ("official", "upstream")) -> None:  # fmt: skip
-    """``export --input-file --output-file [--scoring]``: the ``{id: extracted answer}`` JSON of a results file (the
-    shape of MMMU's submission file), for other tools or a leaderboard."""
-
-    def run(args: argparse.Namespace) -> int:
-        rows = scored(Path(args.input_file), args.scoring)
-        output = Path(args.output_file)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({r["id"]: r.get("extracted") for r in rows}, indent=1, ensure_ascii=False) + "\n")
-        write_manifest(output, {"mode": "export", "input_file": args.input_file, "scoring": args.scoring})
-        print(f"{len(rows)} prediction(s) ({{id: extracted answer}}) -> {output}")
-        return 0
-
-    x = sub.add_parser("export", help="the {id: extracted answer} JSON of a results file")
-    x.add_argument("--input-file", required=True, help="results of infer (ours or upstream's)")
-    x.add_argument("--output-file", required=True, help="the {id: answer} JSON")
-    x.add_argument(
-        "--scoring", default=scoring[0], choices=list(scoring), help="the answer extraction of eval's --scoring"
-    )
-    x.set_defaults(func=run)
-
-
-def add_compare_command(
-    sub: Any, scored: Callable[[Path, str], list[dict[str, Any]]], scoring: tuple[str, ...] = ("official", "upstream")
-) -> None:
-    """``compare A B [--scoring]``: the paired comparison and the questions whose correctness differs
-    (``scored(path, mode)`` gives a results file's per-question results: ``id``, ``correct``, ``extracted``,
-    ``method``, ``answer``)."""
-
-    def run(args: argparse.Namespace) -> int:
-        a = {r["id"]: r for r in scored(Path(args.a), args.scoring)}
-        b = {r["id"]: r for r in scored(Path(args.b), args.scoring)}
-        print(format_comparison(paired_comparison({i: r["correct"] for i, r in a.items()},
-                                                  {i: r["correct"] for i, r in b.items()})))  # fmt: skip
-        changed = [i for i in a if i in b and a[i]["correct"] != b[i]["correct"]]
-        print(f"{len(changed)} changed")
-        for i in changed:
-            print(f"  {i}: A {a[i].get('extracted')} ({a[i].get('method')}) -> B {b[i].get('extracted')} "
-                  f"({b[i].get('method')}), gold {a[i].get('answer')}")  # fmt: skip
-        return 0
-
-    c = sub.add_parser("compare", help="two results files on their common questions: accuracies with 95%% CI, a "
-                                       "paired test, and the questions whose correctness differs")  # fmt: skip
-    c.add_argument("a", help="results file A (the baseline)")
-    c.add_argument("b", help="results file B")
-    c.add_argument("--scoring", default=scoring[0], choices=list(scoring), help="as eval's --scoring")
-    c.set_defaults(func=run)
 
 
 def grouped(

@@ -99,14 +99,19 @@ ANSWER_SETTINGS = ("model_path", "model_config_sha256", "served_model", "pixel_b
                    "dtype")  # fmt: skip
 
 
+# The values of a run's pixel budget (the manifest's ``pixel_budgets`` also says where they came from).
+BUDGET_VALUES = ("max_pixels", "min_pixels", "video_max_pixels", "video_min_pixels", "video_fps", "video_max_frames",
+                 "video_min_frames", "video_total_pixels")  # fmt: skip
+
+
 def settings_changes(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...] = ANSWER_SETTINGS) -> list[str]:
     """``key: old -> new`` for each answer-changing setting that differs."""
     changes = []
     for key in keys:
         before, after = old.get(key), new.get(key)
         if key == "pixel_budgets":  # compare the budgets in effect, not where they came from
-            before = {k: v for k, v in (before or {}).items() if k in ("max_pixels", "min_pixels")}
-            after = {k: v for k, v in (after or {}).items() if k in ("max_pixels", "min_pixels")}
+            before = {k: v for k, v in (before or {}).items() if k in BUDGET_VALUES}
+            after = {k: v for k, v in (after or {}).items() if k in BUDGET_VALUES}
         if key == "served_model" and before is None and old.get("backend") == "openai":
             continue  # written before the served model was asked for: unknown, not another model
         if key in old and before != after:
@@ -176,9 +181,6 @@ def config_hash(model_path: str) -> str | None:
         return hashlib.sha256(Path(hf_hub_download(model_path, "config.json")).read_bytes()).hexdigest()
     except Exception:  # noqa: BLE001 - offline or not a hub id: the manifest says unknown
         return None
-
-
-# ----------------------------------------------------------------------------------------------- infer
 
 
 # ----------------------------------------------------------------------------------------------- shards

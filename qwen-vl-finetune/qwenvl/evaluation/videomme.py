@@ -11,9 +11,11 @@ Data (``--data-dir``): the hub's ``lmms-lab/Video-MME`` layout, offline: ``video
 ``test-*.parquet`` below the folder), ``videos/<videoID>.mp4`` and, for ``--use-subtitle``,
 ``subtitle/<videoID>.srt``. ``--duration short|medium|long|all`` (upstream runs one per call).
 
-Frames: sampled by qwen_vl_utils (fps 2, 4..512 frames, 128..512·28² pixels per frame, 24576·28² pixels in all:
-upstream's defaults, each a flag; ``--preset`` also sets upstream's preset minimum of 3584 pixels and total of
-19267584), so training, the demo and this benchmark sample a video the same way. Subtitles (``--use-subtitle``):
+Frames: sampled by qwen_vl_utils under the runner's pixel policy (``qwenvl.evaluation.runner``): the checkpoint's
+saved video budget; with ``--preset`` upstream's (fps 2, 4..512 frames, 3584..512·28² pixels per frame, 19267584
+pixels in all); ``--fps``, ``--min-frames``, ``--max-frames``, ``--min-pixels`` / ``--max-pixels`` (per frame) and
+``--total-pixels`` over both; so training, the demo and this benchmark sample a video the same way. Subtitles
+(``--use-subtitle``):
 the cues shown at the frames the model sees (a cue counts when a frame's time is strictly inside it), joined with
 spaces, before the question, as the official prompt asks ("only the subtitles matching the sampled frames";
 upstream samples a second, different frame grid for them).
@@ -33,37 +35,23 @@ Scoring:
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import random
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from qwenvl.cli import UserError
-from qwenvl.evaluation.core import (
-    Task,
-    add_compare_command,
-    add_eval_command,
-    add_export_command,
-    add_infer_arguments,
-    add_merge_command,
-    ci_text,
-    empty_answers,
-    empty_answers_warning,
-    judge_choices,
-    load_records,
-    run_infer,
-    run_main,
-    strip_reasoning,
-    upstream_presets,
-    upstream_result,
-    wilson_interval,
-    write_scores,
-)
-from qwenvl.evaluation.mcq import can_infer
+from qwenvl.evaluation import command
+from qwenvl.evaluation.benchmark import Benchmark, JudgeResult, PixelPolicy, Run, Scoring, option
+from qwenvl.evaluation.reports import judge_choices, upstream_result
+from qwenvl.evaluation.runner import upstream_presets
+from qwenvl.evaluation.stats import ci_text, wilson_interval
+from qwenvl.inference.base import strip_reasoning
+from qwenvl.scoring.mcq import can_infer
 
 
 DURATIONS = ("short", "medium", "long")
@@ -146,26 +134,16 @@ def subtitles_at(cues: list[tuple[float, float, str]], times: list[float]) -> st
 # ----------------------------------------------------------------------------------------------- prompt
 
 
-def video_item(args: argparse.Namespace, path: str) -> dict[str, Any]:
-    values = dict(VIDEO_DEFAULTS)
-    if args.preset:
-        values.update(PRESET_VIDEO)
-    for key in VIDEO_DEFAULTS:
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return {"type": "video", "video": path, **values}
-
-
 def prompt_text(row: dict[str, Any], style: str, subtitles: str = "") -> str:
     text = f"This video's subtitles are listed below:\n{subtitles}\n" if subtitles else ""
     question = f"Question: {row['question']}" if style == "upstream" else row["question"]
     return text + INSTRUCTION + f"\n{question}\n" + "\n".join(row["options"]) + "\nThe best answer is:"
 
 
-def _subtitles(args: argparse.Namespace, row: dict[str, Any], item: dict[str, Any], family: Any) -> str:
-    if not args.use_subtitle:
+def _subtitles(options: Options, row: dict[str, Any], item: dict[str, Any], family: Any) -> str:
+    if not options.use_subtitle:
         return ""
-    srt = os.path.join(args.data_dir, "subtitle", f"{row['videoID']}.srt")
+    srt = os.path.join(options.data_dir, "subtitle", f"{row['videoID']}.srt")
     if not os.path.isfile(srt):
         return ""
     from qwen_vl_utils.video_io import plan_video
@@ -175,46 +153,57 @@ def _subtitles(args: argparse.Namespace, row: dict[str, Any], item: dict[str, An
     return subtitles_at(parse_srt(srt), times)
 
 
-class _Conversations:
-    """Builds a question's turn; the family (for the frame plan behind the subtitles) is read once."""
+@dataclass
+class Options:
+    """Video-MME's data and prompt."""
 
-    def __init__(self) -> None:
-        self.family: Any = None
-
-    def __call__(self, args: argparse.Namespace, row: dict[str, Any]) -> list[dict[str, Any]]:
-        item = video_item(args, row["video"])
-        if args.use_subtitle and self.family is None:
-            from qwenvl.model.families import get_family
-            from qwenvl.model.loader import read_family
-
-            self.family = get_family(args.family) if args.family else read_family(args.model_path)
-        subs = _subtitles(args, row, item, self.family) if args.use_subtitle else ""
-        row["_subtitles"] = bool(subs)
-        messages: list[dict[str, Any]] = []
-        if args.sys_prompt:
-            messages.append({"role": "system", "content": Path(args.sys_prompt).read_text()})
-        messages.append(
-            {"role": "user", "content": [item, {"type": "text", "text": prompt_text(row, args.prompt, subs)}]}
-        )
-        return messages
+    data_dir: str = option("the Video-MME folder (parquet, videos/, subtitle/)", required=True)
+    duration: Literal["short", "medium", "long", "all"] = option(
+        "the videos asked (upstream: one duration per run)", default="short"
+    )
+    use_subtitle: bool = option("show the subtitle cues at the sampled frames", default=False)
+    prompt: Literal["upstream", "official"] = option(
+        "upstream: the official sentence with upstream's 'Question:' prefix; official: without it", default="upstream"
+    )
+    sys_prompt: str | None = option("a text file with a system prompt")
+    max_videos_per_prompt: int = option(
+        "upstream's vLLM limit; accepted for its command line (one video per question here)", default=1
+    )
 
 
-def _durations(args: argparse.Namespace) -> list[str]:
-    return list(DURATIONS) if args.duration == "all" else [args.duration]
+def _conversation(options: Options, row: dict[str, Any], run: Run) -> list[dict[str, Any]]:
+    item = {"type": "video", "video": row["video"]}
+    subs = ""
+    if options.use_subtitle:  # the cues at the frames the backend will sample: the same budget, the same plan
+        planned = run.budget.video_item(item)
+        if run.video_total_pixels is not None:
+            planned = {"total_pixels": run.video_total_pixels, **planned}
+        subs = _subtitles(options, row, planned, run.family)
+    row["_subtitles"] = bool(subs)
+    messages: list[dict[str, Any]] = []
+    if options.sys_prompt:
+        messages.append({"role": "system", "content": Path(options.sys_prompt).read_text()})
+    messages.append(
+        {"role": "user", "content": [item, {"type": "text", "text": prompt_text(row, options.prompt, subs)}]}
+    )
+    return messages
 
 
-def _ids(args: argparse.Namespace) -> list[str]:
-    ids = [r["question_id"] for r in read_questions(args.data_dir, _durations(args))]
-    return ids[: args.max_samples] if args.max_samples else ids
+def _durations(options: Options) -> list[str]:
+    return list(DURATIONS) if options.duration == "all" else [options.duration]
 
 
-def _rows(args: argparse.Namespace, ids: set[str]) -> Iterator[dict[str, Any]]:
-    for row in read_questions(args.data_dir, _durations(args)):
+def _ids(options: Options) -> list[str]:
+    return [r["question_id"] for r in read_questions(options.data_dir, _durations(options))]
+
+
+def _rows(options: Options, ids: set[str]) -> Iterator[dict[str, Any]]:
+    for row in read_questions(options.data_dir, _durations(options)):
         if row["question_id"] in ids:
             yield row
 
 
-def _record(args: argparse.Namespace, row: dict[str, Any], conversation: list[dict[str, Any]], text: Any) -> dict:
+def _record(options: Options, row: dict[str, Any], conversation: list[dict[str, Any]], text: Any, run: Run) -> dict:
     return {
         "id": row["question_id"],
         "video_id": row["videoID"],
@@ -229,26 +218,6 @@ def _record(args: argparse.Namespace, row: dict[str, Any], conversation: list[di
         "response": strip_reasoning(text),
         "raw_response": str(text),
     }
-
-
-TASK = Task(
-    name="videomme",
-    module="qwenvl.evaluation.videomme",
-    question_ids=_ids,
-    rows=_rows,
-    conversation=_Conversations(),
-    record=_record,
-    settings=lambda args: {
-        "data_dir": args.data_dir,
-        "duration": args.duration,
-        "use_subtitle": args.use_subtitle,
-        "prompt": args.prompt,
-        "video": {k: v for k, v in video_item(args, "").items() if k not in ("type", "video")},
-        "sys_prompt": args.sys_prompt,
-    },  # fmt: skip
-    presets=PRESETS,
-    answer_settings=("prompt", "video", "use_subtitle", "sys_prompt"),
-)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -268,9 +237,9 @@ def official_extract(response: str) -> str:
 def option_texts(options: list[str]) -> dict[str, str]:
     """``["A. Black.", ...]`` -> ``{"A": "Black.", ...}`` (the text after the first period, as upstream)."""
     out = {}
-    for i, option in enumerate(options):
+    for i, text in enumerate(options):
         letter = chr(ord("A") + i)
-        out[letter] = option.split(".", 1)[1].strip() if "." in option else option.strip()
+        out[letter] = text.split(".", 1)[1].strip() if "." in text else text.strip()
     return out
 
 
@@ -347,71 +316,53 @@ def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
             "subtitles": task.endswith("_w_subtitle"), **upstream_result(line)}  # fmt: skip
 
 
-def _load(path: Path) -> list[dict[str, Any]]:
-    return load_records(path, ("id", "options", "answer", "response"), "run_videomme.py", from_upstream)
+def _judge(judge: Any, options: Any, records: list[dict[str, Any]], scored: list[dict[str, Any]],
+           context: Any) -> JudgeResult:  # fmt: skip
+    by_id = {r["id"]: r for r in records}
+    return JudgeResult(judge_choices(judge, options, scored, ("random", "unanswered"), lambda s: (
+        s["id"], by_id[s["id"]]["question"], list(option_texts(by_id[s["id"]]["options"]).values()),
+        by_id[s["id"]]["response"])))  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    records = _load(Path(args.input_file))
-    scored = score(records, args.scoring)
-    judge_summary = None
-    if args.judge:
-        by_id = {r["id"]: r for r in records}
-        judge_summary = judge_choices(args, scored, ("random", "unanswered"), lambda s: (
-            s["id"], by_id[s["id"]]["question"], list(option_texts(by_id[s["id"]]["options"]).values()),
-            by_id[s["id"]]["response"]))  # fmt: skip
-    report = aggregate(scored, args.scoring)
-    empty = empty_answers(records)
-    write_scores(Path(args.output_file), {"scoring": args.scoring, "judge": judge_summary, **report,
-                                          "empty_responses": empty, "questions": scored},
-                 {"input_file": args.input_file, "scoring": args.scoring, "judge": judge_summary, "seed": 42})  # fmt: skip
-    print(f"scoring: {args.scoring}")
-    print(format_report(report, args.scoring))
-    if warning := empty_answers_warning(empty, len(records)):
-        print(warning)
-    print(f"-> {args.output_file}")
-    return 0
+def _mode(mode: str, help: str) -> Scoring:
+    return Scoring(help, lambda records, context: score(records, mode), lambda scored, context: aggregate(scored, mode),
+                   lambda report, context: format_report(report, mode))  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from qwenvl.cli import StrictParser
-
-    parser = StrictParser(prog="run_videomme.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("infer", help="answer Video-MME and write results.jsonl (resumable)")
-    add_infer_arguments(p, PRESETS, seed=3407)
-    p.set_defaults(batch_size=1)
-    p.add_argument("--data-dir", required=True, help="the Video-MME folder (parquet, videos/, subtitle/)")
-    p.add_argument("--duration", default="short", choices=[*DURATIONS, "all"],
-                   help="the videos asked (upstream: one duration per run)")  # fmt: skip
-    p.add_argument("--use-subtitle", action="store_true", help="show the subtitle cues at the sampled frames")
-    p.add_argument("--prompt", default="upstream", choices=["upstream", "official"],
-                   help="upstream: the official sentence with upstream's 'Question:' prefix; official: without it")  # fmt: skip
-    p.add_argument("--sys-prompt", default=None, help="a text file with a system prompt")
-    p.add_argument("--limit", "--max-samples", dest="max_samples", type=int, default=None,
-                   help="the first N questions only (--max-samples: upstream's name)")  # fmt: skip
-    p.add_argument("--fps", type=float, default=None, help=f"default {VIDEO_DEFAULTS['fps']}")
-    p.add_argument("--min-pixels", type=int, default=None, help=f"per frame, default {VIDEO_DEFAULTS['min_pixels']}")
-    p.add_argument("--max-pixels", type=int, default=None, help=f"per frame, default {VIDEO_DEFAULTS['max_pixels']}")
-    p.add_argument("--min-frames", type=int, default=None, help=f"default {VIDEO_DEFAULTS['min_frames']}")
-    p.add_argument("--max-frames", type=int, default=None, help=f"default {VIDEO_DEFAULTS['max_frames']}")
-    p.add_argument("--total-pixels", type=int, default=None, help=f"default {VIDEO_DEFAULTS['total_pixels']}")
-    p.add_argument(
-        "--max-videos-per-prompt",
-        type=int,
-        default=1,
-        help="upstream's vLLM limit; accepted for its command line (one video per question here)",
-    )
-    p.set_defaults(func=lambda args: run_infer(args, TASK))
-    add_eval_command(sub, evaluate, tool="run_videomme.py")
-    add_merge_command(sub)
-    add_compare_command(sub, lambda path, mode: score(_load(path), mode))
-    add_export_command(sub, lambda path, mode: score(_load(path), mode))
-    return parser
+BENCHMARK = Benchmark(
+    name="videomme",
+    description="Video-MME: multiple-choice questions on short/medium/long videos",
+    doc=__doc__,
+    tool="run_videomme.py",
+    options=Options,
+    question_ids=_ids,
+    rows=_rows,
+    conversation=_conversation,
+    record=_record,
+    settings=lambda options: {
+        "data_dir": options.data_dir,
+        "duration": options.duration,
+        "use_subtitle": options.use_subtitle,
+        "prompt": options.prompt,
+        "sys_prompt": options.sys_prompt,
+    },  # fmt: skip
+    answer_settings=("prompt", "use_subtitle", "sys_prompt"),
+    limit_flags=("--limit", "--max-samples"),
+    pixels=PixelPolicy(media=("video",), video={**VIDEO_DEFAULTS, **PRESET_VIDEO}),
+    presets=PRESETS,
+    seed=3407,
+    batch_size=1,
+    scoring={
+        "official": _mode("official", "Video-MME's eval_your_results.py (accuracy over the answered questions)"),
+        "upstream": _mode("upstream", "upstream's matcher, an unreadable answer a seeded random letter or Z"),
+    },
+    from_upstream=from_upstream,
+    judge=_judge,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser, argv)
+    return command.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

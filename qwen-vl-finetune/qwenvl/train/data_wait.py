@@ -8,6 +8,8 @@ that return a batch (``next`` on the epoch iterator) count as waiting, so the sh
 
 Near zero means the dataloader workers have the next batches ready before the step needs them; a share that grows
 means the GPU idles for data (more ``--dataloader_num_workers``, a ``--media_cache``, or smaller media budgets).
+The first step of each epoch also waits for the workers to start (and to build their first batches), a cost paid
+once per epoch however long the epoch is: ``data_wait_share_steady`` leaves those steps out.
 """
 
 from __future__ import annotations
@@ -43,11 +45,17 @@ class DataWaitClock:
         self._window = [0.0, 0.0, 0]  # wait, time, steps since the last log
         self._start: float | None = None
         self._step_wait = 0.0
+        self._iterator: Any = None  # the epoch's batch iterator: a new one starts an epoch
+        self._first = False
+        self.startup_wait = 0.0  # of the first step of each epoch
+        self.startup_time = 0.0
 
     def begin(self, iterator: Iterator[Any]) -> Iterator[Any]:
         """A step starts: ``iterator`` wrapped so that the time spent getting batches from it is counted."""
         self._start = time.monotonic()
         self._step_wait = 0.0
+        self._first = iterator is not self._iterator
+        self._iterator = iterator
         return _TimedIterator(iterator, self)
 
     def waited(self, seconds: float) -> None:
@@ -62,6 +70,9 @@ class DataWaitClock:
         self.total_wait += self._step_wait
         self.total_time += elapsed
         self.steps += 1
+        if self._first:
+            self.startup_wait += self._step_wait
+            self.startup_time += elapsed
         self._window[0] += self._step_wait
         self._window[1] += elapsed
         self._window[2] += 1
@@ -79,6 +90,9 @@ class DataWaitClock:
             "data_wait_s": round(self.total_wait, 3),
             "data_wait_s_per_step": round(self.total_wait / max(self.steps, 1), 4),
             "data_wait_share": round(self.total_wait / max(self.total_time, 1e-9), 4),
+            "data_wait_share_steady": round(
+                (self.total_wait - self.startup_wait) / max(self.total_time - self.startup_time, 1e-9), 4
+            ),
             "step_time_s": round(self.total_time, 3),
             "timed_steps": self.steps,
         }

@@ -291,15 +291,9 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        train(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from qwenvl.train.policy import end_distributed
+    from qwenvl.cli import run_trainer
 
-    end_distributed()
-    return 0
+    return run_trainer(train, argv)
 
 
 if __name__ == "__main__":

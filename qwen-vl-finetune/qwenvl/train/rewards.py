@@ -57,7 +57,7 @@ def exact(completion: str, solution: str, **context: Any) -> float:
 
 
 def choice(completion: str, solution: str, **context: Any) -> float:
-    from qwenvl.evaluation.mcq import infer_option
+    from qwenvl.scoring.mcq import infer_option
 
     gold = solution.strip().strip("()").upper()
     letters = [chr(ord("A") + i) for i in range(max(4, ord(gold[:1] or "A") - ord("A") + 1))]
@@ -68,7 +68,7 @@ def choice(completion: str, solution: str, **context: Any) -> float:
 
 
 def numeric(completion: str, solution: str, **context: Any) -> float:
-    from qwenvl.evaluation.mathvision import is_equal, official_extract
+    from qwenvl.scoring.math_answers import is_equal, official_extract
 
     answer = official_extract(final_answer(completion))
     if not answer:

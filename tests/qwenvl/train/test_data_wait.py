@@ -62,3 +62,37 @@ def test_dataloader_defaults_and_flag_checks(tmp_path):
         parse_args(_flags("m", tmp_path, "--media_cache_max_gb", "5"))
     _, data_args, _ = parse_args(_flags("m", tmp_path, "--media_cache", "c", "--media_cache_max_gb", "0.5"))
     assert data_args.media_cache == "c" and data_args.media_cache_max_gb == 0.5
+
+
+def test_steady_share_leaves_out_each_epochs_start(monkeypatch):
+    """Worked numbers on a fake clock: per epoch, the first step waits 3 s for the workers to start, the other two
+    wait 0.1 s; every step computes for 1 s. All steps: (3 + 0.1 + 0.1) x 2 / 12.4 = 0.5161; steady (the first
+    step of each epoch left out): 0.4 / 4.4 = 0.0909."""
+    from qwenvl.train import data_wait
+
+    now = [0.0]
+    monkeypatch.setattr(data_wait.time, "monotonic", lambda: now[0])
+    clock = data_wait.DataWaitClock()
+
+    class Batches:
+        def __init__(self) -> None:
+            self.first = True
+
+        def __next__(self):
+            now[0] += 3.0 if self.first else 0.1
+            self.first = False
+            return {}
+
+        def __iter__(self):
+            return self
+
+    for _ in range(2):  # epochs: a new iterator each
+        batches = Batches()
+        for _ in range(3):
+            next(clock.begin(batches))
+            now[0] += 1.0  # forward, backward, optimizer
+            clock.end()
+    summary = clock.summary()
+    assert summary["timed_steps"] == 6
+    assert summary["data_wait_share"] == round(6.4 / 12.4, 4)
+    assert summary["data_wait_share_steady"] == round(0.4 / 4.4, 4)
