@@ -13,7 +13,8 @@ FORBIDDEN = {
     "model": {"data", "train", "inference", "evaluation", "quickstart"},
     "data": {"train", "inference", "evaluation", "quickstart"},
     "inference": {"train", "evaluation", "quickstart"},
-    "train": {"inference", "evaluation", "quickstart"},
+    # GRPO's server rollouts are inference: train uses the inference layer's client (never the other way round).
+    "train": {"evaluation", "quickstart"},
 }
 
 
