@@ -144,7 +144,7 @@ def test_a_declared_benchmark_gets_its_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         command.main(FAKE, ["infer", "--help"])
     usage = capsys.readouterr().out
-    assert "--size" in usage and "--style {plain,polite}" in usage and "--preset {instruct,think}" in usage
+    assert "--size" in usage and "--style {plain,polite}" in usage and "--preset {upstream,instruct,think}" in usage
     results = tmp_path / "out" / "r.jsonl"
     with chat_server(_answer_by_id({"q1", "q2", "q3"})) as server:
         argv = ["infer", "--backend", "openai", "--base-url", server.url, "--family", "qwen3_vl", "--size", "64",
