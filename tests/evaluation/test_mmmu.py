@@ -1,5 +1,9 @@
 """MMMU: the official parser on the documented edge cases, the seeded guess stream, strict/lenient modes, input
-validation, data layouts, and infer -> eval end to end on a generated dataset with a tiny checkpoint (resume too)."""
+validation, data layouts, and infer -> eval end to end on a generated dataset with a tiny checkpoint (resume too).
+
+MMMU is called in-process through the runner's typed API (its ``Options``, ``BackendConfig``, ``InferOptions``);
+only what needs a real command line runs ``run_mmmu.py``: the torchrun shards, ``--data-parallel-size``, one
+infer + eval round trip at upstream's path, and the one-line error of a user's mistake."""
 
 from __future__ import annotations
 
@@ -9,10 +13,16 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from qwenvl.cli import UserError
+from qwenvl.evaluation import runner
+from qwenvl.evaluation.benchmark import InferOptions, JudgeOptions
+from qwenvl.evaluation.mmmu.cli import BENCHMARK as MMMU
+from qwenvl.evaluation.mmmu.cli import EvalOptions, Options
 from qwenvl.evaluation.mmmu.data import build_messages, iter_questions, prompt_text
 from qwenvl.evaluation.mmmu.scoring import (
     ScoringInputError,
@@ -25,6 +35,7 @@ from qwenvl.evaluation.mmmu.scoring import (
     score,
     validate_line,
 )
+from qwenvl.inference.config import BackendConfig
 from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.preprocessing import PreprocessingSettings, save_preprocessing
 
@@ -211,8 +222,9 @@ def test_bad_gold_is_counted_wrong_and_test_split_is_not_scored(tmp_path):
     assert "validation_Art_2" in report["gold_problems"]
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(_mc(f"test_Art_{i}", "A", answer="?")) + "\n" for i in range(3)))
-    out = _run("eval", "--input-file", str(test), "--output-file", str(tmp_path / "s.json"))
-    assert out.returncode == 0 and "nothing to score" in out.stdout and "export" in out.stdout
+    body = runner.evaluate(MMMU, test, tmp_path / "s.json")
+    why = body["unscorable"]  # nothing written, and the reason returned
+    assert body["scoring"] == "official" and "nothing to score" in why and "export" in why
     assert not (tmp_path / "s.json").exists()
 
 
@@ -328,31 +340,34 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
+def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path, capsys):
     data = tmp_path / "mmmu"
     rows = _make_dataset(data)
     results = tmp_path / "out" / "results.jsonl"
-    # A fine-tuned checkpoint: its saved budgets differ from the --max-pixels flag, which is reported.
+    # A fine-tuned checkpoint: its saved budgets differ from the max_pixels option, which is reported.
     model = str(tmp_path / "finetuned")
     shutil.copytree(tiny_checkpoints["qwen3_vl"], model)
     trained = dict(max_pixels=8192, min_pixels=1024, video_max_pixels=65536, video_min_pixels=4096)
     save_preprocessing(PreprocessingSettings("qwen3_vl", 16, TRAINING_BUDGET.overridden(**trained)), model)
-    common = ["infer", "--model-path", model, "--data-dir", str(data), "--output-file", str(results),
-              "--subjects", "art,math,phys", "--batch-size", "3", "--max-new-tokens", "4", "--max-pixels", "4096"]  # fmt: skip
+    options = Options(data_dir=str(data), subjects="art,math,phys")
+    backend = BackendConfig(model_path=model)
 
-    first = _run(*common, "--limit", "2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "warning: --max-pixels 4096 differs from the 8192 this checkpoint was trained with" in first.stderr
+    def infer(data_options: Options = options, **run) -> Path:
+        settings = {"batch_size": 3, "max_new_tokens": 4, "max_pixels": 4096, **run}
+        return runner.infer(MMMU, data_options, backend, InferOptions(str(results), **settings))
+
+    assert infer(limit=2) == results
+    drift = "warning: --max-pixels 4096 differs from the 8192 this checkpoint was trained with"
+    assert drift in capsys.readouterr().err
     assert len(results.read_text().splitlines()) == 6
     # A crash mid-write leaves a torn last line: it is repaired and that question re-run.
     with results.open("a") as f:
         f.write('{"id": "validation_Physics_3", "resp')
-    second = _run(*common)
-    assert second.returncode == 0, second.stderr[-3000:]
+    infer()
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     ids = [x["id"] for x in lines]
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == len(set(ids))
-    assert "6 question(s) already in" in second.stderr
+    assert "6 question(s) already in" in capsys.readouterr().err
     line = lines[0]
     assert {
         "id",
@@ -379,18 +394,20 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
     assert "transformers" in manifest["versions"]
     assert len(manifest["segments"]) == 2  # one entry per run that wrote into the file
 
-    # A resume with settings that change answers is refused, naming them; the manifest is left as it was.
-    changed = _run(*common, "--prompt", "qwen", "--image-placement", "first", "--max-new-tokens", "5")
-    assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    assert "prompt: official -> qwen" in changed.stderr and "image_placement: interleaved -> first" in changed.stderr
-    assert "max_new_tokens" in changed.stderr and "--allow-settings-change" in changed.stderr
+    # A resume with settings that change answers is refused (a user error: one line on the command line), naming
+    # them; the manifest is left as it was.
+    with pytest.raises(UserError) as refused:
+        infer(replace(options, prompt="qwen", image_placement="first"), max_new_tokens=5)
+    message = str(refused.value)
+    assert "prompt: official -> qwen" in message and "image_placement: interleaved -> first" in message
+    assert "max_new_tokens" in message and "--allow-settings-change" in message
     assert json.loads(Path(str(results) + ".manifest.json").read_text())["prompt"] == "official"
-    allowed = _run(*common, "--prompt", "qwen", "--allow-settings-change")
-    assert allowed.returncode == 0 and "mixing answers" in allowed.stderr
+    infer(replace(options, prompt="qwen"), allow_settings_change=True)
+    assert "mixing answers" in capsys.readouterr().err
     manifest = json.loads(Path(str(results) + ".manifest.json").read_text())
     assert [seg["prompt"] for seg in manifest["segments"]] == ["official", "official", "qwen"]
 
-    # Two infer processes on one output: the second exits at once naming the first one's pid.
+    # Two infer runs on one output: the second stops at once naming the first one's pid.
     import fcntl
 
     with open(str(results) + ".lock", "a+") as held:
@@ -399,61 +416,60 @@ def test_infer_eval_end_to_end_with_resume(tiny_checkpoints, tmp_path):
         held.truncate()
         held.write("4242")
         held.flush()
-        busy = _run(*common)
-    assert busy.returncode == 2 and "being written by another infer (pid 4242)" in busy.stderr
+        with pytest.raises(UserError, match=r"being written by another infer \(pid 4242\)"):
+            infer()
     assert len(results.read_text().splitlines()) == 10  # nothing written twice
 
     scores = tmp_path / "scores.json"
-    ev = _run("eval", "--input-file", str(results), "--output-file", str(scores))
-    assert ev.returncode == 0, ev.stderr
+    capsys.readouterr()
+    body = runner.evaluate(MMMU, results, scores, verbose=True)
     report = json.loads(scores.read_text())
     assert report["overall"]["num"] == 10 and set(report["subjects"]) == set(SUBJECTS)
     assert report["open"]["num"] == 1
     assert len(report["questions"]) == 10 and all("random_guess" in q for q in report["questions"])
-    assert "Overall-Art and Design" in ev.stdout and "Overall-Science" in ev.stdout
+    assert body["overall"] == report["overall"]  # the body returned is the one written
+    printed = capsys.readouterr().out
+    assert "Overall-Art and Design" in printed and "Overall-Science" in printed
 
-    strict = tmp_path / "strict.json"
-    assert (
-        _run("eval", "--input-file", str(results), "--output-file", str(strict), "--scoring", "strict").returncode == 0
-    )
+    strict = runner.evaluate(MMMU, results, tmp_path / "strict.json", scoring="strict")
+    assert strict["scoring"] == "strict" and (tmp_path / "strict.json").is_file()
     # compare (strict scoring: no random fall-backs, so one edit changes one result): a copy whose answer to one
     # wrongly answered multiple-choice question is made right differs in exactly that question.
     lines = [json.loads(x) for x in results.read_text().splitlines()]
-    wrong = {q["id"] for q in json.loads(strict.read_text())["questions"] if not q["correct"]}
+    wrong = {q["id"] for q in strict["questions"] if not q["correct"]}
     target = next(x for x in lines if x["question_type"] == "multiple-choice" and x["id"] in wrong)
     edited = tmp_path / "edited.jsonl"
     edited.write_text("".join(json.dumps({**x, "response": x["answer"]} if x is target else x) + "\n" for x in lines))
-    cmp = _run("compare", str(results), str(edited), "--scoring", "strict")
-    assert cmp.returncode == 0, cmp.stderr
-    assert "parse changed: 0" in cmp.stdout and "answer changed: 1" in cmp.stdout
-    assert f"  {target['id']}: A wrong" in cmp.stdout and "-> B right" in cmp.stdout
+    text = runner.compare(MMMU, results, edited, "strict")
+    assert "parse changed: 0" in text and "answer changed: 1" in text
+    assert f"  {target['id']}: A wrong" in text and "-> B right" in text
 
 
-def test_compare_splits_parse_and_answer_changes(tmp_path):
+def test_compare_splits_parse_and_answer_changes(tmp_path, capsys):
     a = [_mc("validation_Art_1", "A"), _mc("validation_Art_2", "B"), _mc("validation_Art_3", "(A)")]
     b = [_mc("validation_Art_1", "B"), _mc("validation_Art_2", "A"), _mc("validation_Art_3", "(A)")]
     for path, lines in ((tmp_path / "a.jsonl", a), (tmp_path / "b.jsonl", b)):
         path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    out = _run("compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--scoring", "strict")
-    assert out.returncode == 0, out.stderr
-    assert "answer changed: 2" in out.stdout and "validation_Art_1" in out.stdout
-    assert "only A right: 1, only B right: 1; exact McNemar p = 1: no difference beyond noise" in out.stdout
+    text = runner.compare(MMMU, tmp_path / "a.jsonl", tmp_path / "b.jsonl", "strict")
+    assert "answer changed: 2" in text and "validation_Art_1" in text
+    assert "only A right: 1, only B right: 1; exact McNemar p = 1: no difference beyond noise" in text
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_mc("validation_Art_9", "A", answer="Z")) + "\n")
-    out = _run("eval", "--input-file", str(bad), "--output-file", str(tmp_path / "s.json"))
-    assert out.returncode == 0 and "validation_Art_9: answer 'Z' is not one of the option letters" in out.stdout
+    body = runner.evaluate(MMMU, bad, tmp_path / "s.json", verbose=True)
+    problem = "answer 'Z' is not one of the option letters"
+    assert problem in body["gold_problems"]["validation_Art_9"]  # scored (counted wrong), not refused
+    assert f"validation_Art_9: {problem}" in capsys.readouterr().out  # and the report says so
     # Official scoring: one answer edited from unparsable to parsed moves the seeded guess stream; the other
     # questions' changed guesses are reported as such, not as changed answers or parses.
     base = [_mc(f"validation_Art_{i}", "no idea", answer="A") for i in range(1, 13)]
     edit = [dict(x, response="B") if x["id"] == "validation_Art_1" else x for x in base]
     for path, lines in ((tmp_path / "g1.jsonl", base), (tmp_path / "g2.jsonl", edit)):
         path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    out = _run("compare", str(tmp_path / "g1.jsonl"), str(tmp_path / "g2.jsonl"), "--scoring", "official")
-    assert out.returncode == 0, out.stderr
-    assert "answer changed: 1" in out.stdout and "parse changed: 0" in out.stdout
+    text = runner.compare(MMMU, tmp_path / "g1.jsonl", tmp_path / "g2.jsonl", "official")
+    assert "answer changed: 1" in text and "parse changed: 0" in text
     assert (
-        "random guess changed" in out.stdout
-        and "random guess changed (same answer; the seeded guess stream moved): 0" not in out.stdout
+        "random guess changed" in text
+        and "random guess changed (same answer; the seeded guess stream moved): 0" not in text
     )
 
 
@@ -493,9 +509,7 @@ def test_official_layouts_in_and_out(tmp_path):
     reference = json.loads(_scores(ours, tmp_path / "ours.json").read_text())
 
     # Out: the {id: prediction} file: letters (official guesses included), open answers as text.
-    preds = tmp_path / "predictions.json"
-    out = _run("export", "--input-file", str(ours), "--output-file", str(preds))
-    assert out.returncode == 0, out.stderr
+    preds = runner.export(MMMU, ours, tmp_path / "predictions.json")
     exported = json.loads(preds.read_text())
     parsed = {q["id"]: q["parsed"] for q in reference["questions"]}
     assert exported["validation_Art_2"] == parsed["validation_Art_2"] in "ABCD"  # the seeded guess
@@ -505,10 +519,10 @@ def test_official_layouts_in_and_out(tmp_path):
     answers = tmp_path / "answer_dict_val.json"
     answers.write_text(json.dumps({x["id"]: {"question_type": "short-answer" if x["question_type"] == "open" else
                                              x["question_type"], "ground_truth": x["answer"]} for x in lines}))  # fmt: skip
-    via_predictions = json.loads(_scores(preds, tmp_path / "p.json", "--answers", str(answers)).read_text())
+    via_predictions = json.loads(_scores(preds, tmp_path / "p.json", str(answers)).read_text())
     assert via_predictions["overall"]["acc"] == reference["overall"]["acc"]  # (the guesses are letters there)
-    missing = _run("eval", "--input-file", str(preds), "--output-file", str(tmp_path / "x.json"))
-    assert missing.returncode == 2 and "--answers" in missing.stderr
+    with pytest.raises(UserError, match="--answers"):  # an {id: prediction} file needs the gold answers
+        runner.evaluate(MMMU, preds, tmp_path / "x.json")
 
     # In: the official per-subject output.json samples (main_parse_and_eval's layout), one folder per subject.
     for subject in ("Art", "Math"):
@@ -528,9 +542,8 @@ def test_official_layouts_in_and_out(tmp_path):
     assert [q["parsed"] for q in via_samples["questions"]] == [q["parsed"] for q in reference["questions"]]
 
 
-def _scores(input_path: Path, output: Path, *extra: str) -> Path:
-    out = _run("eval", "--input-file", str(input_path), "--output-file", str(output), *extra)
-    assert out.returncode == 0, out.stderr
+def _scores(input_path: Path, output: Path, answers: str | None = None) -> Path:
+    runner.evaluate(MMMU, input_path, output, options=EvalOptions(answers=answers))
     return output
 
 
@@ -613,11 +626,10 @@ def test_upstream_vlmevalkit_tsv(tiny_checkpoints, tmp_path):
     with pytest.raises(Exception, match="refers to index '77', which has no image"):
         list(iter_questions(str(dangling), "validation", ["Art"]))
 
-    # infer reads it with --data-file (upstream's file), images in the model's input.
-    results = tmp_path / "tsv.jsonl"
-    out = _run("infer", "--model-path", str(tiny_checkpoints["qwen3_vl"]), "--data-file", str(data / "MMMU_DEV_VAL.tsv"),
-               "--output-file", str(results), "--subjects", "art,math", "--max-new-tokens", "3")  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    # infer reads it with data_file (--data-file: upstream's file), images in the model's input.
+    results = runner.infer(MMMU, Options(data_file=str(data / "MMMU_DEV_VAL.tsv"), subjects="art,math"),
+                           BackendConfig(model_path=str(tiny_checkpoints["qwen3_vl"])),
+                           InferOptions(str(tmp_path / "tsv.jsonl"), max_new_tokens=3))  # fmt: skip
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     assert [x["num_images"] for x in lines] == [1, 1, 2, 1]
 
@@ -677,24 +689,24 @@ def test_openai_backend_sharding_and_merge(tiny_checkpoints, transformers_server
     data = tmp_path / "mmmu"
     _make_dataset(data)
     model = str(tiny_checkpoints["qwen3_vl"])
+    options = Options(data_dir=str(data), subjects="art,math")
+    run = InferOptions(str(tmp_path / "single.jsonl"), limit=2, max_new_tokens=4, batch_size=1)
+    # The same options on the command line (the shard processes below are started as a user starts them).
     common = ["--data-dir", str(data), "--subjects", "art,math", "--limit", "2", "--max-new-tokens", "4",
               "--batch-size", "1"]  # fmt: skip
-    single = tmp_path / "single.jsonl"
-    out = _run("infer", "--model-path", model, "--output-file", str(single), *common)
-    assert out.returncode == 0, out.stderr[-3000:]
+    single = runner.infer(MMMU, options, BackendConfig(model_path=model), run)
     reference = {x["id"]: x["response"] for x in map(json.loads, single.read_text().splitlines())}
     assert len(reference) == 4
 
     # A served model: the same answers, the same file layout, the manifest naming the server.
     base, served = transformers_server
-    served_out = tmp_path / "served.jsonl"
-    out = _run("infer", "--backend", "openai", "--base-url", base, "--model", served, "--concurrency", "4",
-               "--output-file", str(served_out), *common)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    server = BackendConfig(backend="openai", base_url=base, model=served, concurrency=4)
+    served_out = runner.infer(MMMU, options, server, replace(run, output_file=str(tmp_path / "served.jsonl")))
     got = {x["id"]: x["response"] for x in map(json.loads, served_out.read_text().splitlines())}
     assert got == reference
     manifest = json.loads(Path(str(served_out) + ".manifest.json").read_text())
     assert manifest["backend"] == "openai" and manifest["base_url"] == base and manifest["served_model"] == served
+    # On the command line, a server that is down is a user's error: one line, exit 2.
     down = _run("infer", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--output-file",
                 str(tmp_path / "down.jsonl"), *common)  # fmt: skip
     assert down.returncode == 2 and "cannot reach" in down.stderr and "Traceback" not in down.stderr
@@ -713,8 +725,8 @@ def test_openai_backend_sharding_and_merge(tiny_checkpoints, transformers_server
     # merge refuses shards that lack answers, naming the shard.
     shard1 = tmp_path / "sharded.shard-1-of-2.jsonl"
     shard1.write_text(shard1.read_text().splitlines()[0] + "\n")
-    out = _run("merge", "--output-file", str(sharded), "--num-shards", "2")
-    assert out.returncode == 2 and "shard 1 lacks 1 of its 2 ids" in out.stderr
+    with pytest.raises(UserError, match="shard 1 lacks 1 of its 2 ids"):
+        runner.merge(sharded, 2)
 
     # --data-parallel-size starts the shard processes itself and merges them.
     parallel = tmp_path / "parallel.jsonl"
@@ -743,7 +755,7 @@ def _option_judge(body: dict) -> str:
     return "I cannot say" if "garble" in answer else (hits[0] if len(hits) == 1 else "Z")
 
 
-def test_llm_judge_rechecks_and_caches(tmp_path):
+def test_llm_judge_rechecks_and_caches(tmp_path, capsys):
     from tests.evaluation.chat_server import chat_server
 
     with chat_server(_option_judge) as server:
@@ -758,11 +770,10 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
         results = tmp_path / "results.jsonl"
         results.write_text("".join(json.dumps(x) + "\n" for x in lines))
         scores = tmp_path / "scores.json"
-        args = ["eval", "--input-file", str(results), "--output-file", str(scores), "--judge", "openai",
-                "--judge-model", "judge-1", "--base-url", server.url]  # fmt: skip
-        out = _run(*args)
-        assert out.returncode == 0, out.stderr
+        judge = JudgeOptions(judge="openai", judge_model="judge-1", base_url=server.url)
+        body = runner.evaluate(MMMU, results, scores, judge=judge, verbose=True)
         report = json.loads(scores.read_text())
+        assert body["judge"] == report["judge"]  # the body returned is the one written
         judged = {q["id"]: q for q in report["judged_questions"]}
         assert judged["validation_Art_2"]["judge"] == "B" and judged["validation_Art_2"]["correct"]
         assert judged["validation_Art_3"]["judge"] == "Z" and not judged["validation_Art_3"]["correct"]
@@ -773,17 +784,17 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
         )
         assert "judge" not in judged["validation_Art_1"] and "judge" not in judged["validation_Math_1"]
         assert report["judge"]["rechecked"] == 3 and report["judge"]["failures"] == 1
-        assert "rule" in out.stdout and "judged" in out.stdout
+        printed = capsys.readouterr().out
+        assert "rule" in printed and "judged" in printed  # the rule-based and judged accuracies side by side
         first_requests = len(server.requests)
         assert first_requests == 1 + 1 + 3  # the garbled answer is asked three times
 
-        again = _run(*args)  # every verdict from the cache: no request
-        assert again.returncode == 0 and len(server.requests) == first_requests
+        runner.evaluate(MMMU, results, scores, judge=judge)  # every verdict from the cache: no request
+        assert len(server.requests) == first_requests
         assert json.loads(scores.read_text())["judge"]["cached"] == 3
 
         # --judge all also asks about parsed and open answers (open: A = the gold answer, B = other answers).
-        out = _run(*args[:5], "--judge", "all", "--judge-model", "judge-1", "--base-url", server.url)
-        assert out.returncode == 0, out.stderr
+        runner.evaluate(MMMU, results, scores, judge=replace(judge, judge="all"))
         report = json.loads(scores.read_text())
         judged = {q["id"]: q for q in report["judged_questions"]}
         assert judged["validation_Math_1"]["judge"] == "A" and judged["validation_Math_1"]["correct"]
@@ -793,7 +804,8 @@ def test_llm_judge_rechecks_and_caches(tmp_path):
 @pytest.mark.slow
 def test_infer_and_eval_on_a_thinking_qwen3_5_checkpoint(tiny_checkpoints, tmp_path):
     """MMMU on a tiny Qwen3.5 (linear attention, thinking template) with the hf backend: every question answered,
-    the prompt opens the reasoning as the chat template does, and eval scores the text after ``</think>``."""
+    the prompt opens the reasoning as the chat template does, and eval scores the text after ``</think>``. The
+    round trip a user runs: ``run_mmmu.py infer`` then ``eval``, at upstream's path, as processes."""
     data = tmp_path / "mmmu"
     rows = _make_dataset(data)
     results = tmp_path / "results.jsonl"

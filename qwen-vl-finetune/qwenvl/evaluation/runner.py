@@ -406,7 +406,10 @@ def evaluate(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Score a results file (ours or upstream's) and return the scores body; with ``output_file`` write it in the
-    format of its extension (``.json``, ``.csv``, ``.jsonl``) with its manifest; ``verbose`` prints the report."""
+    format of its extension (``.json``, ``.csv``, ``.jsonl``) with its manifest; ``verbose`` prints the report.
+
+    A file the benchmark cannot score (``Benchmark.unscorable``: MMMU's test split, which has no gold answers) writes
+    nothing and returns ``{"scoring": mode, "unscorable": message}``, the message saying why and what to do instead."""
     from qwenvl.evaluation.reports import empty_answers, empty_answers_warning, write_scores
 
     input_file = Path(input_file)
@@ -417,7 +420,7 @@ def evaluate(
     if benchmark.unscorable is not None and (message := benchmark.unscorable(records, input_file)):
         if verbose:
             print(message)
-        return {}
+        return {"scoring": mode, "unscorable": message}
     how = benchmark.scoring[mode]
     scored = how.score(records, context)
     result: JudgeResult | None = None
