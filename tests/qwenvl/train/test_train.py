@@ -216,7 +216,7 @@ def _losses(out: Path) -> list[float]:
 def test_sigkill_and_resume_reaches_the_same_loss(tiny_checkpoints, tmp_path):
     model = str(tiny_checkpoints["qwen3_vl"])
     cmd = [sys.executable, "-m", "qwenvl.train.train_qwen"]
-    extra = ["--max_steps", "40", "--save_steps", "5", "--tune_mm_vision", "True"]
+    extra = ["--max_steps", "16", "--save_steps", "4", "--tune_mm_vision", "True"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     reference = tmp_path / "reference"
     subprocess.run(cmd + _flags(model, reference, *extra), check=True, env=env, capture_output=True, timeout=600)
@@ -226,19 +226,19 @@ def test_sigkill_and_resume_reaches_the_same_loss(tiny_checkpoints, tmp_path):
         cmd + _flags(model, killed, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
-    while not (killed / "checkpoint-10" / "trainer_state.json").exists():
+    while not (killed / "checkpoint-8" / "trainer_state.json").exists():
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "checkpoint-40").exists(), "the run finished before the kill; the test proves nothing"
+    assert not (killed / "checkpoint-16").exists(), "the run finished before the kill; the test proves nothing"
     # Same command again: it finds the checkpoints and resumes on its own.
     result = subprocess.run(cmd + _flags(model, killed, *extra), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr
     ref, resumed = _losses(reference), _losses(killed)
-    assert len(ref) == 40
+    assert len(ref) == 16
     assert resumed[-1] == pytest.approx(ref[-1], abs=1e-6)
     assert resumed[-5:] == pytest.approx(ref[-5:], abs=1e-6)
 
