@@ -28,6 +28,8 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp_src" ]; then
   echo "setup: installing Python packages into .venv (first run takes several minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements/ci.txt
-  .venv/bin/python -m pip install -q -e "./qwen-vl-utils[decord,torchcodec]" -e "./qwen-vl-finetune[train,demo,eval]"
+  # (flock: scripts/setup_vllm.sh may be building the same editable packages at the same time, see scripts/test.sh)
+  flock "${TMPDIR:-/tmp}/qwenvl-editable-install.lock" \
+    .venv/bin/python -m pip install -q -e "./qwen-vl-utils[decord,torchcodec]" -e "./qwen-vl-finetune[train,demo,eval]"
   echo "$stamp_src" > .venv/.setup-stamp
 fi

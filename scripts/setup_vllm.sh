@@ -22,7 +22,8 @@ if [ "$(cat "$venv/.setup-stamp" 2>/dev/null)" != "$stamp_src" ]; then
   "$venv/bin/python" -m pip uninstall -y -q torchaudio torchcodec || true
   # PIP_FIND_LINKS=" ": the local wheel folder holds torch 2.13.0+cpu, which would win over PyPI's 2.13.0.
   PIP_FIND_LINKS=" " "$venv/bin/python" -m pip install -q --force-reinstall "torch==2.13.0" "torchvision==0.28.0"
-  "$venv/bin/python" -m pip install -q -c "$constraints" --no-deps -e ./qwen-vl-utils -e ./qwen-vl-finetune
+  flock "${TMPDIR:-/tmp}/qwenvl-editable-install.lock" \
+    "$venv/bin/python" -m pip install -q -c "$constraints" --no-deps -e ./qwen-vl-utils -e ./qwen-vl-finetune
   "$venv/bin/python" -m pip install -q -c "$constraints" "gradio>=6,<7" "datasets>=4" pyyaml "openai>=1.50" av
   echo "$stamp_src" > "$venv/.setup-stamp"
 fi
