@@ -49,7 +49,7 @@ def write_pairs(data: dict[str, Path], seed: int) -> Path:
 # Settings of the second stage (a few CPU minutes): steps, prompts per step, completions per prompt, learning rate.
 SETTINGS = {
     "grpo": {
-        "steps": 64,
+        "steps": 128,
         "batch_size": 8,
         "num_generations": 8,
         "learning_rate": 5e-4,
