@@ -50,13 +50,15 @@ def write_pairs(data: dict[str, Path], seed: int) -> Path:
 SETTINGS = {
     "grpo": {
         "steps": 128,
+        "lr_scheduler": "constant",
         "batch_size": 8,
         "num_generations": 8,
         "learning_rate": 5e-4,
         "sft_epochs": 2,
-        "temperature": 0.7,
+        "temperature": 1.0,
     },
-    "dpo": {"steps": 64, "batch_size": 8, "learning_rate": 5e-4, "sft_epochs": 2, "rpo_alpha": 1.0},
+    "dpo": {"steps": 64, "batch_size": 8, "learning_rate": 5e-4, "lr_scheduler": "constant", "sft_epochs": 2,
+            "rpo_alpha": 1.0},
 }
 
 
@@ -86,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     tuned = out / args.stage
     flags = [*TINY_FLAGS, "--model_name_or_path", str(warm), "--output_dir", str(tuned),
              "--learning_rate", str(args.learning_rate),
-             "--lr_scheduler_type", "constant", "--save_steps", "20", "--save_total_limit", "1",
+             "--lr_scheduler_type", args.lr_scheduler, "--save_steps", "20", "--save_total_limit", "1",
              "--logging_steps", "5", "--seed", str(args.seed), "--max_steps", str(args.steps)]  # fmt: skip
     if args.stage == "grpo":
         from qwenvl.train.grpo import train as grpo
