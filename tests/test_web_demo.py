@@ -3,6 +3,7 @@ openai backend against a real `transformers serve` on 127.0.0.1, both on a tiny 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -336,12 +337,7 @@ def test_ab_command_line_builds_the_second_column(tiny_checkpoints):
 
 @pytest.mark.browser
 def test_browser_ab_mode_shows_two_columns(hf_backend, second_backend, browser, image_file, artifacts_dir):
-    port = _free_port()
-    demo = demo_mod.build_demo(hf_backend, demo_mod.DemoConfig(default_max_new_tokens=40), compare=second_backend)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}")
+    with _demo_page(browser, hf_backend, demo_mod.DemoConfig(default_max_new_tokens=40), compare=second_backend) as page:
         _ask(page, "What colour is it?", image_file)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # both columns answered (the bot messages appear when streaming starts)
@@ -366,17 +362,16 @@ def test_browser_ab_mode_shows_two_columns(hf_backend, second_backend, browser, 
         page.locator("#clear_btn").click()
         time.sleep(1.5)
         assert page.locator("[data-testid=bot]").count() == 0
+        url = page.url
         page.close()
         # A phone-sized screen: the two columns stack and the input stays in view without scrolling.
         phone = browser.new_page(viewport={"width": 390, "height": 844})
-        phone.goto(f"http://127.0.0.1:{port}")
+        phone.goto(url)
         phone.locator("#chat_input textarea").wait_for(timeout=10000)
         phone.screenshot(path=str(artifacts_dir / "demo_ab_390px.png"), full_page=True)
         box = phone.locator("#chat_input").bounding_box()
         assert box is not None and box["y"] + box["height"] <= 844, box
         phone.close()
-    finally:
-        demo.close()
 
 
 # ----------------------------------------------------------------------------------------------- openai backend
@@ -417,6 +412,20 @@ class _CannedBackend:
                 return
             time.sleep(0.02)
             yield word + " "
+
+
+@contextlib.contextmanager
+def _demo_page(browser, backend, config=None, compare=None):
+    """The demo around ``backend`` served on a free local port, and a browser page opened on it; closed after."""
+    port = _free_port()
+    demo = demo_mod.build_demo(backend, config, compare=compare)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}")
+        yield page
+    finally:
+        demo.close()
 
 
 def _handlers(demo) -> dict:
@@ -562,12 +571,7 @@ def test_browser_never_fetches_images_named_in_answers(browser, hf_backend):
 @pytest.mark.browser
 def test_browser_reasoning_is_collapsed(browser, hf_backend, artifacts_dir):
     answer = "<think>first I count the corners, secret musings</think>The shape has four corners."
-    port = _free_port()
-    demo = demo_mod.build_demo(_CannedBackend(answer, hf_backend.family))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}")
+    with _demo_page(browser, _CannedBackend(answer, hf_backend.family)) as page:
         _ask(page, "How many corners?")
         page.get_by_text("four corners.").first.wait_for(timeout=30000)
         _wait_idle(page)
@@ -578,8 +582,6 @@ def test_browser_reasoning_is_collapsed(browser, hf_backend, artifacts_dir):
         page.get_by_text("Reasoning").first.click()
         page.get_by_text("secret musings").first.wait_for(state="visible", timeout=5000)
         page.close()
-    finally:
-        demo.close()
 
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(1500))  # 1500 pieces, 20 ms apart: 30 s unless stopped
@@ -591,12 +593,7 @@ def _text_len(page, selector: str) -> int:
 
 @pytest.mark.browser
 def test_browser_stop_and_clear_cut_a_running_answer(browser, hf_backend, artifacts_dir):
-    port = _free_port()
-    demo = demo_mod.build_demo(_CannedBackend(LONG_ANSWER, hf_backend.family))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}")
+    with _demo_page(browser, _CannedBackend(LONG_ANSWER, hf_backend.family)) as page:
         page.locator("#chat_input textarea").wait_for(timeout=10000)
         assert page.locator("#stop_btn").is_disabled()  # nothing runs
         _ask(page, "Talk for a long time.")
@@ -618,19 +615,11 @@ def test_browser_stop_and_clear_cut_a_running_answer(browser, hf_backend, artifa
         assert _bot_texts(page) == [] and page.locator("[data-testid=user]").count() == 0
         assert page.locator("#stop_btn").is_disabled()
         page.close()
-    finally:
-        demo.close()
 
 
 @pytest.mark.browser
 def test_browser_ab_columns_stop_separately(browser, hf_backend, second_backend):
-    port = _free_port()
-    demo = demo_mod.build_demo(_CannedBackend(LONG_ANSWER, hf_backend.family),
-                               compare=_CannedBackend(" ".join(LONG_ANSWER.split()[:120]), second_backend.family))  # fmt: skip
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}")
+    with _demo_page(browser, _CannedBackend(LONG_ANSWER, hf_backend.family), compare=_CannedBackend(" ".join(LONG_ANSWER.split()[:120]), second_backend.family)) as page:
         page.locator("#chat_input textarea").wait_for(timeout=10000)
         assert page.locator("#stop_a").is_disabled() and page.locator("#stop_b").is_disabled()
         _ask(page, "Both of you, talk.")
@@ -644,8 +633,6 @@ def test_browser_ab_columns_stop_separately(browser, hf_backend, second_backend)
         )
         assert "word119" in b and "word119" not in a and "word10" in a
         page.close()
-    finally:
-        demo.close()
 
 
 def test_demo_answers_on_a_qwen3_5_checkpoint(tiny_checkpoints, image_file):
@@ -918,12 +905,7 @@ def test_browser_long_answer_streams_without_freezing(browser, hf_backend):
                     return
                 yield f"w{i:05d} ab "
 
-    port = _free_port()
-    demo = demo_mod.build_demo(Fast("", hf_backend.family))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}")
+    with _demo_page(browser, Fast("", hf_backend.family)) as page:
         page.locator("#chat_input textarea").wait_for(timeout=10000)
         # The page's responsiveness: the longest delay of a 50 ms timer while the answer streams.
         page.evaluate(
@@ -939,8 +921,6 @@ def test_browser_long_answer_streams_without_freezing(browser, hf_backend):
         shown = "".join(page.locator("#chatbot [data-testid=bot]").all_inner_texts())
         assert all(f"w{i:05d} ab" in shown for i in range(2000))
         assert lag < 500, f"the page froze for {lag:.0f} ms"
-    finally:
-        demo.close()
 
 
 @pytest.mark.browser
@@ -958,26 +938,19 @@ def test_browser_boxes_drawn_in_each_familys_convention(browser, tmp_path):
     picture.save(image)
     qwen25 = _CannedBackend('{"bbox_2d": [100.625, 99.17, 301.875, 297.5], "label": "sq"}', get_family("qwen2_5_vl"))
     qwen2 = _CannedBackend("<|box_start|>(156,208),(469,625)<|box_end|>", get_family("qwen2_vl"))
-    port = _free_port()
-    demo = demo_mod.build_demo(qwen25, compare=qwen2)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}")
+    with _demo_page(browser, qwen25, compare=qwen2) as page:
         _ask(page, "Where is the square?", str(image))
         _wait_idle(page)
         for chat in ("#chatbot", "#chatbot_b"):
             img = page.locator(f"{chat} [data-testid=bot] img").last
             img.wait_for(timeout=10000)
             src = img.get_attribute("src")
-            url = src if src.startswith("http") else f"http://127.0.0.1:{port}{src}"
+            url = src if src.startswith("http") else page.url.rstrip("/") + src
             drawn = Image.open(io.BytesIO(page.request.get(url).body())).convert("RGB")
             assert drawn.size == (640, 480)
             assert drawn.getpixel((101, 200)) == (255, 0, 0) and drawn.getpixel((200, 101)) == (255, 0, 0), chat
             assert drawn.getpixel((64, 200)) == (255, 255, 255), chat  # where a 0-1000 reading would have drawn
         page.close()
-    finally:
-        demo.close()
 
 
 def test_qwen2_vl_answers_keep_their_box_tokens(tiny_checkpoints):
@@ -1004,12 +977,7 @@ def test_browser_cut_and_dropped_streams_are_marked_and_kept(browser):
 
     with chat_server(reply) as server:
         backend = OpenAIBackend(server.url, model="served-model", family="qwen3_vl")
-        port = _free_port()
-        demo = demo_mod.build_demo(backend)
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-        try:
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}")
+        with _demo_page(browser, backend) as page:
             _ask(page, "An unfinished answer")
             page.get_by_text("the server ended the stream before the answer was complete").wait_for(timeout=20000)
             _wait_idle(page)
@@ -1023,8 +991,6 @@ def test_browser_cut_and_dropped_streams_are_marked_and_kept(browser):
             answers = [m["content"] for m in server.requests[-1]["messages"] if m["role"] == "assistant"]
             assert [a[0]["text"] for a in answers] == ["partial words", "half way"]
             page.close()
-        finally:
-            demo.close()
 
 
 def test_an_answer_running_when_its_session_ends_sends_no_update_and_holds_no_file():
