@@ -50,9 +50,9 @@ def vllm_server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("vllm-server")
     checkpoint = write_tiny_checkpoint("qwen3_vl", folder / "tiny64", head_dim=64)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from benchmarks.serving import free_port, serve
+
+    port = free_port()
     log_path = folder / "server.log"
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", VLLM_LOGGING_LEVEL="DEBUG", VLLM_HOST_IP="127.0.0.1",
                VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")  # fmt: skip
@@ -60,27 +60,12 @@ def vllm_server(tmp_path_factory):
     command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--host",
                "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
                "--enable-log-requests", "--enable-log-outputs"]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    root = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not start: {log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{root}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        yield root, checkpoint, log_path
-    finally:
-        proc.terminate()
+    with log_path.open("w+b") as log:
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            with serve(command, port, "vllm serve", env, timeout=600, log=log) as root:
+                yield root, checkpoint, log_path
+        except RuntimeError as e:  # the server exited or never answered /health: its log's end
+            pytest.fail(str(e))
 
 
 def _flags(checkpoint: Path, data: Path, out: Path, root: str, rewards: str = "my_rewards:vowels") -> list[str]:
