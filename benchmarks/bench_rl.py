@@ -50,6 +50,16 @@ def _pairs() -> list[dict[str, Any]]:
     return out
 
 
+def _timed(trainer: Any, **series: str) -> dict[str, Any]:
+    """Train; the seconds of ``trainer.train()`` and, per logged step, the loss and each ``name=log key`` series."""
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": seconds, "losses": [h["loss"] for h in history],
+            **{name: [h.get(key) for h in history] for name, key in series.items()}}  # fmt: skip
+
+
 def child_qwenvl(model: str, steps: int, out: Path) -> dict[str, Any]:
     from qwenvl.train.dpo import build
 
@@ -64,12 +74,7 @@ def child_qwenvl(model: str, steps: int, out: Path) -> dict[str, Any]:
         "--max_pixels", str(64 * 64 * 4), "--min_pixels", str(32 * 32),
     ])  # fmt: skip
     trainer = built["trainer"]
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": seconds, "losses": [h["loss"] for h in history],
-            "margins": [h.get("rewards/margin") for h in history]}  # fmt: skip
+    return _timed(trainer, margins="rewards/margin")
 
 
 def child_trl(model: str, steps: int, out: Path) -> dict[str, Any]:
@@ -103,12 +108,7 @@ def child_trl(model: str, steps: int, out: Path) -> dict[str, Any]:
         weight_decay=0.0, beta=0.1, loss_type=["sigmoid"], dataloader_num_workers=0, max_length=None,
     )  # fmt: skip
     trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": seconds, "losses": [h["loss"] for h in history],
-            "margins": [h.get("rewards/margins") for h in history]}  # fmt: skip
+    return _timed(trainer, margins="rewards/margins")
 
 
 VOWELS = '''
@@ -146,12 +146,7 @@ def child_qwenvl_grpo(model: str, steps: int, out: Path) -> dict[str, Any]:
         "--max_pixels", str(64 * 64 * 4), "--min_pixels", str(32 * 32),
     ])  # fmt: skip
     trainer = built["trainer"]
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": seconds, "losses": [h["loss"] for h in history], "rewards": [h.get("reward") for h in history],
-            "grad_norms": [h.get("grad_norm") for h in history]}  # fmt: skip
+    return _timed(trainer, rewards="reward", grad_norms="grad_norm")
 
 
 def child_trl_grpo(model: str, steps: int, out: Path) -> dict[str, Any]:
@@ -187,12 +182,7 @@ def child_trl_grpo(model: str, steps: int, out: Path) -> dict[str, Any]:
     )  # fmt: skip
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=processor)  # fmt: skip
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": seconds, "losses": [h["loss"] for h in history], "rewards": [h.get("reward") for h in history],
-            "grad_norms": [h.get("grad_norm") for h in history]}  # fmt: skip
+    return _timed(trainer, rewards="reward", grad_norms="grad_norm")
 
 
 CHILDREN = {("dpo", "qwenvl"): "child_qwenvl", ("dpo", "trl"): "child_trl", ("grpo", "qwenvl"): "child_qwenvl_grpo",
