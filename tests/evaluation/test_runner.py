@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from qwenvl.cli import UserError
 from qwenvl.evaluation import command, runner
 from qwenvl.evaluation.benchmark import Benchmark, InferOptions, PixelPolicy, Scoring, option
 from qwenvl.evaluation.reports import accuracy
@@ -194,6 +195,8 @@ def test_the_manifest_records_the_pixel_policy_and_the_images_follow_it(tmp_path
     assert manifest["pixel_policy"] == policy
     if extra.get("preset") == "upstream":
         assert manifest["decoding"]["temperature"] == 0.0 and manifest["preset"] == "upstream"
+    source = manifest["pixel_budgets"]["source"]
+    assert ("flags" in source) == (policy == "flags") and ("upstream" in source) == (policy != "checkpoint")
     assert (manifest["pixel_budgets"]["min_pixels"], manifest["pixel_budgets"]["max_pixels"]) == (low, high)
     assert len(sizes) == 3
     for width, height in sizes:  # 256 x 256 squares, resized under the policy's budget (multiples of 32)
@@ -267,3 +270,8 @@ def test_mmmu_limits_per_subject():
     assert get("mmmu").limit(ids, 2) == ["validation_Art_1", "validation_Art_2", "validation_Math_1",
                                          "validation_Math_2"]  # fmt: skip
     assert get("realworldqa").limit(ids, 2) == ids[:2]
+
+
+def test_eval_of_a_missing_results_file_says_so(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        runner.evaluate(FAKE, tmp_path / "nope.jsonl", tmp_path / "s.json")

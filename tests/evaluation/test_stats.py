@@ -55,3 +55,11 @@ def test_reports_and_compare_carry_the_interval_and_the_test(tmp_path, capsys):
     assert main(["compare", a, b]) == 0
     out = capsys.readouterr().out
     assert "only A right: 0, only B right: 10; exact McNemar p = 0.001953" in out and "differ beyond noise" in out
+
+
+def test_wilson_interval_is_exactly_0_or_1_at_the_ends():
+    """All wrong or all right: the bound at that end is exactly 0 / 1 (the formula's rounding gave 5.6e-17)."""
+    from qwenvl.evaluation.stats import wilson_interval
+
+    assert wilson_interval(0, 3)[0] == 0.0 and wilson_interval(3, 3)[1] == 1.0
+    assert 0.0 < wilson_interval(1, 3)[0] < wilson_interval(1, 3)[1] < 1.0

@@ -53,7 +53,7 @@ from qwenvl.cli import MissingPackage, UserError
 from qwenvl.evaluation import command
 from qwenvl.evaluation.benchmark import Benchmark, EvalContext, PixelPolicy, Run, Scored, Scoring, option
 from qwenvl.evaluation.reports import empty_answers, empty_answers_warning
-from qwenvl.evaluation.results import read_manifest, read_results
+from qwenvl.evaluation.results import read_manifest, results_to_score
 from qwenvl.evaluation.runner import upstream_presets
 from qwenvl.inference.base import strip_reasoning
 
@@ -391,9 +391,7 @@ def from_upstream(line: dict[str, Any]) -> dict[str, Any]:
 
 def load_odinw_records(path: Path) -> list[dict[str, Any]]:
     """ODinW records of ``path`` (ours, or upstream's, converted), each checked for what scoring needs."""
-    lines = read_results(path)
-    if not lines:
-        raise UserError(f"{path}: no results to score")
+    lines = results_to_score(path)
     records = []
     for i, line in enumerate(lines):
         if isinstance(line, dict) and all(k in line for k in UPSTREAM_FIELDS) and "dataset" not in line:

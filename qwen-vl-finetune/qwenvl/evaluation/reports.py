@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qwenvl.cli import UserError
-from qwenvl.evaluation.results import read_results, write_manifest
+from qwenvl.evaluation.results import results_to_score, write_manifest
 from qwenvl.evaluation.stats import wilson_interval
 
 
@@ -79,9 +79,7 @@ def load_records(
     """The results of ``tool infer`` in ``path``, each line checked for the ``required`` fields. A line of
     upstream's results file (``upstream_fields``: ``question_id``, ``annotation``, ``result``) is converted by
     ``from_upstream``."""
-    lines = read_results(path)
-    if not lines:
-        raise UserError(f"{path}: no results to score")
+    lines = results_to_score(path)
     out = []
     for i, line in enumerate(lines):
         if not isinstance(line, dict):

@@ -19,6 +19,19 @@ from qwenvl.cli import UserError
 # ----------------------------------------------------------------------------------------------- results file
 
 
+def results_to_score(path: Path) -> list[dict[str, Any]]:
+    """The lines of the results file ``eval`` was given: a missing file or one without a complete line is a
+    :class:`qwenvl.cli.UserError` saying which."""
+    from qwenvl.cli import UserError
+
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such file (give the --output-file of an infer run as --input-file)")
+    lines = read_results(Path(path))
+    if not lines:
+        raise UserError(f"{path}: no results to score")
+    return lines
+
+
 def read_results(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """The complete lines of a results file. A torn last line (a crash mid-write) is dropped, and with ``repair``
     cut from the file, so appending continues cleanly."""

@@ -125,9 +125,13 @@ def resolve_pixels(benchmark: Benchmark, model_path: str | None, preset: str | N
         else:
             from_flags.update(budget_keys({key: value}, "video"))
     name = "flags" if from_flags else "upstream" if upstream else "checkpoint"
-    wanted = {**upstream, **from_flags}
-    total = wanted.pop("total_pixels", None)
-    budget, source = checkpoint_budget(model_path, **wanted)
+    total = from_flags.get("total_pixels", upstream.get("total_pixels"))
+    budget, source = checkpoint_budget(model_path)
+    for values, origin in ((upstream, "upstream's values (--preset)"), (from_flags, "flags")):
+        fields = {k: v for k, v in values.items() if k != "total_pixels"}
+        if fields:  # each layer over the one before: the checkpoint's, upstream's, the flags
+            budget = budget.overridden(**fields)
+            source += f" + {origin}" + ("".join(f" --{k}" for k in fields) if values is from_flags else "")
     saved = load_preprocessing(model_path) if model_path and Path(model_path).is_dir() else None
     drift = {k: (getattr(budget, k), getattr(saved.budget, k)) for k in from_flags if k != "total_pixels"
              and saved is not None and getattr(budget, k) != getattr(saved.budget, k)}  # fmt: skip

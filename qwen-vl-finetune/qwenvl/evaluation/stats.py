@@ -21,7 +21,8 @@ def wilson_interval(correct: int, num: int) -> list[float]:
     p, z2 = correct / num, Z95 * Z95
     centre = (p + z2 / (2 * num)) / (1 + z2 / num)
     half = Z95 * math.sqrt(p * (1 - p) / num + z2 / (4 * num * num)) / (1 + z2 / num)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # (exactly 0 / 1 at the ends: the formula's rounding would give 5.6e-17 there)
+    return [0.0 if correct == 0 else max(0.0, centre - half), 1.0 if correct == num else min(1.0, centre + half)]
 
 
 def ci_text(summary: dict[str, Any], scale: float = 1.0, digits: int = 3) -> str:
