@@ -80,3 +80,13 @@ def test_unknown_flag_is_refused_in_one_line(capsys):
         main(["mmmu_pro", "infer", "--output-file", "o", "--data-dir", "d", "--settin", "vision"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "did you mean --setting?" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_qwenvl_eval_names_itself_in_usage_errors(capsys):
+    """Under ``qwenvl eval``, a mistake names the command the user typed, not the upstream script's name."""
+    from qwenvl.evaluation.registry import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["realworldqa", "infer", "--max-new-token", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("qwenvl eval realworldqa infer: error: unknown flag")

@@ -171,12 +171,12 @@ def _scoring_flag(p: argparse.ArgumentParser, benchmark: Benchmark, what: str = 
                    help=what + "; ".join(f"{k}: {v.help}" for k, v in modes.items()))  # fmt: skip
 
 
-def build_parser(benchmark: Benchmark) -> argparse.ArgumentParser:
-    """The whole command line of ``benchmark``."""
+def build_parser(benchmark: Benchmark, prog: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line of ``benchmark`` (named ``prog``: default its upstream script's name)."""
     from qwenvl.cli import StrictParser
     from qwenvl.evaluation.reports import SCORES_HELP, scores_file
 
-    parser = StrictParser(prog=benchmark.tool or f"qwenvl eval {benchmark.name}",
+    parser = StrictParser(prog=prog or benchmark.tool or f"qwenvl eval {benchmark.name}",
                           description=benchmark.doc or benchmark.description)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help=f"answer {benchmark.name} and write results.jsonl (resumable)")
@@ -302,6 +302,6 @@ def run_main(build: Callable[[], argparse.ArgumentParser], run: Callable[[argpar
         remove_empty_folders(created)  # a run that failed (or wrote nothing) leaves no empty folders behind
 
 
-def main(benchmark: Benchmark, argv: list[str] | None = None) -> int:
-    """The command line of ``benchmark`` (``argv`` without the program name)."""
-    return run_main(lambda: build_parser(benchmark), lambda args: args.func(benchmark, args), argv)
+def main(benchmark: Benchmark, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line of ``benchmark`` (``argv`` without the program name; ``prog`` names it in usage and errors)."""
+    return run_main(lambda: build_parser(benchmark, prog), lambda args: args.func(benchmark, args), argv)

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(BENCHMARKS[name])
     if not hasattr(module, "BENCHMARK"):  # not declared yet: its own command line
         return int(module.main(rest) or 0)
-    return command.main(module.BENCHMARK, rest)
+    return command.main(module.BENCHMARK, rest, prog=f"qwenvl eval {name}")
 
 
 if __name__ == "__main__":
