@@ -10,8 +10,8 @@ one DataLoader worker would:
 * ``hf_resize``: what most training code does: full-size decoding (PIL; the sampled frames with torchcodec) and the
   HF processor resizing (``do_resize=True``, its size set to the same budget).
 * ``cache_first_epoch``: ``data_unpacked`` with an empty ``--media_cache`` (hashing, decoding, writing);
-  ``cache_epoch_zlib`` / ``cache_epoch_raw``: the epochs after, every item read from a cache filled beforehand with
-  the default codec (zlib here; zstd when the zstandard package is installed) or uncompressed.
+  ``cache_epoch_zstd`` / ``cache_epoch_raw``: the epochs after, every item read from a cache filled beforehand with
+  the default codec (zstd; zlib when the zstandard package is missing) or uncompressed.
 
 Figures: samples/s, CPU seconds per sample (user + system of the process, all its threads) and peak RSS (VmHWM) of
 the process, with the timing discipline of ``timing.py`` (warm-up, sides alternated, >= 5 repetitions, median and
@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("floor", "data_unpacked", "data_packed", "hf_resize", "cache_first_epoch", "cache_epoch_zlib",
+SIDES = ("floor", "data_unpacked", "data_packed", "hf_resize", "cache_first_epoch", "cache_epoch_zstd",
          "cache_epoch_raw")  # fmt: skip
 CAPACITY = 8192
 
@@ -170,11 +170,11 @@ def run_side(side: str, workdir: Path, records_raw: list[dict[str, Any]]) -> dic
     settings = PreprocessingSettings(family.model_type, family.patch_size, budget)
     cache = None
     if side.startswith("cache"):
-        folder = {"cache_first_epoch": "cache_cold", "cache_epoch_zlib": "cache_zlib", "cache_epoch_raw": "cache_raw"}
+        folder = {"cache_first_epoch": "cache_cold", "cache_epoch_zstd": "cache_zstd", "cache_epoch_raw": "cache_raw"}
         root = workdir / folder[side]
         if side == "cache_first_epoch":
             shutil.rmtree(root, ignore_errors=True)
-        cache = MediaCache(root, settings, codec="none" if side == "cache_epoch_raw" else "auto")
+        cache = MediaCache(root, settings, processor, codec="none" if side == "cache_epoch_raw" else "auto")
     encoder = SampleEncoder(processor, family, budget, media_cache=cache)
 
     def runner(records: list[Record]) -> Any:
@@ -320,7 +320,7 @@ def table(result: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     first = sides.get("cache_first_epoch", {}).get("seconds")
-    for name in ("data_unpacked", "cache_first_epoch", "cache_epoch_zlib", "cache_epoch_raw"):
+    for name in ("data_unpacked", "cache_first_epoch", "cache_epoch_zstd", "cache_epoch_raw"):
         s = sides.get(name, {})
         speed = f"{first['median'] / s['seconds']['median']:.1f}x" if first and "seconds" in s else "-"
         disk = med(name, "cache_disk_mb")
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env.setdefault("OMP_NUM_THREADS", "1")
     sides = [s for s in args.sides.split(",") if s]
     # The warm caches are filled once, untimed, by a first-epoch pass of their codec.
-    for side, folder in (("cache_epoch_zlib", "cache_zlib"), ("cache_epoch_raw", "cache_raw")):
+    for side, folder in (("cache_epoch_zstd", "cache_zstd"), ("cache_epoch_raw", "cache_raw")):
         if side in sides and not (workdir / folder).is_dir():
             print(f"filling {folder} ...", file=sys.stderr)
             fill = _run_child(side, workdir, env)

@@ -26,9 +26,11 @@ from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 def build_parser() -> argparse.ArgumentParser:
     parser = StrictParser(prog="qwenvl cache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="build")
-    build = commands.add_parser("build", description=__doc__, help="resize every image and video into the cache")
+    build = commands.add_parser("build", description=__doc__, help="process every image and video into the cache")
     build.add_argument("--media_cache", required=True, metavar="DIR", help="the cache folder (created)")
-    build.add_argument("--model_name_or_path", required=True, help="checkpoint whose family (patch size) to use")
+    build.add_argument(
+        "--model_name_or_path", required=True, help="checkpoint whose family and processor (patches) to use"
+    )
     build.add_argument(
         "--dataset_use", required=True, help="comma-separated registry names or annotation files, name%%N to sample"
     )
@@ -59,7 +61,7 @@ def _build_one(task: tuple[str, dict[str, Any]]) -> tuple[str, str | None, dict[
     kind, item = task
     before = dict(_CACHE.stats.to_dict())
     try:
-        _, _, outcome = _CACHE.load(kind, item)
+        _, outcome = _CACHE.load(kind, item)
     except Exception as e:  # noqa: BLE001 - a bad file is listed, the others are built
         return "error", f"{item.get(kind)}: {type(e).__name__}: {e}", {}
     after = _CACHE.stats.to_dict()
@@ -75,7 +77,7 @@ def build(args: argparse.Namespace) -> int:
 
     from qwenvl.data.media_cache import MediaCache
     from qwenvl.data.registry import load_records
-    from qwenvl.model.loader import read_family
+    from qwenvl.model.loader import load_processor, read_family
     from qwenvl.model.preprocessing import PreprocessingSettings
 
     if not 0 <= args.shard_index < args.num_shards:
@@ -89,7 +91,7 @@ def build(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     settings = PreprocessingSettings(family.model_type, family.patch_size, budget)
     max_bytes = int(args.media_cache_max_gb * 1e9) if args.media_cache_max_gb is not None else None
-    cache = MediaCache(args.media_cache, settings, max_bytes=max_bytes)
+    cache = MediaCache(args.media_cache, settings, load_processor(args.model_name_or_path), max_bytes=max_bytes)
     records = load_records(
         args.dataset_use, args.dataset_registry, seed=args.data_seed_sampling, media_root=args.media_root,
         bad_records="skip",

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 import torch
 
 from qwenvl.cli import UserError
-from qwenvl.data.media_cache import MediaCache
+from qwenvl.data.media_cache import MediaCache, ProcessedItem
 from qwenvl.model.budget import TRAINING_BUDGET, MediaBudget
 from qwenvl.model.families import Family
 from qwenvl.model.rope import mrope_position_ids
@@ -76,24 +76,8 @@ class SampleEncoder:
         grounding = ("<|box_", "<|quad_", "<|object_ref_")
         self.reserved = [t for t in tok.all_special_tokens if t.startswith("<|") and not t.startswith(grounding)]
 
-    def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list]:
-        """Fetch and resize every image and video of ``messages`` (in order) with the budgets.
-
-        A record's items load concurrently, largest first, as ``process_vision_info`` loads them; through the media
-        cache when the encoder has one.
-
-        Raises:
-            MediaLoadError: naming the sample and the file, whatever went wrong while loading it.
-        """
-        images, videos, metadata, _ = self.load_media_counted(messages, sample_id)
-        return images, videos, metadata
-
-    def load_media_counted(
-        self, messages: list[dict[str, Any]], sample_id: str = ""
-    ) -> tuple[list, list, list, list[int]]:
-        """:meth:`load_media` plus ``[hits, misses]`` of the media cache for these media."""
-        from qwen_vl_utils.image_io import reuse_image_blocks
-
+    def media_items(self, messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """``(kind, item)`` of every image and video of ``messages``, in order, with the budgets applied."""
         items = []
         for message in messages:
             if not isinstance(message["content"], list):
@@ -104,37 +88,53 @@ class SampleEncoder:
                     items.append((kind, self.budget.image_item(item)))
                 elif kind == "video":
                     items.append((kind, self.budget.video_item(item)))
-        with reuse_image_blocks():
-            if len(items) <= 1:
-                results = [self._load_item(kind, item, sample_id) for kind, item in items]
-            else:
-                results = self._load_parallel(items, sample_id)
+        return items
+
+    def load_media(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list, list]:
+        """Fetch and resize every image and video of ``messages`` (in order) with the budgets: ``(images, videos,
+        video metadata)``, as the processor gets them.
+
+        A record's items load concurrently, largest first, as ``process_vision_info`` loads them.
+
+        Raises:
+            MediaLoadError: naming the sample and the file, whatever went wrong while loading it.
+        """
+        from qwenvl.data.media_cache import fetch_item
+
+        items = self.media_items(messages)
         images, videos, metadata = [], [], []
-        outcomes = [0, 0]
-        for (kind, _), (media, meta, outcome) in zip(items, results):
-            if outcome == "hit":
-                outcomes[0] += 1
-            elif outcome == "miss":
-                outcomes[1] += 1
+        for (kind, _), (media, meta) in zip(items, self._load_all(items, sample_id, fetch_item)):
             if kind == "image":
                 images.append(media)
             else:
                 videos.append(media)
                 metadata.append(meta)
-        return images, videos, metadata, outcomes
+        return images, videos, metadata
 
-    def _load_item(self, kind: str, item: dict[str, Any], sample_id: str) -> tuple[Any, Any, str]:
-        from qwenvl.data.media_cache import fetch_item
+    def load_processed(self, messages: list[dict[str, Any]], sample_id: str = "") -> tuple[list, list[int]]:
+        """Every image and video of ``messages`` processed, through the media cache: ``(processed items,
+        [hits, misses])``. Loads concurrently as :meth:`load_media` does."""
+        assert self.media_cache is not None
+        cache = self.media_cache
+        results = self._load_all(self.media_items(messages), sample_id, lambda kind, item, _: cache.load(kind, item))
+        outcomes = [sum(o == "hit" for _, o in results), sum(o == "miss" for _, o in results)]
+        return [processed for processed, _ in results], outcomes
 
+    def _load_all(self, items: list[tuple[str, dict[str, Any]]], sample_id: str, load: Any) -> list[Any]:
+        from qwen_vl_utils.image_io import reuse_image_blocks
+
+        with reuse_image_blocks():
+            if len(items) <= 1:
+                return [self._load_item(load, kind, item, sample_id) for kind, item in items]
+            return self._load_parallel(load, items, sample_id)
+
+    def _load_item(self, load: Any, kind: str, item: dict[str, Any], sample_id: str) -> Any:
         try:
-            if self.media_cache is not None:
-                return self.media_cache.load(kind, item)
-            media, meta = fetch_item(kind, item, self.family.patch_size)
-            return media, meta, "uncached"
+            return load(kind, item, self.family.patch_size)
         except Exception as e:  # noqa: BLE001 - every media failure is reported the same way
             raise MediaLoadError(sample_id, str(item.get(kind)), f"{type(e).__name__}: {e}") from e
 
-    def _load_parallel(self, items: list[tuple[str, dict[str, Any]]], sample_id: str) -> list[tuple[Any, Any, str]]:
+    def _load_parallel(self, load: Any, items: list[tuple[str, dict[str, Any]]], sample_id: str) -> list[Any]:
         import concurrent.futures
 
         # The scheduling of process_vision_info (qwen_vl_utils): as many threads as it would use, biggest first.
@@ -143,7 +143,7 @@ class SampleEncoder:
         infos = [item for _, item in items]
         order = sorted(range(len(items)), key=lambda i: _fetch_cost(infos[i]))
         with concurrent.futures.ThreadPoolExecutor(max_workers=_fetch_workers(infos)) as pool:
-            futures = {i: pool.submit(self._load_item, *items[i], sample_id) for i in order}
+            futures = {i: pool.submit(self._load_item, load, *items[i], sample_id) for i in order}
         return [futures[i].result() for i in range(len(items))]  # the first failing item in order is reported
 
     def check_text(self, messages: list[dict[str, Any]], sample_id: str) -> None:
@@ -160,17 +160,22 @@ class SampleEncoder:
 
     def __call__(self, messages: list[dict[str, Any]], sample_id: str = "") -> EncodedSample:
         self.check_text(messages, sample_id)
-        images, videos, metadata, outcomes = self.load_media_counted(messages, sample_id)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
-        if images:
-            kwargs["images"] = images
-        if videos:
-            kwargs["videos"] = videos
-            kwargs["do_sample_frames"] = False
-            # transformers 5.x derives Qwen3-VL timestamps and Qwen2.5-VL's second_per_grid_ts from metadata.
-            kwargs["video_metadata"] = metadata
-        enc = self.processor(text=[text], **kwargs)
+        outcomes = None
+        if self.media_cache is not None:
+            processed, outcomes = self.load_processed(messages, sample_id)
+            enc = processor_with_patches(self.processor, text, processed)
+        else:
+            images, videos, metadata = self.load_media(messages, sample_id)
+            kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
+            if images:
+                kwargs["images"] = images
+            if videos:
+                kwargs["videos"] = videos
+                kwargs["do_sample_frames"] = False
+                # transformers 5.x derives Qwen3-VL timestamps and Qwen2.5-VL's second_per_grid_ts from metadata.
+                kwargs["video_metadata"] = metadata
+            enc = self.processor(text=[text], **kwargs)
         input_ids = enc["input_ids"][0]
         sample: EncodedSample = {
             "sample_id": sample_id,
@@ -181,7 +186,7 @@ class SampleEncoder:
         for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
             if key in enc and enc[key] is not None:
                 sample[key] = enc[key]
-        if self.media_cache is not None:
+        if outcomes is not None:
             sample["media_cache"] = outcomes
         sample["position_ids"] = mrope_position_ids(
             self.family,
@@ -223,6 +228,40 @@ class SampleEncoder:
                 raise ValueError(f"{sample_id}: assistant turn {k} has no closing <|im_end|>") from None
             labels[begin : end + 1] = input_ids[begin : end + 1]
         return labels
+
+
+def processor_with_patches(processor: Any, text: str, processed: list[ProcessedItem]) -> Any:
+    """``processor(text=[text], images=..., videos=...)`` for media whose patches are already computed (from the
+    media cache): the processor renders and tokenises the text and writes the placeholders (their counts, Qwen3-VL's
+    timestamps, Qwen2.5-VL's ``second_per_grid_ts``) as usual, with the image and video processors' pixel work
+    (``_preprocess``) replaced by the items' patches, concatenated in order as those processors would return them.
+    The images and videos it is given are tiny stand-ins: only their number is read outside ``_preprocess``."""
+    import copy
+
+    from PIL import Image
+    from transformers import BatchFeature
+
+    from qwenvl.data.media_cache import PIXEL_KEYS, sub_processor
+
+    replay = copy.copy(processor)
+    kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
+    for kind in ("image", "video"):
+        items = [p for p in processed if p.kind == kind]
+        if not items:
+            continue
+        pixels_key, grid_key = PIXEL_KEYS[kind]
+        patches = BatchFeature({pixels_key: torch.cat([p.pixels for p in items]) if len(items) > 1 else items[0].pixels,
+                                grid_key: torch.cat([p.grid for p in items])})  # fmt: skip
+        stand_in = copy.copy(sub_processor(processor, kind))
+        stand_in._preprocess = lambda *args, _patches=patches, **kw: _patches
+        if kind == "image":
+            replay.image_processor = stand_in
+            kwargs["images"] = [Image.new("RGB", (2, 2)) for _ in items]
+        else:
+            replay.video_processor = stand_in
+            kwargs.update(videos=[torch.zeros(2, 3, 2, 2) for _ in items], do_sample_frames=False,
+                          video_metadata=[p.metadata for p in items])  # fmt: skip
+    return replay(text=[text], **kwargs)
 
 
 def _token_id(tokenizer: Any, token: str) -> int:

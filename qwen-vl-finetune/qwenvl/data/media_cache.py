@@ -1,37 +1,46 @@
-"""A disk cache of resized media, so that every epoch after the first skips decoding and resizing.
+"""A disk cache of processed media, so that every epoch after the first skips decoding, resizing and patchifying.
 
 Training (``--media_cache DIR``) and ``qwenvl cache build`` (fill it before a multi-node job on a shared file
-system) store each image and video item exactly as qwen_vl_utils hands it to the processor: the resized RGB image
-(uint8) or the sampled, resized frames (float32 with integer values, kept as uint8 when that is exact, else as
-float32) and the video's metadata. Model inputs are bit-identical with and without the cache.
+system) store each image and video item as the checkpoint's processor turns it into model inputs: the item resized by
+qwen_vl_utils under the budget, then normalised and cut into patches by the processor's image or video processor
+(its rows of ``pixel_values`` / ``pixel_values_videos`` and its ``grid_thw``), with a video's metadata (the sampled
+frames' indices and fps, from which the processor writes timestamps). On a hit the encoder hands these rows to the
+processor in place of its pixel work (:func:`qwenvl.data.encode.SampleEncoder`), which still renders and tokenises the
+text: model inputs are bit-identical with and without the cache (tested for every family).
+
+The patches are float32, but each channel's values come from 256 pixel levels: they are stored as one byte per value
+and a 256-entry table per channel (a "palette"), which is exact by construction: the table is checked to give back
+every float bit for bit before an entry is written, and an item whose values it would not give back (another
+normalisation) is stored as float32. A cached item therefore takes the bytes of its resized pixels.
 
 Layout::
 
     DIR/
       CACHEDIR.TAG
       stat/ab/<sha256 of the absolute path>.json   # {size, mtime_ns, ino, sha256, hashed_ns}: the stat pre-key
-      entries/cd/<entry key>.qvm                     # one resized image or video
+      entries/cd/<entry key>.qvm                     # one processed image or video
 
 An entry's key is the SHA-256 of: the file's content hash (SHA-256; looked up by the stat pre-key, and computed
 again whenever the file's size, mtime or inode changed, or when the file was modified within two seconds of being
 hashed), the preprocessing fingerprint a checkpoint carries (family, patch size and the whole ``MediaBudget``: see
-:mod:`qwenvl.model.preprocessing`), the item's own options (``max_pixels``, ``fps``, ``video_start``, ...), the
-environment that changes qwen_vl_utils' output (``QWENVL_JPEG_DRAFT``, the video backend, ``MODEL_SEQ_LEN``), the
-qwen_vl_utils version and this format's version. A changed file, budget, family or option is therefore a different
-key: a stale entry is never read (it ages out by LRU eviction).
+:mod:`qwenvl.model.preprocessing`), the processor's image or video processor settings (normalisation, patch and
+merge sizes) and the transformers version, the item's own options (``max_pixels``, ``fps``, ``video_start``, ...),
+the environment that changes qwen_vl_utils' output (``QWENVL_JPEG_DRAFT``, the video backend, ``MODEL_SEQ_LEN``),
+the qwen_vl_utils version and this format's version. A changed file, budget, family, processor or option is
+therefore a different key: a stale entry is never read (it ages out by LRU eviction).
 
 An entry file::
 
     b"QVMCACHE" | u32 header length | u32 CRC-32 of the header | header (JSON) | payload
 
-The header holds the key, kind, dtype, shape, codec, payload length and the payload's CRC-32 (and a video's
-metadata); a truncated or corrupt entry fails one of these checks, is deleted and rebuilt from the file, and is
-never handed to training. Writes go to a temporary file in the same folder, renamed into place (atomic on POSIX and
-on NFS), so several workers and ranks may fill the same cache at once: the last rename wins and every version is
-whole. A hit updates the entry's mtime (at most once a minute), and when the cache outgrows ``max_bytes`` the
-least recently used entries are deleted down to 90%% of it.
+The header holds the key, kind, grid, the patches' shape and layout (palette or float32), codec, payload length and
+the payload's CRC-32 (and a video's metadata); a truncated or corrupt entry fails one of these checks, is deleted and
+rebuilt from the file, and is never handed to training. Writes go to a temporary file in the same folder, renamed
+into place (atomic on POSIX and on NFS), so several workers and ranks may fill the same cache at once: the last
+rename wins and every version is whole. A hit updates the entry's mtime (at most once a minute), and when the cache
+outgrows ``max_bytes`` the least recently used entries are deleted down to 90%% of it.
 
-Items whose source is not a local file (URLs, bytes, PIL images, frame lists) are loaded as usual and not cached
+Items whose source is not a local file (URLs, bytes, PIL images, frame lists) are processed as usual and not cached
 ("bypassed" in the statistics).
 """
 
@@ -55,7 +64,7 @@ from qwenvl.model.preprocessing import PreprocessingSettings
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"QVMCACHE"
 _PREFIX = struct.Struct("<8sII")  # magic, header length, header CRC-32
 Codec = Literal["auto", "none", "zlib", "zstd"]
@@ -129,6 +138,131 @@ def fetch_item(kind: str, item: dict[str, Any], patch_size: int) -> tuple[Any, d
     return video, metadata
 
 
+PIXEL_KEYS = {"image": ("pixel_values", "image_grid_thw"), "video": ("pixel_values_videos", "video_grid_thw")}
+
+
+@dataclass
+class ProcessedItem:
+    """One image or video as the processor's image or video processor outputs it on its own: its rows of patches
+    (``pixel_values`` / ``pixel_values_videos``), its ``grid_thw`` row (shape ``(1, 3)``) and, for a video, the
+    metadata qwen_vl_utils returned (sampled frames' indices, fps), from which the processor writes timestamps."""
+
+    kind: str
+    pixels: Any  # torch.Tensor (rows, channels x temporal patch x patch x patch), float32
+    grid: Any  # torch.Tensor (1, 3), int64
+    metadata: dict[str, Any] | None = None
+
+
+def sub_processor(processor: Any, kind: str) -> Any:
+    """The processor's image or video processor."""
+    return processor.image_processor if kind == "image" else processor.video_processor
+
+
+def process_media(processor: Any, kind: str, media: Any, metadata: dict[str, Any] | None) -> ProcessedItem:
+    """Patches of one resized image or video (what :class:`qwenvl.data.encode.SampleEncoder` feeds the processor:
+    no resize, no frame sampling). Rows of a sample's items processed together are these rows concatenated."""
+    pixels_key, grid_key = PIXEL_KEYS[kind]
+    if kind == "image":
+        out = processor.image_processor(images=[media], do_resize=False, return_tensors="pt")
+    else:
+        out = processor.video_processor(
+            videos=[media], video_metadata=[metadata], do_sample_frames=False, do_resize=False, return_tensors="pt"
+        )
+    return ProcessedItem(kind, out[pixels_key], out[grid_key], metadata)
+
+
+@dataclass
+class Palette:
+    """Patches as one byte per value (the pixel level) and how each channel's levels map to floats: ``(level -
+    shift[c]) / divisor[c]`` in float32 when ``affine`` (the processor's own normalisation, so decoding is two
+    vectorised operations), else a 256-entry ``table[c]``. ``repeat`` temporal slots share one set of indices when
+    they are equal (an image's patches hold it once per temporal slot)."""
+
+    table: Any  # (channels, 256) float32
+    indices: Any  # (rows, channels, rest // repeat) uint8
+    repeat: int = 1
+    affine: tuple[list[float], list[float]] | None = None  # (shift, divisor) per channel
+
+    def decode(self, rows: int, width: int) -> Any:
+        """The float32 patches ``(rows, width)``."""
+        import numpy as np
+        import torch
+
+        idx = self.indices if isinstance(self.indices, torch.Tensor) else torch.from_numpy(self.indices)
+        channels = idx.shape[1]
+        out = torch.empty((rows, channels, self.repeat, idx.shape[2]), dtype=torch.float32)
+        first = out[:, :, 0]
+        if self.affine is not None:
+            shift, divisor = (torch.tensor(v, dtype=torch.float32).reshape(1, channels, 1) for v in self.affine)
+            first.copy_(idx).sub_(shift).div_(divisor)
+        else:
+            table = self.table.numpy() if isinstance(self.table, torch.Tensor) else self.table
+            flat, levels = first.numpy(), idx.numpy()
+            block = max(1, (1 << 20) // max(1, width))
+            for start in range(0, rows, block):
+                for c in range(channels):
+                    np.take(table[c], levels[start : start + block, c], out=flat[start : start + block, c])
+        for t in range(1, self.repeat):
+            out[:, :, t].copy_(first)
+        return out.reshape(rows, width)
+
+
+def palette_encode(pixels: Any, settings: Any) -> Palette | None:
+    """The patches as a :class:`Palette` that gives them back bit for bit, or None when they are not 256 levels
+    per channel (then they are stored as float32).
+
+    ``pixels`` is ``(rows, channels x temporal x patch x patch)``, channel outermost in a row (the layout of Qwen's
+    patches); ``settings`` the image or video processor, whose normalisation maps each pixel level to one float per
+    channel. The indices are found by undoing the normalisation and rounding. The levels map back by that
+    normalisation as the processor computes it (fused: ``(level - mean / rescale) / (std / rescale)``) or, if any
+    value differs, by a table of the values seen at each index. Either way the decoded palette is compared with every
+    value before it is used.
+    """
+    import torch
+
+    mean_list = settings.image_mean if isinstance(settings.image_mean, (list, tuple)) else [settings.image_mean] * 3
+    channels = len(mean_list)
+    if pixels.dtype != torch.float32 or pixels.ndim != 2 or pixels.shape[1] % channels:
+        return None
+    n, width = pixels.shape
+    rows = pixels.reshape(n, channels, -1)
+    scale = settings.rescale_factor if settings.do_rescale else 1.0
+    mean = torch.tensor(mean_list, dtype=torch.float32).reshape(1, channels, 1)
+    std_list = settings.image_std if isinstance(settings.image_std, (list, tuple)) else [settings.image_std] * channels
+    std = torch.tensor(std_list, dtype=torch.float32).reshape(1, channels, 1)
+    if not settings.do_normalize:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
+    levels = rows * std
+    levels += mean
+    levels /= scale
+    indices = levels.round_().clamp_(0, 255).to(torch.uint8)
+    del levels
+    repeat = int(getattr(settings, "temporal_patch_size", 1) or 1)
+    if repeat > 1 and rows.shape[2] % repeat == 0:
+        slots = indices.reshape(n, channels, repeat, -1)
+        if all(torch.equal(slots[:, :, 0], slots[:, :, t]) for t in range(1, repeat)):
+            indices = slots[:, :, 0].contiguous()
+        else:
+            repeat = 1
+    else:
+        repeat = 1
+    exact = pixels.view(torch.int32)
+    shift, divisor = mean * (1.0 / scale), std * (1.0 / scale)
+    ramp = torch.arange(256, dtype=torch.float32).reshape(1, 1, 256)
+    table = ((ramp - shift) / divisor).reshape(channels, 256).contiguous()
+    palette = Palette(table, indices, repeat, (shift.reshape(-1).tolist(), divisor.reshape(-1).tolist()))
+    if palette.decode(n, width).view(torch.int32).equal(exact):
+        return palette
+    offsets = torch.arange(channels).reshape(1, channels, 1) * 256
+    seen = torch.zeros(channels * 256, dtype=torch.float32)
+    first = rows.reshape(n, channels, repeat, -1)[:, :, 0]
+    seen.scatter_(0, (indices.to(torch.int64) + offsets).reshape(-1), first.reshape(-1))
+    palette = Palette(seen.reshape(channels, 256), indices, repeat)
+    if palette.decode(n, width).view(torch.int32).equal(exact):
+        return palette
+    return None
+
+
 def _environment(kind: str, item: dict[str, Any]) -> dict[str, Any]:
     """The settings outside the item and the budget that change qwen_vl_utils' output."""
     import qwen_vl_utils
@@ -147,11 +281,12 @@ def _environment(kind: str, item: dict[str, Any]) -> dict[str, Any]:
 
 
 class MediaCache:
-    """Resized media on disk, keyed by content and preprocessing (see the module doc).
+    """Processed media on disk, keyed by content, preprocessing and processor (see the module doc).
 
     Args:
         root: the cache folder (created).
         settings: the preprocessing fingerprint (family, patch size, budget) the media are resized for.
+        processor: the checkpoint's processor, whose image and video processors cut the media into patches.
         max_bytes: size bound; None for no bound.
         codec: ``auto`` (zstd when the ``zstandard`` package is installed, else zlib), ``none``, ``zlib``, ``zstd``.
             Compressed payloads are kept only when at most 90%% of the raw size.
@@ -161,6 +296,7 @@ class MediaCache:
         self,
         root: str | Path,
         settings: PreprocessingSettings,
+        processor: Any,
         max_bytes: int | None = None,
         codec: Codec = "auto",
     ) -> None:
@@ -177,6 +313,10 @@ class MediaCache:
         fingerprint = settings.to_dict()
         fingerprint.pop("model_max_length", None)  # truncation happens after the media: not part of it
         self.fingerprint = fingerprint
+        self.processor = processor
+        self.processor_fingerprint = {
+            kind: _processor_fingerprint(sub_processor(processor, kind)) for kind in PIXEL_KEYS
+        }
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._hashes: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat triple, sha256)
@@ -245,7 +385,7 @@ class MediaCache:
         options = {k: v for k, v in item.items() if k not in ("image", "image_url", "video", "type")}
         blob = json.dumps(
             {"v": FORMAT_VERSION, "kind": kind, "content": content, "fingerprint": self.fingerprint,
-             "options": options, "env": _environment(kind, item)},
+             "processor": self.processor_fingerprint[kind], "options": options, "env": _environment(kind, item)},
             sort_keys=True, default=str,
         )  # fmt: skip
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -255,19 +395,24 @@ class MediaCache:
 
     # ------------------------------------------------------------------------------------------------ load
 
-    def load(self, kind: str, item: dict[str, Any]) -> tuple[Any, dict[str, Any] | None, Outcome]:
-        """``item`` loaded (from the cache, or through qwen_vl_utils and then stored): ``(media, metadata,
-        outcome)``. ``item`` must already carry the budget (``MediaBudget.image_item`` / ``video_item``)."""
-        patch = self.settings.patch_size
+    def process(self, kind: str, item: dict[str, Any]) -> ProcessedItem:
+        """``item`` loaded through qwen_vl_utils and processed, without the cache."""
+        media, metadata = fetch_item(kind, item, self.settings.patch_size)
+        return process_media(self.processor, kind, media, metadata)
+
+    def load(self, kind: str, item: dict[str, Any]) -> tuple[ProcessedItem, Outcome]:
+        """``item`` processed (from the cache, or through qwen_vl_utils and the processor, then stored):
+        ``(processed item, outcome)``. ``item`` must already carry the budget (``MediaBudget.image_item`` /
+        ``video_item``)."""
         path = local_path(item_source(kind, item))
         if path is None or not os.path.isfile(path):
-            media, metadata = fetch_item(kind, item, patch)  # a missing file raises here, as without the cache
+            processed = self.process(kind, item)  # a missing file raises here, as without the cache
             self._count("bypassed")
-            return media, metadata, "bypass"
+            return processed, "bypass"
         key = self.key(kind, item, self.content_hash(path))
         entry = self.entry_path(key)
         try:
-            media, metadata = self.read(entry, key)
+            processed = self.read(entry, key)
         except FileNotFoundError:
             pass
         except (CorruptEntry, OSError, ValueError) as e:
@@ -279,11 +424,11 @@ class MediaCache:
                 pass
         else:
             self._count("hits")
-            return media, metadata, "hit"
-        media, metadata = fetch_item(kind, item, patch)
+            return processed, "hit"
+        processed = self.process(kind, item)
         self._count("misses")
-        self.write(entry, key, kind, media, metadata)
-        return media, metadata, "miss"
+        self.write(entry, key, processed)
+        return processed, "miss"
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -291,13 +436,14 @@ class MediaCache:
 
     # ------------------------------------------------------------------------------------------------ entries
 
-    def read(self, entry: Path, key: str) -> tuple[Any, dict[str, Any] | None]:
+    def read(self, entry: Path, key: str) -> ProcessedItem:
         """Decode an entry file, checking its magic, lengths, CRCs and key.
 
         Raises:
             FileNotFoundError: no such entry. CorruptEntry: the file fails a check.
         """
         import numpy as np
+        import torch
 
         with open(entry, "rb") as f:
             data = bytearray(os.fstat(f.fileno()).st_size)
@@ -329,40 +475,47 @@ class MediaCache:
             if zstd is None:
                 raise CorruptEntry("entry is zstd-compressed but the zstandard package is not installed")
             payload = memoryview(bytearray(zstd.ZstdDecompressor().decompress(payload)))
-        array = np.frombuffer(payload, dtype=header["dtype"])
-        shape = tuple(header["shape"])
-        if array.size != int(np.prod(shape)):
-            raise CorruptEntry("payload size does not match the shape")
-        array = array.reshape(shape)
+        rows, width = header["shape"]
+        if header["layout"] == "palette":
+            channels, repeat = header["channels"], header["repeat"]
+            table_len = channels * 256 * 4
+            if width % (channels * repeat) or len(payload) != table_len + rows * width // repeat:
+                raise CorruptEntry("payload size does not match the shape")
+            table = np.frombuffer(payload[:table_len], dtype=np.float32).reshape(channels, 256).copy()
+            indices = np.frombuffer(payload[table_len:], dtype=np.uint8).reshape(rows, channels, -1)
+            affine = header.get("affine")
+            pixels = Palette(table, indices, repeat, tuple(affine) if affine else None).decode(rows, width)
+        else:
+            if len(payload) != rows * width * 4:
+                raise CorruptEntry("payload size does not match the shape")
+            pixels = torch.from_numpy(np.frombuffer(payload, dtype=np.float32).reshape(rows, width).copy())
+        grid = torch.tensor([header["grid"]], dtype=torch.int64)
+        if int(grid.prod()) != rows:
+            raise CorruptEntry(f"grid {header['grid']} does not match {rows} patch rows")
         self._touch(entry)
-        if header["kind"] == "image":
-            from PIL import Image
+        return ProcessedItem(header["kind"], pixels, grid, header.get("metadata"))
 
-            return Image.fromarray(array, header["mode"]), None
-        import torch
-
-        return torch.from_numpy(array).to(torch.float32), header["metadata"]
-
-    def encode_entry(self, key: str, kind: str, media: Any, metadata: dict[str, Any] | None) -> bytes | None:
-        """The bytes of an entry file, or None for media this format does not hold (an unusual image mode)."""
+    def encode_entry(self, key: str, processed: ProcessedItem) -> bytes:
+        """The bytes of an entry file: the patches as a palette where that is exact, else as float32."""
         import numpy as np
 
-        header: dict[str, Any] = {"version": FORMAT_VERSION, "key": key, "kind": kind}
-        if kind == "image":
-            if media.mode not in ("RGB", "L", "RGBA"):
-                return None
-            array = np.asarray(media)
-            header["mode"] = media.mode
+        header: dict[str, Any] = {"version": FORMAT_VERSION, "key": key, "kind": processed.kind,
+                                  "grid": [int(v) for v in processed.grid.reshape(-1).tolist()]}  # fmt: skip
+        if processed.metadata is not None:
+            header["metadata"] = json.loads(json.dumps(processed.metadata, default=_jsonable))
+        pixels = processed.pixels.contiguous()
+        header["shape"] = list(pixels.shape)
+        palette = palette_encode(pixels, sub_processor(self.processor, processed.kind))
+        payload: bytes | memoryview
+        if palette is not None:
+            header.update(layout="palette", channels=int(palette.table.shape[0]), repeat=palette.repeat,
+                          affine=palette.affine)  # fmt: skip
+            payload = memoryview(b"".join((memoryview(palette.table.numpy()).cast("B"),
+                                           memoryview(np.ascontiguousarray(palette.indices.numpy())).cast("B"))))  # fmt: skip
         else:
-            import torch
-
-            as_u8 = media.to(torch.uint8)
-            # Frames are float32 with integer values 0-255 (qwen_vl_utils rounds and clamps): uint8 is exact then.
-            array = as_u8.numpy() if torch.equal(as_u8.to(media.dtype), media) else media.contiguous().numpy()
-            header["metadata"] = json.loads(json.dumps(metadata, default=_jsonable))
-        raw = np.ascontiguousarray(array)
-        payload: bytes | memoryview = memoryview(raw).cast("B")
-        header.update(dtype=str(raw.dtype), shape=list(raw.shape), codec="none")
+            header["layout"] = "float32"
+            payload = memoryview(pixels.numpy()).cast("B")
+        header["codec"] = "none"
         packed = self._compress(payload)
         if packed is not None and len(packed) <= COMPRESSION_PAYS * len(payload):
             payload, header["codec"] = packed, self.codec
@@ -386,13 +539,11 @@ class MediaCache:
                 return None
         return compress(payload)
 
-    def write(self, entry: Path, key: str, kind: str, media: Any, metadata: dict[str, Any] | None) -> None:
+    def write(self, entry: Path, key: str, processed: ProcessedItem) -> None:
         """Store an entry atomically (tmp + rename), then evict if the cache outgrew its bound."""
         if self._read_only:
             return
-        data = self.encode_entry(key, kind, media, metadata)
-        if data is None:
-            return
+        data = self.encode_entry(key, processed)
         try:
             entry.parent.mkdir(exist_ok=True)
             self._atomic_write(entry, data)
@@ -491,6 +642,15 @@ class MediaCache:
         if removed:
             logger.info("media cache: evicted %d least recently used entries; %.1f MB left", removed, total / 1e6)
         return removed
+
+
+def _processor_fingerprint(settings: Any) -> dict[str, Any]:
+    """What of an image or video processor changes its patches (all its settings), and the transformers version."""
+    import transformers
+
+    config = settings.to_dict() if hasattr(settings, "to_dict") else dict(vars(settings))
+    return {"transformers": transformers.__version__, "class": type(settings).__name__,
+            "config": json.loads(json.dumps(config, sort_keys=True, default=str))}  # fmt: skip
 
 
 def _jsonable(value: Any) -> Any:

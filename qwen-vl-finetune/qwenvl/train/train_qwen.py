@@ -222,6 +222,7 @@ def _train(model_args: Any, data_args: DataArguments, training_args: Any) -> dic
         media_cache = MediaCache(
             data_args.media_cache,
             PreprocessingSettings(family.model_type, family.patch_size, budget),
+            processor,
             max_bytes=int(max_gb * 1e9) if max_gb is not None else None,
         )
     encoder = SampleEncoder(processor, family, budget, tokens_per_second, media_cache=media_cache)

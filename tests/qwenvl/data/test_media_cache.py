@@ -1,5 +1,6 @@
 """The media cache: bit-identical model inputs, no stale entries, corrupt entries rebuilt, LRU size bound,
-compression where it pays, several writers at once, and ``qwenvl cache build``."""
+exact palette storage of the patches, compression where it pays, several writers at once, and
+``qwenvl cache build``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from qwenvl.data.encode import SampleEncoder
-from qwenvl.data.media_cache import MediaCache
+from qwenvl.data.media_cache import MediaCache, ProcessedItem, fetch_item, process_media
 from qwenvl.data.registry import DEMO_DIR
 from qwenvl.model.budget import TRAINING_BUDGET
 from qwenvl.model.families import FAMILIES
@@ -85,14 +86,17 @@ def _assert_same(a, b):
 
 @pytest.fixture(scope="module")
 def processors(tiny_checkpoints):
-    return {f: load_processor(str(tiny_checkpoints[f])) for f in ("qwen3_vl", "qwen2_5_vl")}
+    return {f: load_processor(str(tiny_checkpoints[f])) for f in FAMILIES}
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def _cache(root, processors, family="qwen3_vl", budget=TRAINING_BUDGET, **kwargs):
+    return MediaCache(root, _settings(family, budget), processors[family], **kwargs)
+
+
 def test_model_inputs_bit_identical_with_and_without_cache(processors, media, tmp_path, family):
     processor = processors[family]
     plain = SampleEncoder(processor, FAMILIES[family], TRAINING_BUDGET)
-    cache = MediaCache(tmp_path / "cache", _settings(family))
+    cache = _cache(tmp_path / "cache", processors, family)
     cached = SampleEncoder(processor, FAMILIES[family], TRAINING_BUDGET, media_cache=cache)
     expected = plain(_messages(media), "s0")
     assert "media_cache" not in expected
@@ -104,28 +108,36 @@ def test_model_inputs_bit_identical_with_and_without_cache(processors, media, tm
     _assert_same(expected, second)
     assert "pixel_values_videos" in second and "pixel_values" in second
     # A fresh process's view: a new cache object on the same folder (no in-memory state) reads the same.
-    again = SampleEncoder(processor, FAMILIES[family], TRAINING_BUDGET, media_cache=MediaCache(tmp_path / "cache",
-                          _settings(family)))(_messages(media), "s0")  # fmt: skip
+    again = SampleEncoder(processor, FAMILIES[family], TRAINING_BUDGET,
+                          media_cache=_cache(tmp_path / "cache", processors, family))(_messages(media), "s0")  # fmt: skip
     assert again["media_cache"] == [3, 0]
     _assert_same(expected, again)
 
 
-def _load(cache, kind, path, budget=TRAINING_BUDGET):
+def _item(kind, path, budget=TRAINING_BUDGET):
     item = {"type": kind, kind: str(path)}
-    item = budget.image_item(item) if kind == "image" else budget.video_item(item)
-    return cache.load(kind, item)
+    return budget.image_item(item) if kind == "image" else budget.video_item(item)
 
 
-def _plain(kind, path, family="qwen3_vl", budget=TRAINING_BUDGET):
-    from qwen_vl_utils import fetch_image, fetch_video
-
-    if kind == "image":
-        return fetch_image(budget.image_item({"image": str(path)}), image_patch_size=FAMILIES[family].patch_size)
-    return fetch_video(budget.video_item({"video": str(path)}), FAMILIES[family].patch_size)
+def _load(cache, kind, path, budget=TRAINING_BUDGET):
+    """``(patches, metadata, outcome)`` of one item through the cache."""
+    processed, outcome = cache.load(kind, _item(kind, path, budget))
+    return processed.pixels, processed.metadata, outcome
 
 
-def test_changed_file_budget_or_family_never_reads_a_stale_entry(media, tmp_path):
-    cache = MediaCache(tmp_path / "cache", _settings())
+def _plain(processors, kind, path, family="qwen3_vl", budget=TRAINING_BUDGET):
+    """Oracle: qwen_vl_utils' resize and the processor's image or video processor on that item, no cache."""
+    media, metadata = fetch_item(kind, _item(kind, path, budget), FAMILIES[family].patch_size)
+    return process_media(processors[family], kind, media, metadata).pixels
+
+
+def _same(a, b):
+    """Bit for bit (``torch.equal`` takes -0.0 for 0.0)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def test_changed_file_budget_or_family_never_reads_a_stale_entry(processors, media, tmp_path):
+    cache = _cache(tmp_path / "cache", processors)
     image, _, outcome = _load(cache, "image", media["a"])
     assert outcome == "miss" and _load(cache, "image", media["a"])[2] == "hit"
 
@@ -135,8 +147,8 @@ def test_changed_file_budget_or_family_never_reads_a_stale_entry(media, tmp_path
     assert media["a"].read_bytes() != old
     changed, _, outcome = _load(cache, "image", media["a"])
     assert outcome == "miss"
-    assert np.array_equal(np.asarray(changed), np.asarray(_plain("image", media["a"])))
-    assert not np.array_equal(np.asarray(changed), np.asarray(image))
+    assert _same(changed, _plain(processors, "image", media["a"]))
+    assert not _same(changed, image)
     # The file replaced by another (rename) with its mtime put back, seen by a new cache object (another process,
     # reading the stat index on disk): the inode differs, so the content is hashed again.
     st = media["a"].stat()
@@ -144,35 +156,44 @@ def test_changed_file_budget_or_family_never_reads_a_stale_entry(media, tmp_path
     _photo(replacement, 8)
     os.replace(replacement, media["a"])
     os.utime(media["a"], ns=(st.st_atime_ns, st.st_mtime_ns))
-    fresh = MediaCache(tmp_path / "cache", _settings())
+    fresh = _cache(tmp_path / "cache", processors)
     third, _, outcome = _load(fresh, "image", media["a"])
-    assert outcome == "miss" and np.array_equal(np.asarray(third), np.asarray(_plain("image", media["a"])))
+    assert outcome == "miss" and _same(third, _plain(processors, "image", media["a"]))
 
     # Restoring the original bytes (new mtime) finds the original entry again: entries are keyed by content.
     media["a"].write_bytes(old)
     restored, _, outcome = _load(cache, "image", media["a"])
-    assert outcome == "hit" and np.array_equal(np.asarray(restored), np.asarray(image))
+    assert outcome == "hit" and _same(restored, image)
 
     # Another budget: a different entry, resized differently.
     small = TRAINING_BUDGET.overridden(max_pixels=32 * 32 * 16, min_pixels=32 * 32 * 4)
     resized, _, outcome = _load(cache, "image", media["a"], small)
-    assert outcome == "miss" and resized.size != image.size
-    assert np.array_equal(np.asarray(resized), np.asarray(_plain("image", media["a"], budget=small)))
+    assert outcome == "miss" and resized.shape != image.shape
+    assert _same(resized, _plain(processors, "image", media["a"], budget=small))
 
     # Another family (another patch size): a different entry, and so is the same patch size under another name.
-    qwen25 = MediaCache(tmp_path / "cache", _settings("qwen2_5_vl"))
+    qwen25 = _cache(tmp_path / "cache", processors, "qwen2_5_vl")
     other, _, outcome = _load(qwen25, "image", media["a"])
-    assert outcome == "miss" and np.array_equal(
-        np.asarray(other), np.asarray(_plain("image", media["a"], "qwen2_5_vl"))
-    )
-    assert _load(MediaCache(tmp_path / "cache", _settings("qwen3_vl_moe")), "image", media["a"])[2] == "miss"
+    assert outcome == "miss" and _same(other, _plain(processors, "image", media["a"], "qwen2_5_vl"))
+    assert _load(_cache(tmp_path / "cache", processors, "qwen3_vl_moe"), "image", media["a"])[2] == "miss"
+
+    # Another normalisation in the processor (same family and budget): a different entry with its own patches.
+    import copy
+
+    renormed = copy.deepcopy(processors["qwen3_vl"])
+    renormed.image_processor.image_mean = [0.4, 0.5, 0.6]
+    other_norm = MediaCache(tmp_path / "cache", _settings(), renormed)
+    patches, _, outcome = _load(other_norm, "image", media["a"])
+    assert outcome == "miss" and not _same(patches, image)
+    media_a, _ = fetch_item("image", _item("image", media["a"]), 16)
+    assert _same(patches, process_media(renormed, "image", media_a, None).pixels)
 
     # Videos: a different video at the same path is a miss, with the new frames.
     frames, _, _ = _load(cache, "video", media["video"])
     shutil.copy(media["video2"], media["video"])
     new_frames, _, outcome = _load(cache, "video", media["video"])
-    assert outcome == "miss" and not torch.equal(frames, new_frames)
-    assert torch.equal(new_frames, _plain("video", media["video"]))
+    assert outcome == "miss" and not _same(frames, new_frames)
+    assert _same(new_frames, _plain(processors, "video", media["video"]))
 
 
 def _entries(cache):
@@ -180,8 +201,8 @@ def _entries(cache):
 
 
 @pytest.mark.parametrize("damage", ["flip_payload", "flip_header", "truncate", "empty"])
-def test_corrupt_or_truncated_entry_is_detected_and_rebuilt(media, tmp_path, damage, caplog):
-    cache = MediaCache(tmp_path / "cache", _settings())
+def test_corrupt_or_truncated_entry_is_detected_and_rebuilt(processors, media, tmp_path, damage, caplog):
+    cache = _cache(tmp_path / "cache", processors)
     frames, metadata, _ = _load(cache, "video", media["video"])
     (entry,) = _entries(cache)
     data = bytearray(entry.read_bytes())
@@ -197,19 +218,19 @@ def test_corrupt_or_truncated_entry_is_detected_and_rebuilt(media, tmp_path, dam
     again, meta2, outcome = _load(cache, "video", media["video"])
     assert outcome == "miss" and cache.stats.corrupt == 1
     assert "corrupt" in caplog.text
-    assert torch.equal(again, frames) and meta2 == metadata
+    assert _same(again, frames) and meta2 == metadata
     # Rebuilt: the next read is a clean hit.
     hit, meta3, outcome = _load(cache, "video", media["video"])
-    assert outcome == "hit" and torch.equal(hit, frames) and meta3 == metadata and cache.stats.corrupt == 1
+    assert outcome == "hit" and _same(hit, frames) and meta3 == metadata and cache.stats.corrupt == 1
 
 
-def test_size_bound_evicts_least_recently_used(media, tmp_path):
+def test_size_bound_evicts_least_recently_used(processors, media, tmp_path):
     folder = media["a"].parent
     photos = [_photo(folder / f"p{i}.jpg", 100 + i) for i in range(6)]
-    probe = MediaCache(tmp_path / "probe", _settings(), codec="none")
+    probe = _cache(tmp_path / "probe", processors, codec="none")
     _load(probe, "image", photos[0])
     one = probe.disk_usage()
-    cache = MediaCache(tmp_path / "cache", _settings(), max_bytes=int(one * 3.5), codec="none")
+    cache = _cache(tmp_path / "cache", processors, max_bytes=int(one * 3.5), codec="none")
     for i, photo in enumerate(photos[:3]):
         _load(cache, "image", photo)
     # Age the entries: p0 oldest ... p2 newest, all older than the touch interval.
@@ -225,40 +246,82 @@ def test_size_bound_evicts_least_recently_used(media, tmp_path):
     assert _load(cache, "image", photos[1])[2] == "miss"
 
 
-def test_compression_only_where_it_pays(tmp_path):
-    cache = MediaCache(tmp_path / "cache", _settings(), codec="zlib")
+def _header(data):
+    return json.loads(data[16 : 16 + int.from_bytes(data[8:12], "little")])
+
+
+def test_compression_only_where_it_pays(processors, tmp_path):
+    cache = _cache(tmp_path / "cache", processors, codec="zlib")
     flat = Image.new("RGB", (256, 256), (10, 200, 30))
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
     for image, codec in ((flat, "zlib"), (noise, "none")):
-        data = cache.encode_entry("k", "image", image, None)
+        processed = process_media(processors["qwen3_vl"], "image", image, None)
+        data = cache.encode_entry("k", processed)
         entry = tmp_path / f"{codec}.qvm"
         entry.write_bytes(data)
-        header = json.loads(data[16 : 16 + int.from_bytes(data[8:12], "little")])
-        assert header["codec"] == codec
-        back, _ = cache.read(entry, "k")
-        assert np.array_equal(np.asarray(back), np.asarray(image))
+        assert _header(data)["codec"] == codec
+        back = cache.read(entry, "k")
+        assert _same(back.pixels, processed.pixels) and torch.equal(back.grid, processed.grid)
     assert len((tmp_path / "zlib.qvm").read_bytes()) < 256 * 256 * 3 * 0.1
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])  # CLIP's per-channel normalisation; Qwen3's 0.5
+def test_patches_stored_exactly_as_a_palette_or_else_as_float32(processors, media, tmp_path, family):
+    cache = _cache(tmp_path / "cache", processors, family, codec="none")
+    media_video, metadata = fetch_item("video", _item("video", media["video"]), FAMILIES[family].patch_size)
+    processed = process_media(processors[family], "video", media_video, metadata)
+    rows, width = processed.pixels.shape
+    data = cache.encode_entry("k", processed)
+    # One byte per value (the resized pixels' size) and a 256-level table per channel.
+    assert _header(data)["layout"] == "palette" and len(data) < rows * width + 3 * 256 * 4 + 2048
+    (tmp_path / "p.qvm").write_bytes(data)
+    back = cache.read(tmp_path / "p.qvm", "k")
+    assert _same(back.pixels, processed.pixels) and back.metadata == json.loads(json.dumps(metadata, default=int))
+    # An image's patches hold it once per temporal slot: one set of indices is stored, half the values.
+    photo, _ = fetch_item("image", _item("image", media["a"]), FAMILIES[family].patch_size)
+    image = process_media(processors[family], "image", photo, None)
+    data = cache.encode_entry("i", image)
+    assert _header(data)["repeat"] == 2 and len(data) < image.pixels.numel() // 2 + 3 * 256 * 4 + 2048
+    assert image.pixels.numel() // 2 == photo.width * photo.height * 3
+    (tmp_path / "i.qvm").write_bytes(data)
+    assert _same(cache.read(tmp_path / "i.qvm", "i").pixels, image.pixels)
+    assert _header(data)["affine"] is not None  # the processor's own normalisation: decoded arithmetically
+    # 256 levels per channel that are not that normalisation (every value one ulp up): a table of levels, exact.
+    shifted = ProcessedItem("video", torch.nextafter(processed.pixels, torch.tensor(10.0)), processed.grid, metadata)
+    data = cache.encode_entry("k", shifted)
+    assert _header(data)["layout"] == "palette" and _header(data)["affine"] is None
+    (tmp_path / "t.qvm").write_bytes(data)
+    assert _same(cache.read(tmp_path / "t.qvm", "k").pixels, shifted.pixels)
+    # Values that are not 256 levels per channel (one value nudged by one ulp) cannot be a palette: float32.
+    nudged = processed.pixels.clone()
+    nudged[3, 5] = torch.nextafter(nudged[3, 5], torch.tensor(10.0))
+    odd = ProcessedItem("video", nudged, processed.grid, processed.metadata)
+    data = cache.encode_entry("k", odd)
+    assert _header(data)["layout"] == "float32" and len(data) > rows * width * 4
+    (tmp_path / "f.qvm").write_bytes(data)
+    assert _same(cache.read(tmp_path / "f.qvm", "k").pixels, nudged)
+
+
 def _worker(args):
-    root, paths = args
-    cache = MediaCache(root, _settings())
+    root, paths, processor = args
+    cache = MediaCache(root, _settings(), processor)
     return [_load(cache, "image", p)[2] for p in paths]
 
 
-def test_several_processes_fill_one_cache(media, tmp_path):
+def test_several_processes_fill_one_cache(processors, media, tmp_path):
     folder = media["a"].parent
     photos = [str(_photo(folder / f"w{i}.jpg", 200 + i)) for i in range(4)]
     root = tmp_path / "cache"
-    MediaCache(root, _settings())
+    _cache(root, processors)
+    processor = processors["qwen3_vl"]
     with multiprocessing.get_context("fork").Pool(3) as pool:
-        pool.map(_worker, [(root, photos), (root, photos[::-1]), (root, photos)])
-    cache = MediaCache(root, _settings())
+        pool.map(_worker, [(root, photos, processor), (root, photos[::-1], processor), (root, photos, processor)])
+    cache = _cache(root, processors)
     assert len(_entries(cache)) == 4
     assert not list(root.rglob("*.tmp"))
     for p in photos:
         image, _, outcome = _load(cache, "image", p)
-        assert outcome == "hit" and np.array_equal(np.asarray(image), np.asarray(_plain("image", p)))
+        assert outcome == "hit" and _same(image, _plain(processors, "image", p))
 
 
 def test_cache_build_cli_fills_what_training_reads(tiny_checkpoints, processors, tmp_path):
@@ -277,7 +340,7 @@ def test_cache_build_cli_fills_what_training_reads(tiny_checkpoints, processors,
     # Training's encoder finds every demo item built.
     from qwenvl.data.registry import load_records
 
-    cache = MediaCache(tmp_path / "c", _settings())
+    cache = _cache(tmp_path / "c", processors)
     encoder = SampleEncoder(processors["qwen3_vl"], FAMILIES["qwen3_vl"], TRAINING_BUDGET, media_cache=cache)
     records = load_records("demo_images,demo_video")
     for record in records:
