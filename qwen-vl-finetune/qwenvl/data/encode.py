@@ -245,6 +245,7 @@ def processor_with_patches(processor: Any, text: str, processed: list[ProcessedI
 
     replay = copy.copy(processor)
     kwargs: dict[str, Any] = {"return_tensors": "pt", "do_resize": False}
+    expected: dict[str, torch.Tensor] = {}
     for kind in ("image", "video"):
         items = [p for p in processed if p.kind == kind]
         if not items:
@@ -254,6 +255,7 @@ def processor_with_patches(processor: Any, text: str, processed: list[ProcessedI
                                 grid_key: torch.cat([p.grid for p in items])})  # fmt: skip
         stand_in = copy.copy(sub_processor(processor, kind))
         stand_in._preprocess = lambda *args, _patches=patches, **kw: _patches
+        expected[pixels_key] = patches[pixels_key]
         if kind == "image":
             replay.image_processor = stand_in
             kwargs["images"] = [Image.new("RGB", (2, 2)) for _ in items]
@@ -261,7 +263,17 @@ def processor_with_patches(processor: Any, text: str, processed: list[ProcessedI
             replay.video_processor = stand_in
             kwargs.update(videos=[torch.zeros(2, 3, 2, 2) for _ in items], do_sample_frames=False,
                           video_metadata=[p.metadata for p in items])  # fmt: skip
-    return replay(text=[text], **kwargs)
+    enc = replay(text=[text], **kwargs)
+    for key, pixels in expected.items():
+        got = enc.get(key)
+        if got is None or got.shape != pixels.shape or got.data_ptr() != pixels.data_ptr():
+            import transformers
+
+            raise RuntimeError(
+                f"transformers {transformers.__version__}'s processor did not take the cached patches for {key} "
+                "(its image / video processor no longer goes through _preprocess); train without --media_cache"
+            )
+    return enc
 
 
 def _token_id(tokenizer: Any, token: str) -> int:
