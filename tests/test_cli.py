@@ -127,6 +127,23 @@ def test_unknown_or_abbreviated_flags_are_refused_in_a_line(tool):
     assert result.stderr.rstrip().endswith("HEAVY=")
 
 
+def test_missing_model_folder_is_refused_before_anything_loads_or_runs(tmp_path):
+    # Checked with the flags (no torch, no progress bar, no results file), for evaluations and the demo alike.
+    out = tmp_path / "out.jsonl"
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text("index\tquestion\tanswer\timage\n0\tq\tA\tiVBOR\n")
+    for target, argv in (
+        ("qwenvl.cli", ["eval", "realworldqa", "infer", "--data-file", str(tsv), "--output-file", str(out)]),
+        ("qwenvl.cli", ["eval", "mmmu", "infer", "--output-file", str(out)]),
+    ):
+        result = _probe("module", target, *argv, "--model-path", str(tmp_path / "nope"))
+        assert result.returncode == 2, result.stderr[-2000:]
+        err = result.stderr[: result.stderr.rindex("HEAVY=")]
+        assert len(err.strip().splitlines()) == 1 and "nope does not exist" in err, err
+        assert result.stderr.rstrip().endswith("HEAVY="), result.stderr[-500:]
+        assert not out.exists() and not list(tmp_path.glob("out.jsonl*"))
+
+
 def _train_error(*flags: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "qwenvl.train.train_qwen", *flags], capture_output=True, text=True, timeout=300,

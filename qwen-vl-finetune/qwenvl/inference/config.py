@@ -79,6 +79,10 @@ class BackendConfig:
     def __post_init__(self) -> None:
         if self.backend in ("hf", "vllm") and not self.model_path:
             raise UserError(f"--backend {self.backend} needs --model-path (a checkpoint folder or hub id)")
+        if self.backend in ("hf", "vllm"):
+            from qwenvl.model.loader import check_checkpoint_path
+
+            check_checkpoint_path(self.model_path)
         if self.backend == "openai" and not self.base_url:
             raise UserError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)")
 

@@ -21,6 +21,16 @@ AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 
 
+def check_checkpoint_path(model_name_or_path: str) -> None:
+    """A local folder that is missing or has no ``config.json`` (a hub id is not checked: nothing is imported or
+    downloaded here), as a :class:`qwenvl.cli.UserError`; cheap enough to run right after parsing the flags."""
+    local = os.path.expanduser(model_name_or_path)
+    if model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(local):
+        raise UserError(f"model folder {model_name_or_path} does not exist; give a checkpoint folder or a hub id")
+    if os.path.isdir(local) and not os.path.isfile(os.path.join(local, "config.json")):
+        raise UserError(f"{model_name_or_path} has no config.json: it is not a model checkpoint folder")
+
+
 def read_family(model_name_or_path: str, **hub_kwargs: Any) -> Family:
     """The family of a checkpoint, read from its config (no weights are loaded). A path or hub id that does not
     lead to a config raises :class:`qwenvl.cli.UserError` with one readable line."""
@@ -28,11 +38,7 @@ def read_family(model_name_or_path: str, **hub_kwargs: Any) -> Family:
 
     from qwenvl.cli import UserError
 
-    local = os.path.expanduser(model_name_or_path)
-    if model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(local):
-        raise UserError(f"model folder {model_name_or_path} does not exist; give a checkpoint folder or a hub id")
-    if os.path.isdir(local) and not os.path.isfile(os.path.join(local, "config.json")):
-        raise UserError(f"{model_name_or_path} has no config.json: it is not a model checkpoint folder")
+    check_checkpoint_path(model_name_or_path)
     try:
         config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
     except (OSError, ValueError) as e:
