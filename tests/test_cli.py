@@ -317,7 +317,9 @@ def test_a_user_error_under_torchrun_is_said_once_and_shown_in_torchruns_report(
     lines = result.stderr.splitlines()
     assert lines[0] == error and lines[2].startswith("(torchrun's ChildFailedError report that follows only"), lines[:4]
     assert sum(line == error for line in lines) == 1, result.stderr
-    assert sum(line.strip() == f"traceback : {error}" for line in lines) == 2, result.stderr
+    # Each rank that got as far as parsing names the error; torchrun stops a slower rank (SIGTERM) once one failed.
+    named = sum(line.strip() == f"traceback : {error}" for line in lines)
+    assert named == 2 or (named == 1 and "(SIGTERM)" in result.stderr), result.stderr
     assert "To enable traceback see" not in result.stderr
 
 
