@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
 def _serve(args: argparse.Namespace) -> None:
     check_port_free(args.server_name, args.server_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     config = DemoConfig(
         max_upload_mb=args.max_upload_mb,
         concurrency=args.concurrency,
@@ -548,13 +549,23 @@ def _serve(args: argparse.Namespace) -> None:
     first = BackendConfig.from_args(args)
     second = first.compared(args.compare_checkpoint, args.compare_backend)
     demo = build_demo(load_backend(first), config, compare=load_backend(second) if second else None)
+    # Gradio's own start-up lines end with "set `share=True` in `launch()`", which a user of this command cannot do:
+    # say where the demo runs, and the flag, ourselves.
     demo.launch(
         server_name=args.server_name,
         server_port=args.server_port,
         share=args.share,
         inbrowser=args.inbrowser,
         max_file_size=f"{args.max_upload_mb:g}mb",
+        quiet=True,
+        prevent_thread_lock=True,
     )
+    print(f"Running on local URL:  {demo.local_url}", flush=True)
+    if args.share:
+        print(f"Running on public URL: {demo.share_url}", flush=True)
+    else:
+        print("(--share creates a public link)", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

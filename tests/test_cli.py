@@ -332,3 +332,20 @@ def test_train_flags_keep_their_value_kinds_after_a_parse(tmp_path):
     parse_args(flags)
     _, data_args, _ = parse_args([*flags, "--data_packing"])
     assert data_args.data_packing is True
+
+
+def test_no_deepspeed_cpu_notice_in_our_commands():
+    # DeepSpeed warns "Setting accelerator to CPU..." on every import on a machine without a GPU; our commands
+    # (anything importing qwenvl first) do not print it. Without qwenvl the notice is there: the check can fail.
+    code = "{first}from deepspeed.accelerator import get_accelerator; get_accelerator()"
+    paths = [ROOT / "qwen-vl-finetune", ROOT / "qwen-vl-utils" / "src", ROOT]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)), CUDA_VISIBLE_DEVICES="")
+    env.pop("DS_ACCELERATOR", None)
+    ours, bare = (
+        subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True, env=env,
+                       timeout=120)  # fmt: skip
+        for first in ("import qwenvl; ", "")
+    )
+    assert ours.returncode == 0 and bare.returncode == 0, ours.stderr[-2000:] + bare.stderr[-2000:]
+    assert "Setting accelerator to CPU" in bare.stdout + bare.stderr
+    assert "Setting accelerator to CPU" not in ours.stdout + ours.stderr
