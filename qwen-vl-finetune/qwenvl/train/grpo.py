@@ -17,7 +17,7 @@ times in a row and the later passes train on the same completions, clipped again
 time (a run resumed between passes samples that batch afresh). The trainer is the SFT ``QwenVLTrainer``: checkpoints, resume after a kill,
 learning-rate groups are SFT's; the completions of a step are packed (``--data_packing True``) or padded.
 With ``--rollout_backend vllm_server`` the completions come from a vLLM server kept in sync with the policy
-(:mod:`qwenvl.train.rollout_server`).
+(:mod:`qwenvl.train.rollout_server`; video prompts are sent as training's frames and timestamps).
 """
 
 from __future__ import annotations
@@ -468,13 +468,9 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     records = load_prompt_records(data_args.dataset_use, data_args.dataset_registry, data_args.data_seed_sampling,
                                   data_args.bad_records, data_args.media_root, kind="prompt")  # fmt: skip
-    if server is not None:
-        videos = [r.id for r in records if any(isinstance(m["content"], list) and any(
-            i.get("type") == "video" for i in m["content"]) for m in r.prompt)]  # fmt: skip
-        if videos:
-            raise UserError(f"{len(videos)} prompt(s) have videos (e.g. {videos[0]}): the vLLM server samples its own "
-                            "frames, not training's, so --rollout_backend vllm_server takes image and text prompts; "
-                            "use --rollout_backend hf for video")  # fmt: skip
+    if server is not None and any(isinstance(m["content"], list) and any(i.get("type") == "video" for i in m["content"])
+                                  for r in records for m in r.prompt):  # fmt: skip
+        server.check_video_settings()
     dataset = PromptDataset(records, encoder, training_args.model_max_length, data_args.bad_media, quarantine)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dummy = DummyMedia.from_processor(processor, family) if world > 1 or training_args.deepspeed else None

@@ -1,12 +1,14 @@
 """GRPO rollouts from a vLLM server kept in sync with the policy (``qwenvl grpo --rollout_backend vllm_server``).
 
-The user starts the server on the checkpoint training starts from, with vLLM's development endpoints on::
+The user starts the server on the checkpoint training starts from, with vLLM's development endpoints on (and
+per-request media settings accepted, which video prompts need)::
 
-    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --host 127.0.0.1 --port 8000 [--dtype ...] [--max-model-len ...]
+    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --trust-request-mm-kwargs --host 127.0.0.1 --port 8000 [--dtype ...]
 
 Rollouts: one chat request per prompt with ``n`` = G, built by the inference layer
-(:meth:`qwenvl.inference.openai_backend.OpenAIBackend.messages`: images resized under the training budget and sent
-as PNG, so the server keeps their size). vLLM answers with the prompt's and each completion's token ids
+(:meth:`qwenvl.inference.openai_backend.OpenAIBackend.encode`: images resized under the training budget and sent
+as PNG, so the server keeps their size; videos as the frames training samples, resized, as PNG, with their sampling
+in ``media_io_kwargs``, so the server's frames, sizes and Qwen3-VL timestamps are training's). vLLM answers with the prompt's and each completion's token ids
 (``return_token_ids``) and each sampled token's log-probability (``logprobs``; vLLM's raw log-probs, before
 temperature): the trained tokens are exactly the sampled ones, and the server's rendering of the prompt must be
 token for token the one training encodes (a difference is an error naming the first differing token).
@@ -40,7 +42,10 @@ from qwenvl.cli import Unreachable, UserError
 
 logger = logging.getLogger(__name__)
 
-START_HINT = "VLLM_SERVER_DEV_MODE=1 vllm serve {checkpoint} --port PORT (README: Preference and RL tuning)"
+START_HINT = (
+    "VLLM_SERVER_DEV_MODE=1 vllm serve {checkpoint} --trust-request-mm-kwargs --port PORT (README: Preference and RL "
+    "tuning)"
+)
 SHARD_BYTES = 2 << 30  # safetensors files of at most about this size (what is held in memory at once)
 PROBE_TOKENS = 8
 
@@ -68,7 +73,7 @@ class RolloutServer:
         self.timeout = timeout
         try:
             self.backend = OpenAIBackend(f"{self.root}/v1", checkpoint=checkpoint, family=family.model_type,
-                                         budget=budget, timeout=timeout, max_retries=2)  # fmt: skip
+                                         budget=budget, timeout=timeout, max_retries=2, video_frames="sampled")  # fmt: skip
         except Unreachable:
             raise Unreachable(f"cannot reach the vLLM server at {self.root} (--vllm_url); start it first: {self.hint}")
         except UserError as e:
@@ -80,6 +85,16 @@ class RolloutServer:
         if status != 400:
             raise UserError(f"{self.root}/collective_rpc answered HTTP {status} ({body[:120]!r}), not vLLM's 400 for "
                             f"a call without a method; weights cannot be synced: start vLLM as {self.hint}")  # fmt: skip
+
+    def check_video_settings(self) -> None:
+        """Video prompts send their sampling per request (``media_io_kwargs``), which vLLM refuses (HTTP 400) unless
+        started with ``--trust-request-mm-kwargs``: checked before training on a prompt without media."""
+        probe = {"model": self.model, "messages": [{"role": "user", "content": "x"}],
+                 "media_io_kwargs": {"video": {"num_frames": -1}}}  # fmt: skip
+        status, body = self.post("/tokenize", probe, allowed=(400,))
+        if status == 400:
+            raise UserError(f"{self.root} refuses per-request media settings ({' '.join(body.split())[:160]}), which "
+                            f"send video prompts with training's frames; restart it as {self.hint}")  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ HTTP
 
@@ -126,7 +141,9 @@ class RolloutServer:
                                  "logit_bias": {str(t): -100 for t in suppressed}}  # fmt: skip
         if gen.get("top_k"):
             extra["top_k"] = gen["top_k"]
-        request = dict(model=self.model, messages=self.backend.messages(record.prompt), n=n, logprobs=True,
+        messages, body = self.backend.encode(record.prompt)
+        extra.update(body)
+        request = dict(model=self.model, messages=messages, n=n, logprobs=True,
                        max_tokens=gen["max_tokens"], temperature=gen["temperature"], top_p=gen.get("top_p", 1.0),
                        seed=seed, extra_body=extra)  # fmt: skip
         try:
@@ -159,11 +176,9 @@ class RolloutServer:
         if ours == served:
             return
         at = next((i for i, (a, b) in enumerate(zip(ours, served)) if a != b), min(len(ours), len(served)))
-        video = any(isinstance(m.get("content"), list) and any(i.get("type") == "video" for i in m["content"])
-                    for m in record.prompt)  # fmt: skip
-        fix = ("videos: the server samples its own frames, so video prompts need --rollout_backend hf"
-               if video else f"serve {self.checkpoint} itself (same chat template and processor) and train with the "
-               "pixel budget the server keeps (--max_pixels / --min_pixels within its processor's)")  # fmt: skip
+        fix = (f"serve {self.checkpoint} itself (same chat template and processor) and train with the pixel budget "
+               "the server keeps (--max_pixels / --min_pixels, and for videos --video_max_pixels / --video_max_frames, "
+               "within its processor's)")  # fmt: skip
         raise UserError(f"{record.id}: the server at {self.root} renders the prompt as {len(served)} tokens, training "
                         f"as {len(ours)} (first difference at token {at}); {fix}")  # fmt: skip
 
