@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[3]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 IMAGE = DEMO_DIR / "images" / "0_red_circle.png"
 VIDEO = DEMO_DIR / "videos" / "moving_blue.mp4"
+ZERO3 = ROOT / "qwen-vl-finetune" / "scripts" / "zero3.json"
 # The video budget of the video test, as qwenvl grpo's flags and as qwen_vl_utils' item keys (the oracle's)
 VIDEO_BUDGET = {"video_min_pixels": 3136, "video_max_pixels": 50176, "video_min_frames": 4, "video_max_frames": 4,
                 "video_fps": 2.0}  # fmt: skip
@@ -185,6 +186,51 @@ def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tm
 
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.distributed
+def test_zero3_ranks_gather_the_weights_for_every_sync(vllm_server, tmp_path):
+    """`qwenvl grpo` on 2 CPU ranks under DeepSpeed ZeRO-3 (weights partitioned across the ranks; LoRA; an image
+    prompt and a video prompt, one per rank, so the probe's forward must be the same on both), two steps with
+    rollouts from the server: the weights gathered for each sync reach the server (the policy scores the tokens the
+    server sampled at step 2, after step 1's sync, within 1e-4), and after the run the server answers the image
+    question as the trained policy does in transformers."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    root, checkpoint, _ = vllm_server
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    data = _prompts(tmp_path)
+    with data.open("a") as f:
+        f.write(json.dumps({"id": "q-vid", "video": str(VIDEO), "conversations": [
+            {"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": "blue"}]}) + "\n")  # fmt: skip
+    budget = [x for key, value in VIDEO_BUDGET.items() for x in (f"--{key}", str(value))]
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    began = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "qwenvl.train.grpo",
+                          *_flags(checkpoint, data, out, root), *budget, "--deepspeed", str(ZERO3)],
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    print(f"qwenvl grpo on 2 ranks under ZeRO-3, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    assert run.returncode == 0, [line for line in run.stderr.splitlines() if "error:" in line] or run.stderr[-5000:]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    assert "vLLM server synced to step 1" in run.stderr and "vLLM server synced to step 2" in run.stderr
+    gaps = [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h]
+    assert len(gaps) == 2 and max(gaps) < 1e-4
+    rows = [json.loads(line) for name in ("rollouts.jsonl", "rollouts-rank1.jsonl")
+            for line in (out / name).read_text().splitlines()]  # fmt: skip
+    assert sorted(r["id"].rpartition(" ")[2] for r in rows) == ["(q-0)"] * 6 + ["(q-vid)"] * 6
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    trained = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(checkpoint), str(out)).eval()
+    prompt_ids, trained_ids, trained_logps = _hf_greedy(trained, processor)
+    served_prompt, served_ids, served_logps = _server_greedy(root, str(checkpoint))
+    assert served_prompt == prompt_ids and served_ids == trained_ids
+    assert served_logps == pytest.approx(trained_logps, abs=1e-4)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_video_prompts_are_rolled_out_on_trainings_frames(vllm_server, tmp_path, monkeypatch, caplog):
     """A video prompt, two steps with rollouts from the server: every prompt the server rendered (the first check,
     the rollouts, the sync probe) is token for token what transformers' processor makes of the frames qwen_vl_utils
@@ -230,7 +276,7 @@ def test_video_prompts_are_rolled_out_on_trainings_frames(vllm_server, tmp_path,
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     gaps = [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h]
     assert len(gaps) == 2 and max(gaps) < 1e-4
-    assert caplog.text.count("vLLM server synced to step") == 2
+    assert "vLLM server synced to step 1" in caplog.text and "vLLM server synced to step 2" in caplog.text
 
 
 @pytest.mark.vllm
@@ -348,6 +394,10 @@ def test_synced_weights_are_the_checkpoint_with_lora_merged(tiny_checkpoint, fam
                 p.add_(torch.randn_like(p) * 0.05)
     write_weights(peft_model, tmp_path / "merged", get_family(family))
     written = _files(tmp_path / "merged")
+    # ZeRO-3's way, gathering a group of parameters at a time (no-ops here), one module or LoRA layer per group
+    write_weights(peft_model, tmp_path / "grouped", get_family(family), zero3=True, gather_bytes=1)
+    grouped = _files(tmp_path / "grouped")
+    assert sorted(grouped) == sorted(written) and all(torch.equal(grouped[k], written[k]) for k in written)
     peft_model.merge_and_unload().save_pretrained(tmp_path / "reference")
     to_hub_expert_layout(tmp_path / "reference", family)
     reference = _files(tmp_path / "reference")
