@@ -92,10 +92,10 @@ class RolloutServer:
         started with ``--trust-request-mm-kwargs``: checked before training on a prompt without media."""
         probe = {"model": self.model, "messages": [{"role": "user", "content": "x"}],
                  "media_io_kwargs": {"video": {"num_frames": -1}}}  # fmt: skip
-        status, body = self.post("/tokenize", probe, allowed=(400,))
+        status, _ = self.post("/tokenize", probe, allowed=(400,))
         if status == 400:
-            raise UserError(f"{self.root} refuses per-request media settings ({' '.join(body.split())[:160]}), which "
-                            f"send video prompts with training's frames; restart it as {self.hint}")  # fmt: skip
+            raise UserError(f"{self.root}/tokenize refused per-request media_io_kwargs (HTTP 400), which video prompts "
+                            f"need to send training's frames and timestamps; restart the server as {self.hint}")  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ HTTP
 
