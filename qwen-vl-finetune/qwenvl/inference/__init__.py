@@ -22,8 +22,8 @@ def load_backend(kind: str | BackendConfig, checkpoint: str | None = None, **opt
     * ``hf``: ``checkpoint`` plus ``dtype``, ``attn_implementation``, ``device`` (auto/cpu/cuda), ``budget``.
     * ``vllm``: ``checkpoint`` plus vLLM engine options (``tensor_parallel_size``, ``gpu_memory_utilization``,
       ``max_model_len``, ``dtype``, ``seed``, ``limit_images``, ``enforce_eager``), ``budget``.
-    * ``openai``: ``api_base``, ``model``, ``api_key``, ``family``, ``concurrency``, ``budget``; ``checkpoint`` is an
-      optional local copy of the served checkpoint.
+    * ``openai``: ``api_base``, ``model``, ``api_key``, ``family``, ``concurrency``, ``video_frames``, ``budget``;
+      ``checkpoint`` is an optional local copy of the served checkpoint.
     """
     if isinstance(kind, BackendConfig):
         return load_backend(kind.backend, kind.model_path, **kind.options(**options))

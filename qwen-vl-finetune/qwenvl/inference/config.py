@@ -54,6 +54,13 @@ class BackendConfig:
     family: str | None = _flag(
         "openai backend: the served model's family when its config cannot be read", default=None
     )
+    video_frames: str = _flag(
+        "openai backend: send each video as its file (the server samples frames) or as the frames qwen_vl_utils "
+        "samples under the pixel budget, with their timestamps (sampled: a vLLM server started with "
+        "--trust-request-mm-kwargs)",
+        default="file",
+        choices=("file", "sampled"),
+    )
     concurrency: int = _flag(
         "requests in flight (openai backend; in the demo: answers generated at once, any backend)", default=8, type=int
     )
@@ -140,7 +147,7 @@ class BackendConfig:
         if self.backend == "openai":
             key = self.api_key if self.api_key is not None else os.environ.get(self.api_key_env, "EMPTY")
             return {"api_base": self.base_url, "model": self.model, "family": self.family, "budget": budget,
-                    "api_key": key, "concurrency": self.concurrency}  # fmt: skip
+                    "api_key": key, "concurrency": self.concurrency, "video_frames": self.video_frames}  # fmt: skip
         if self.backend == "vllm":
             cpu = self.device == "cpu"
             return {"budget": budget, "tensor_parallel_size": self.tensor_parallel_size,

@@ -2,7 +2,11 @@
 a hosted endpoint).
 
 Images are resized here by qwen_vl_utils under the same budget as the local backends and sent as PNG data URLs, so
-the server's own resize keeps them as they are; videos are sent as data URLs of the file. The model family comes
+the server's own resize keeps them as they are. Videos are sent as data URLs of the file (``video_frames="file"``:
+the server samples its own frames), or as the frames qwen_vl_utils samples and resizes for SFT and the local backends
+(``"sampled"``, for vLLM: PNG frames in vLLM's ``data:video/jpeg;base64,<frame>,<frame>,...`` list, which PIL
+decodes by their content, so losslessly, with their sampling in the request's ``media_io_kwargs``; the server
+needs ``--trust-request-mm-kwargs``, and its token ids and timestamps then equal training's). The model family comes
 from ``--family``, or from the served checkpoint's config (a local folder given with ``-c``, the folder the
 server names as the model's ``root``, or the hub id's config in the local cache), never from the model's name.
 """
@@ -17,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from qwenvl.cli import MissingPackage, Unreachable, UserError
 from qwenvl.inference.base import (
@@ -40,6 +44,10 @@ VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 # other 4xx answers are the request's fault and are not retried.
 RETRY_DELAYS = (0.5, 1.0, 2.0)
 RETRY_STATUS = {408, 429}
+VideoFrames = Literal["file", "sampled"]
+# The sampling facts of qwen_vl_utils' metadata that vLLM's frame-list video loader takes (media_io_kwargs["video"]):
+# Qwen3-VL's timestamps come from fps and frames_indices, Qwen2.5-VL's second_per_grid_ts from the sampled fps.
+VIDEO_METADATA = ("fps", "frames_indices", "total_num_frames", "duration")
 
 
 def short_error(error: BaseException) -> str:
@@ -66,6 +74,7 @@ class OpenAIBackend:
         check: bool = True,
         connect_timeout: float = 5.0,
         stream_timeout: float = 120.0,
+        video_frames: VideoFrames = "file",
     ) -> None:
         """``model``: the server's name for the model (default: the only one it serves, or ``checkpoint``).
         ``checkpoint``: a local copy of the served checkpoint (its family and saved budget are read from it).
@@ -74,7 +83,9 @@ class OpenAIBackend:
         HTTP 408, 429 or 5xx) is tried again, after ``RETRY_DELAYS``; other failures are not retried.
         Timeouts (s): ``connect_timeout`` to open a connection; ``timeout`` for a whole non-streamed answer;
         ``stream_timeout`` for each wait of a streamed answer (the first token, then every next piece), so a server
-        that accepts a request and never answers frees the request after that long."""
+        that accepts a request and never answers frees the request after that long. ``video_frames``: send each
+        video as its file (``"file"``) or as the frames qwen_vl_utils samples under the budget (``"sampled"``: a vLLM
+        server started with ``--trust-request-mm-kwargs``; see the module doc)."""
         try:
             from openai import OpenAI
         except ImportError as e:
@@ -93,6 +104,9 @@ class OpenAIBackend:
         self.stream_client = self.client.with_options(timeout=httpx.Timeout(stream_timeout, connect=connect_timeout))
         self.max_retries = max(0, max_retries)
         self.concurrency = max(1, concurrency)
+        if video_frames not in ("file", "sampled"):
+            raise ValueError(f"video_frames must be 'file' or 'sampled', got {video_frames!r}")
+        self.video_frames = video_frames
         served = self.served_models() if check else {}
         if model is None:
             if len(served) == 1:
@@ -157,11 +171,14 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------------------------------------ requests
 
-    def messages(self, conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The request's messages: images resized under the budget and sent as PNG data URLs."""
+    def encode(self, conversation: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The request's messages (images resized under the budget and sent as PNG data URLs; videos as
+        ``video_frames`` says) and the fields they need in the request's body (``media_io_kwargs`` of sampled
+        frames, else none)."""
         from qwen_vl_utils import fetch_image
 
         out = []
+        sampling: dict[str, Any] | None = None
         for message in self.budget.apply(conversation):
             content = message["content"]
             if isinstance(content, str):
@@ -171,19 +188,47 @@ class OpenAIBackend:
             for item in content:
                 if item.get("type") == "image":
                     image = fetch_image(item, image_patch_size=self.family.patch_size)
-                    buf = io.BytesIO()
-                    image.save(buf, format="PNG")
-                    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+                    url = "data:image/png;base64," + _png_base64(image)
                     parts.append({"type": "image_url", "image_url": {"url": url}})
+                elif item.get("type") == "video" and self.video_frames == "sampled":
+                    url, video = self._sampled_video(item)
+                    if sampling is not None and video != sampling:
+                        raise UserError(
+                            f"two videos of one conversation are sampled differently ({_sampling_text(sampling)}; "
+                            f"{_sampling_text(video)}) and a vLLM request carries one sampling (media_io_kwargs) for "
+                            "all its videos: put one video in each conversation"
+                        )
+                    sampling = video
+                    parts.append({"type": "video_url", "video_url": {"url": url}})
                 elif item.get("type") == "video":
                     parts.append({"type": "video_url", "video_url": {"url": _data_url(item["video"])}})
                 else:
                     parts.append({"type": "text", "text": item.get("text", "")})
             out.append({"role": message["role"], "content": parts})
-        return out
+        # num_frames -1: every frame sent (vLLM keeps the first 32 by default)
+        extra = {"media_io_kwargs": {"video": {"num_frames": -1, **sampling}}} if sampling is not None else {}
+        return out, extra
 
-    def _request(self, gen: GenerationSettings) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
+    def _sampled_video(self, item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A video item's frames as qwen_vl_utils samples and resizes them (the frames SFT and inference use), as a
+        ``data:video/jpeg`` list of PNG frames, and their sampling in vLLM's ``media_io_kwargs`` names."""
+        import numpy as np
+        from PIL import Image
+
+        from qwen_vl_utils import fetch_video
+
+        frames, metadata = fetch_video(item, self.family.patch_size, return_video_metadata=True)
+        # float32 TCHW with integer values 0-255 (qwen_vl_utils rounds after the resize): uint8 keeps every pixel
+        pixels = frames.permute(0, 2, 3, 1).numpy().astype(np.uint8)
+        url = "data:video/jpeg;base64," + ",".join(_png_base64(Image.fromarray(frame)) for frame in pixels)
+        sampling = {key: metadata[key] for key in VIDEO_METADATA if metadata.get(key) is not None}
+        sampling["frames_indices"] = [int(i) for i in sampling["frames_indices"]]
+        sampling["total_num_frames"] = int(sampling["total_num_frames"])
+        return url, sampling
+
+    def _request(self, gen: GenerationSettings, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's settings; ``body``: fields of :meth:`encode` for the request's body."""
+        extra: dict[str, Any] = dict(body or {})
         if gen.top_k:
             extra["top_k"] = gen.top_k
         if gen.repetition_penalty != 1.0:
@@ -222,7 +267,8 @@ class OpenAIBackend:
             if failed.is_set():
                 raise _Dropped()
             try:
-                response = self._create(failed, messages=self.messages(conversation), **self._request(gen))
+                messages, extra = self.encode(conversation)
+                response = self._create(failed, messages=messages, **self._request(gen, extra))
             except BaseException:
                 failed.set()
                 raise
@@ -249,13 +295,13 @@ class OpenAIBackend:
     ) -> Iterator[str]:
         """Yield the answer's text as the server streams it; setting ``stop`` closes the connection."""
         gen = gen or GenerationSettings()
-        messages = self.messages(conversation)
+        messages, extra = self.encode(conversation)
 
         def produce(emit: Emit, halted: Halted) -> Finish:
             import httpx
             import openai
 
-            response = self._create(stop, messages=messages, stream=True, **self._request(gen))
+            response = self._create(stop, messages=messages, stream=True, **self._request(gen, extra))
             finish = None
             try:
                 for chunk in response:
@@ -356,6 +402,16 @@ def _completion(raw: Any, url: str) -> Any:
         raise ServerError(f"{what}, not a chat completion in JSON: {_first_bytes(http.content)}; is --base-url the "
                           "OpenAI-compatible API (ending in /v1)?")  # fmt: skip
     return response
+
+
+def _sampling_text(sampling: dict[str, Any]) -> str:
+    return f"{len(sampling['frames_indices'])} of {sampling['total_num_frames']} frames at {sampling['fps']:g} fps"
+
+
+def _png_base64(image: Any) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _data_url(path: str) -> str:

@@ -17,7 +17,7 @@ times in a row and the later passes train on the same completions, clipped again
 time (a run resumed between passes samples that batch afresh). The trainer is the SFT ``QwenVLTrainer``: checkpoints, resume after a kill,
 learning-rate groups are SFT's; the completions of a step are packed (``--data_packing True``) or padded.
 With ``--rollout_backend vllm_server`` the completions come from a vLLM server kept in sync with the policy
-(:mod:`qwenvl.train.rollout_server`).
+(:mod:`qwenvl.train.rollout_server`; video prompts are sent as training's frames and timestamps).
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ def _trainer_class() -> type:
             self.sync_dir = Path(sync_dir) if sync_dir else Path(self.args.output_dir) / "vllm_weights"
             self.synced_step: int | None = None  # the optimiser step whose weights the server holds (None: unchecked)
             self.probe: dict[str, Any] | None = None  # the prompt item the server's weights are checked on
+            # ZeRO-3 partitions the weights: the sync gathers them and the probe's forward runs on every rank, in step
+            self.zero3 = server is not None and is_deepspeed_zero3_enabled()
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             base = super()._get_train_sampler(train_dataset)
@@ -275,9 +277,13 @@ def _trainer_class() -> type:
 
         def server_gap(self, model: Any) -> float:
             """Mean |log-prob difference| between the server and the policy on the server's greedy answer to the
-            probe prompt (rank 0 only)."""
-            item = self.probe
-            answer = self.server.greedy(item, self.end_ids, self.suppressed)
+            probe prompt (rank 0 only; under ZeRO-3 every rank, in step: the forward gathers each layer from all
+            ranks, so all score rank 0's probe and answer, which run the same modules, and return rank 0's gap)."""
+            item, answer = self.probe, None
+            if self.args.process_index == 0:
+                answer = self.server.greedy(item, self.end_ids, self.suppressed)
+            if self.zero3:
+                item, answer = _from_rank0((item, answer))
             sample = self.encoder.join(item["prompt"], torch.tensor(answer.ids, dtype=torch.long), item["id"])
             inputs = self._prepare_inputs(collate_sequences([sample], self.pad_id))
             unwrapped = self.accelerator.unwrap_model(model)
@@ -290,23 +296,29 @@ def _trainer_class() -> type:
                 unwrapped.train(was_training)
             labels = inputs["labels"]
             ours = token_logps(logits, labels)[labels[:, 1:].ne(-100)].cpu()
-            return float((ours - torch.tensor(answer.logps)).abs().mean())
+            gap = float((ours - torch.tensor(answer.logps)).abs().mean())
+            return _from_rank0(gap) if self.zero3 else gap
 
         def sync_server(self, model: Any) -> None:
             """Load the policy's weights into the server and check that it now answers as the policy (rank 0
-            writes and checks, the other ranks wait)."""
-            if self.args.process_index == 0:
+            writes and checks, the other ranks wait; under ZeRO-3 they gather the weights and score the probe with
+            it)."""
+            if self.args.process_index == 0 or self.zero3:
                 self.load_into_server(model)
             self.accelerator.wait_for_everyone()
             self.synced_step = self.state.global_step
 
         def load_into_server(self, model: Any, before: float | None = None) -> None:
-            """:meth:`sync_server`'s work on rank 0: write, reload, probe (``before``: the gap already measured)."""
+            """:meth:`sync_server`'s work on rank 0 (under ZeRO-3 on every rank): write, reload, probe (``before``:
+            the gap already measured)."""
             start = time.monotonic()
+            rank0 = self.args.process_index == 0
             before = self.server_gap(model) if before is None else before
-            nbytes = write_weights(self.accelerator.unwrap_model(model), self.sync_dir, self.family)
+            nbytes = write_weights(self.accelerator.unwrap_model(model), self.sync_dir, self.family, zero3=self.zero3,
+                                   writer=rank0)  # fmt: skip
             written = time.monotonic()
-            self.server.reload(self.sync_dir)
+            if rank0:
+                self.server.reload(self.sync_dir)
             after = self.server_gap(model)
             tol = self.grpo_args.vllm_sync_tolerance
             if after > tol:
@@ -316,21 +328,24 @@ def _trainer_class() -> type:
                     f"{tol}); the server must read that same folder and serve --model_name_or_path's model "
                     f"({self.server.hint}), and one in a lower precision than training needs a larger tolerance"
                 )  # fmt: skip
-            logger.info("vLLM server synced to step %d: %.1f MB written in %.1f s, reloaded in %.1f s; mean "
-                        "|log-prob gap| %.2g -> %.2g", self.state.global_step, nbytes / 2**20, written - start,
-                        time.monotonic() - written, before, after)  # fmt: skip
+            if rank0:
+                logger.info("vLLM server synced to step %d: %.1f MB written in %.1f s, reloaded in %.1f s; mean "
+                            "|log-prob gap| %.2g -> %.2g", self.state.global_step, nbytes / 2**20, written - start,
+                            time.monotonic() - written, before, after)  # fmt: skip
 
         def check_server(self, model: Any, item: dict[str, Any]) -> None:
             """Before training from the starting weights: the server must render ``item`` (a prompt item, kept as
             the probe of later syncs) as training does and answer it as the policy does; a server holding other
-            weights (an earlier run's) gets the policy's (rank 0 checks, the other ranks wait)."""
+            weights (an earlier run's) gets the policy's (rank 0 checks, the other ranks wait; under ZeRO-3 they
+            check rank 0's item with it)."""
             self.probe = item
-            if self.args.process_index == 0:
+            if self.args.process_index == 0 or self.zero3:
                 gap, tol = self.server_gap(model), self.grpo_args.vllm_sync_tolerance
-                if gap > tol:
+                if gap > tol and self.args.process_index == 0:
                     logger.warning("the vLLM server at %s holds other weights than the policy (mean |log-prob gap| "
                                    "%.3g > --vllm_sync_tolerance %s): loading the policy's", self.server.root, gap,
                                    tol)  # fmt: skip
+                if gap > tol:
                     self.load_into_server(model, before=gap)
             self.accelerator.wait_for_everyone()
             self.synced_step = self.state.global_step
@@ -419,6 +434,17 @@ def _trainer_class() -> type:
     return GRPOTrainer
 
 
+def _from_rank0(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every rank (a collective)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def build(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags and build everything up to the trainer: ``{"trainer", "resume", "settings", ...}``."""
     import os
@@ -449,14 +475,9 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
     budget = MediaBudget.from_attrs(data_args)
     server = None
     if grpo_args.rollout_backend == "vllm_server":  # checked before the model loads: a wrong URL fails at once
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
         from qwenvl.model.loader import read_family
         from qwenvl.train.rollout_server import RolloutServer
 
-        if is_deepspeed_zero3_enabled():
-            raise UserError("--rollout_backend vllm_server does not gather ZeRO-3 partitioned weights for the sync "
-                            "yet; use a ZeRO-2 config or --rollout_backend hf")  # fmt: skip
         for name in ("httpx", "httpx2"):  # one INFO line per request otherwise, several per step
             logging.getLogger(name).setLevel(logging.WARNING)
         family = read_family(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
@@ -468,13 +489,9 @@ def build(argv: list[str] | None = None) -> dict[str, Any]:
     quarantine = Quarantine(Path(training_args.output_dir) / "quarantine.jsonl")
     records = load_prompt_records(data_args.dataset_use, data_args.dataset_registry, data_args.data_seed_sampling,
                                   data_args.bad_records, data_args.media_root, kind="prompt")  # fmt: skip
-    if server is not None:
-        videos = [r.id for r in records if any(isinstance(m["content"], list) and any(
-            i.get("type") == "video" for i in m["content"]) for m in r.prompt)]  # fmt: skip
-        if videos:
-            raise UserError(f"{len(videos)} prompt(s) have videos (e.g. {videos[0]}): the vLLM server samples its own "
-                            "frames, not training's, so --rollout_backend vllm_server takes image and text prompts; "
-                            "use --rollout_backend hf for video")  # fmt: skip
+    if server is not None and any(isinstance(m["content"], list) and any(i.get("type") == "video" for i in m["content"])
+                                  for r in records for m in r.prompt):  # fmt: skip
+        server.check_video_settings()
     dataset = PromptDataset(records, encoder, training_args.model_max_length, data_args.bad_media, quarantine)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dummy = DummyMedia.from_processor(processor, family) if world > 1 or training_args.deepspeed else None
@@ -496,7 +513,9 @@ def train(argv: list[str] | None = None) -> dict[str, Any]:
     from qwenvl.train.policy import finish
 
     trainer = built["trainer"]
-    if trainer.server is not None and built["resume"] is None:  # a wrong server fails before the progress bar
+    # A wrong server fails before the progress bar (under ZeRO-3 at the first step: the probe's forward needs the
+    # DeepSpeed engine, made by train(), to gather the partitioned weights).
+    if trainer.server is not None and built["resume"] is None and not trainer.zero3:
         trainer.check_server(trainer.model, trainer.train_dataset[0])
     result = trainer.train(resume_from_checkpoint=built["resume"])
     if trainer.server is not None and trainer.synced_step not in (None, trainer.state.global_step):

@@ -1,12 +1,14 @@
 """GRPO rollouts from a vLLM server kept in sync with the policy (``qwenvl grpo --rollout_backend vllm_server``).
 
-The user starts the server on the checkpoint training starts from, with vLLM's development endpoints on::
+The user starts the server on the checkpoint training starts from, with vLLM's development endpoints on (and
+per-request media settings accepted, which video prompts need)::
 
-    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --host 127.0.0.1 --port 8000 [--dtype ...] [--max-model-len ...]
+    VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --trust-request-mm-kwargs --host 127.0.0.1 --port 8000 [--dtype ...]
 
 Rollouts: one chat request per prompt with ``n`` = G, built by the inference layer
-(:meth:`qwenvl.inference.openai_backend.OpenAIBackend.messages`: images resized under the training budget and sent
-as PNG, so the server keeps their size). vLLM answers with the prompt's and each completion's token ids
+(:meth:`qwenvl.inference.openai_backend.OpenAIBackend.encode`: images resized under the training budget and sent
+as PNG, so the server keeps their size; videos as the frames training samples, resized, as PNG, with their sampling
+in ``media_io_kwargs``, so the server's frames, sizes and Qwen3-VL timestamps are training's). vLLM answers with the prompt's and each completion's token ids
 (``return_token_ids``) and each sampled token's log-probability (``logprobs``; vLLM's raw log-probs, before
 temperature): the trained tokens are exactly the sampled ones, and the server's rendering of the prompt must be
 token for token the one training encodes (a difference is an error naming the first differing token).
@@ -33,15 +35,19 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from qwenvl.cli import Unreachable, UserError
 
 
 logger = logging.getLogger(__name__)
 
-START_HINT = "VLLM_SERVER_DEV_MODE=1 vllm serve {checkpoint} --port PORT (README: Preference and RL tuning)"
+START_HINT = (
+    "VLLM_SERVER_DEV_MODE=1 vllm serve {checkpoint} --trust-request-mm-kwargs --port PORT (README: Preference and RL "
+    "tuning)"
+)
 SHARD_BYTES = 2 << 30  # safetensors files of at most about this size (what is held in memory at once)
+GATHER_BYTES = 1 << 30  # under ZeRO-3: parameters gathered on every rank at once for the sync (about)
 PROBE_TOKENS = 8
 
 
@@ -68,7 +74,7 @@ class RolloutServer:
         self.timeout = timeout
         try:
             self.backend = OpenAIBackend(f"{self.root}/v1", checkpoint=checkpoint, family=family.model_type,
-                                         budget=budget, timeout=timeout, max_retries=2)  # fmt: skip
+                                         budget=budget, timeout=timeout, max_retries=2, video_frames="sampled")  # fmt: skip
         except Unreachable:
             raise Unreachable(f"cannot reach the vLLM server at {self.root} (--vllm_url); start it first: {self.hint}")
         except UserError as e:
@@ -80,6 +86,16 @@ class RolloutServer:
         if status != 400:
             raise UserError(f"{self.root}/collective_rpc answered HTTP {status} ({body[:120]!r}), not vLLM's 400 for "
                             f"a call without a method; weights cannot be synced: start vLLM as {self.hint}")  # fmt: skip
+
+    def check_video_settings(self) -> None:
+        """Video prompts send their sampling per request (``media_io_kwargs``), which vLLM refuses (HTTP 400) unless
+        started with ``--trust-request-mm-kwargs``: checked before training on a prompt without media."""
+        probe = {"model": self.model, "messages": [{"role": "user", "content": "x"}],
+                 "media_io_kwargs": {"video": {"num_frames": -1}}}  # fmt: skip
+        status, _ = self.post("/tokenize", probe, allowed=(400,))
+        if status == 400:
+            raise UserError(f"{self.root}/tokenize refused per-request media_io_kwargs (HTTP 400), which video prompts "
+                            f"need to send training's frames and timestamps; restart the server as {self.hint}")  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ HTTP
 
@@ -126,7 +142,9 @@ class RolloutServer:
                                  "logit_bias": {str(t): -100 for t in suppressed}}  # fmt: skip
         if gen.get("top_k"):
             extra["top_k"] = gen["top_k"]
-        request = dict(model=self.model, messages=self.backend.messages(record.prompt), n=n, logprobs=True,
+        messages, body = self.backend.encode(record.prompt)
+        extra.update(body)
+        request = dict(model=self.model, messages=messages, n=n, logprobs=True,
                        max_tokens=gen["max_tokens"], temperature=gen["temperature"], top_p=gen.get("top_p", 1.0),
                        seed=seed, extra_body=extra)  # fmt: skip
         try:
@@ -159,11 +177,9 @@ class RolloutServer:
         if ours == served:
             return
         at = next((i for i, (a, b) in enumerate(zip(ours, served)) if a != b), min(len(ours), len(served)))
-        video = any(isinstance(m.get("content"), list) and any(i.get("type") == "video" for i in m["content"])
-                    for m in record.prompt)  # fmt: skip
-        fix = ("videos: the server samples its own frames, so video prompts need --rollout_backend hf"
-               if video else f"serve {self.checkpoint} itself (same chat template and processor) and train with the "
-               "pixel budget the server keeps (--max_pixels / --min_pixels within its processor's)")  # fmt: skip
+        fix = (f"serve {self.checkpoint} itself (same chat template and processor) and train with the pixel budget "
+               "the server keeps (--max_pixels / --min_pixels, and for videos --video_max_pixels / --video_max_frames, "
+               "within its processor's)")  # fmt: skip
         raise UserError(f"{record.id}: the server at {self.root} renders the prompt as {len(served)} tokens, training "
                         f"as {len(ours)} (first difference at token {at}); {fix}")  # fmt: skip
 
@@ -196,10 +212,11 @@ class RolloutServer:
                         "the server? It must serve only this training run")  # fmt: skip
 
 
-def policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
+def policy_weights(model: Any, names: Collection[str] | None = None) -> Iterator[tuple[str, Any]]:
     """The model's weights under transformers' names in memory, with LoRA merged: for each adapted
     layer, ``W + delta`` as a new tensor (the model is not changed); trained ``modules_to_save`` copies replace the
-    originals; the adapters' own tensors are left out."""
+    originals; the adapters' own tensors are left out. ``names``: only these entries of the state dict (its names
+    in memory; a LoRA layer's weight needs its adapters' weights in memory too)."""
     base = model
     layers: dict[str, Any] = {}
     try:
@@ -214,7 +231,7 @@ def policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
             if any(layer.use_dora.get(a, False) for a in layer.active_adapters):
                 raise UserError(f"{name}: DoRA adapters cannot be merged for the vLLM weight sync; use plain LoRA")
     for name, tensor in base.state_dict().items():
-        if ".lora_" in name or ".original_module." in name:
+        if ".lora_" in name or ".original_module." in name or (names is not None and name not in names):
             continue
         if ".modules_to_save." in name:
             owner, _, rest = name.partition(".modules_to_save.")
@@ -235,25 +252,42 @@ def policy_weights(model: Any) -> Iterator[tuple[str, Any]]:
 
 def checkpoint_names(model: Any, weights: dict[str, Any]) -> dict[str, Any]:
     """``weights`` under the names ``save_pretrained`` writes (transformers 5 renames some families' weights on
-    load, e.g. Qwen2.5-VL's ``visual.`` -> ``model.visual.``, and reverts that on save; the same function here)."""
+    load, e.g. Qwen2.5-VL's ``visual.`` -> ``model.visual.``, and reverts that on save; the same function here).
+
+    Only the conversions that matched the checkpoint on load are reverted: transformers' loader keeps just those on
+    the model, but its ZeRO-3 loader (5.24) keeps them all, and reverting a legacy renaming the checkpoint never used
+    gives names it never had (Qwen3-VL's ``model.language_model.model.embed_tokens``)."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers 4: the names in memory are the saved ones
         return weights
-    return revert_weight_conversion(model, weights)
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions is None or all(c.was_used() for c in conversions):
+        return revert_weight_conversion(model, weights)
+    model._weight_conversions = [c for c in conversions if c.was_used()]
+    try:
+        return revert_weight_conversion(model, weights)
+    finally:
+        model._weight_conversions = conversions
 
 
-def write_weights(model: Any, folder: Path, family: Any) -> int:
+def write_weights(model: Any, folder: Path, family: Any, zero3: bool = False, writer: bool = True,
+                  gather_bytes: int = GATHER_BYTES) -> int:  # fmt: skip
     """Write :func:`policy_weights` to ``folder`` as safetensors shards under the checkpoint's names and in the
-    layout of the family's hub checkpoints (replacing earlier shards); returns the bytes written."""
+    layout of the family's hub checkpoints (replacing earlier shards); returns the bytes written.
+
+    ``zero3``: the parameters are partitioned by DeepSpeed ZeRO-3. Every rank must then call this, in step: the
+    parameters are gathered on every rank (a collective) group by group, about ``gather_bytes`` at a time with each
+    LoRA layer whole, and only the ``writer`` rank reads and writes them."""
     from safetensors.torch import save_file
 
     from qwenvl.model.loader import to_hub_layout
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.safetensors"):
-        old.unlink()
+    if writer:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.safetensors"):
+            old.unlink()
     shard: dict[str, Any] = {}
     size = total = index = 0
 
@@ -267,13 +301,52 @@ def write_weights(model: Any, folder: Path, family: Any) -> int:
             index += 1
             shard, size = {}, 0
 
-    for name, tensor in policy_weights(model):
-        # A copy on the CPU: tied weights must not share storage in a safetensors file.
-        shard[name] = tensor.detach().to("cpu", copy=True).contiguous()
-        nbytes = tensor.numel() * tensor.element_size()
-        size += nbytes
-        total += nbytes
-        if size >= SHARD_BYTES:
-            flush()
-    flush()
+    def add(weights: Iterator[tuple[str, Any]]) -> None:
+        nonlocal size, total
+        for name, tensor in weights:
+            # A copy on the CPU: tied weights must not share storage in a safetensors file.
+            shard[name] = tensor.detach().to("cpu", copy=True).contiguous()
+            nbytes = tensor.numel() * tensor.element_size()
+            size += nbytes
+            total += nbytes
+            if size >= SHARD_BYTES:
+                flush()
+
+    if not zero3:
+        add(policy_weights(model))
+    else:
+        import deepspeed
+
+        gathered: set[str] = set()
+        for names, params in zero3_groups(base, gather_bytes):
+            with deepspeed.zero.GatheredParameters(params):  # (no modifier_rank: read only, nothing scattered back)
+                if writer:
+                    add(policy_weights(model, names))
+            gathered |= names
+        if writer:  # buffers: never partitioned
+            add(policy_weights(model, set(base.state_dict()) - gathered))
+    if writer:
+        flush()
     return total
+
+
+def zero3_groups(base: Any, limit: int = GATHER_BYTES) -> Iterator[tuple[set[str], list[Any]]]:
+    """``base``'s parameters (all their names, tied ones too) in consecutive groups of about ``limit`` bytes at full
+    size (ZeRO-3's ``ds_numel``), never splitting a LoRA layer (its merge reads the base weight and the adapters
+    together). The same groups in the same order on every rank, as the collective gathers need."""
+    names: set[str] = set()
+    params: dict[int, Any] = {}
+    size, owner = 0, None
+    for name, param in base.named_parameters(remove_duplicate=False):
+        lora = name.partition(".base_layer.")[0] if ".base_layer." in name else name.partition(".lora_")[0]
+        this = lora if lora != name else name.rpartition(".")[0]
+        if names and this != owner and size >= limit:
+            yield names, list(params.values())
+            names, params, size = set(), {}, 0
+        owner = this
+        names.add(name)
+        if id(param) not in params:
+            params[id(param)] = param
+            size += getattr(param, "ds_numel", param.numel()) * param.element_size()
+    if names:
+        yield names, list(params.values())

