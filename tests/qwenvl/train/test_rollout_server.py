@@ -134,6 +134,18 @@ def _server_greedy(root: str, model: str, n: int = 6) -> tuple[list[int], list[i
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.distributed
+
+def _grpo_on_two_ranks(tmp_path, flags: list[str], label: str, **env_extra: str) -> subprocess.CompletedProcess:
+    """``qwenvl grpo flags`` under torchrun on 2 CPU ranks (the test's folder on the path: its reward module)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", **env_extra,
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    began = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={free_port()}", "-m", "qwenvl.train.grpo", *flags],
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    print(f"qwenvl grpo on 2 ranks{label}, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    return run
+
 def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tmp_path):
     """`qwenvl grpo` on 2 CPU ranks (one image prompt each), two LoRA steps with a large learning rate, rollouts from
     the server: (a) every trained completion is token for token one the server logged generating, and the policy
@@ -150,14 +162,7 @@ def test_grpo_rollouts_from_a_vllm_server_synced_with_the_policy(vllm_server, tm
     prompt_ids, start_ids, start_logps = _hf_greedy(start, processor)
 
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-    began = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "qwenvl.train.grpo",
-                          *_flags(checkpoint, _prompts(tmp_path, 2), out, root)],
-                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
-    print(f"qwenvl grpo on 2 ranks, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    run = _grpo_on_two_ranks(tmp_path, _flags(checkpoint, _prompts(tmp_path, 2), out, root), "")
     assert run.returncode == 0, run.stderr[-5000:]
 
     # (c) it finished and saved
@@ -204,14 +209,8 @@ def test_zero3_ranks_gather_the_weights_for_every_sync(vllm_server, tmp_path):
             {"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": "blue"}]}) + "\n")  # fmt: skip
     budget = [x for key, value in VIDEO_BUDGET.items() for x in (f"--{key}", str(value))]
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-    began = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "qwenvl.train.grpo",
-                          *_flags(checkpoint, data, out, root), *budget, "--deepspeed", str(ZERO3)],
-                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
-    print(f"qwenvl grpo on 2 ranks under ZeRO-3, 2 steps against vLLM: {time.monotonic() - began:.1f} s")
+    run = _grpo_on_two_ranks(tmp_path, [*_flags(checkpoint, data, out, root), *budget, "--deepspeed", str(ZERO3)],
+                             " under ZeRO-3", DS_ACCELERATOR="cpu")  # fmt: skip
     assert run.returncode == 0, [line for line in run.stderr.splitlines() if "error:" in line] or run.stderr[-5000:]
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
